@@ -1,0 +1,444 @@
+"""The API contract: `api.yaml` parsed into one strict, typed `ApiSpec`.
+
+Both halves of Myelin read APIs through this module: the runtime (server
+limits, batching, predictor loading) and the infrastructure (`components/`
+builds Deployments, autoscalers and ingresses from the same object). It must
+stay free of runtime-only and infrastructure-only imports.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic_core import core_schema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+SPEC_FILE = "api.yaml"
+
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_CPU = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
+_MEM = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_MEM_UNITS = {
+    None: 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+_PERCENT_OR_INT = re.compile(r"^(\d+)%?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SpecError(ValueError):
+    """A bad `api.yaml` (or a bad override of one): names the file and field."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {field}: {msg}" if field else f"{source}: {msg}" for field, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+def parse_duration(value: str) -> float:
+    """'30s' -> 30.0, '5m' -> 300.0, '10ms' -> 0.01. Bare numbers are refused: units are explicit."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(f"durations are strings with a unit (ms, s, m, h), like '30s'; got {value!r}")
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"invalid duration {value!r}: write a number and a unit (ms, s, m, h), like '30s' or '5m'")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_cpu(value: str) -> float:
+    """Kubernetes CPU quantity -> cores: '500m' -> 0.5, '2' -> 2.0."""
+    match = _CPU.match(str(value))
+    if not match:
+        raise ValueError(f"invalid cpu quantity {value!r}: use cores ('1', '2.5') or millicores ('500m')")
+    number = float(match.group(1))
+    return number / 1000 if match.group(2) else number
+
+
+def parse_memory(value: str) -> int:
+    """Kubernetes memory quantity -> bytes: '2Gi' -> 2147483648."""
+    match = _MEM.match(str(value))
+    if not match:
+        raise ValueError(f"invalid memory quantity {value!r}: use e.g. '512Mi', '2Gi' or '1G'")
+    return int(float(match.group(1)) * _MEM_UNITS[match.group(2)])
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class Duration(str):
+    """A duration kept as written ('30s') with `.seconds` for code."""
+
+    @property
+    def seconds(self) -> float:
+        return parse_duration(self)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            _duration,
+            serialization=core_schema.plain_serializer_function_ser_schema(str),
+            json_schema_input_schema=core_schema.str_schema(),
+        )
+
+
+def _duration(value: Any) -> Duration:
+    parse_duration(value)
+    return Duration(value.strip())
+
+
+class PredictorSpec(_Strict):
+    path: str = Field("predictor.py", description="Python file, relative to the API folder, defining the class.")
+    class_name: str = Field("Predictor", description="Name of the predictor class in `path`.")
+    config: dict[str, Any] = Field(default_factory=dict, description="Handed to `__init__(self, config)`.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables set before loading.")
+
+    @field_validator("path")
+    @classmethod
+    def _relative_py(cls, v: str) -> str:
+        p = Path(v)
+        if p.is_absolute() or ".." in p.parts or p.suffix != ".py":
+            raise ValueError(f"must be a .py file inside the API folder, got {v!r}")
+        return v
+
+    @field_validator("class_name")
+    @classmethod
+    def _identifier(cls, v: str) -> str:
+        if not v.isidentifier():
+            raise ValueError(f"must be a Python class name, got {v!r}")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"invalid environment variable name {name!r}")
+        return v
+
+
+class ComputeSpec(_Strict):
+    cpu: str = Field("1", description="CPU request per replica (Kubernetes quantity).")
+    mem: str = Field("1Gi", description="Memory request and limit per replica (Kubernetes quantity).")
+    gpu: int = Field(0, ge=0, le=16, description="NVIDIA GPUs per replica.")
+
+    @field_validator("cpu", mode="before")
+    @classmethod
+    def _cpu(cls, v: Any) -> str:
+        if isinstance(v, bool):
+            raise ValueError("must be a CPU quantity like '1' or '500m'")
+        v = str(v)
+        if parse_cpu(v) <= 0:
+            raise ValueError("must be greater than zero")
+        return v
+
+    @field_validator("mem", mode="before")
+    @classmethod
+    def _mem(cls, v: Any) -> str:
+        if isinstance(v, bool):
+            raise ValueError("must be a memory quantity like '2Gi'")
+        v = str(v)
+        if parse_memory(v) < 32 * 2**20:
+            raise ValueError("must be at least 32Mi")
+        return v
+
+    @property
+    def cpu_cores(self) -> float:
+        return parse_cpu(self.cpu)
+
+    @property
+    def mem_bytes(self) -> int:
+        return parse_memory(self.mem)
+
+
+class AutoscalingSpec(_Strict):
+    """Cortex's autoscaling knobs and defaults, mapped onto HPA behavior in the cluster."""
+
+    min_replicas: int = Field(1, ge=0, le=1000)
+    max_replicas: int = Field(100, ge=1, le=1000)
+    init_replicas: int | None = Field(None, ge=0, le=1000, description="Defaults to min_replicas (at least 1).")
+    target_in_flight: float | None = Field(
+        None, gt=0, description="In-flight requests per replica to aim for; defaults to serving.max_concurrency."
+    )
+    window: Duration = Field(Duration("60s"), description="Averaging window of the in-flight metric.")
+    upscale_stabilization: Duration = Duration("1m")
+    downscale_stabilization: Duration = Duration("5m")
+    max_upscale_factor: float = Field(1.5, gt=1.0, le=100.0)
+    max_downscale_factor: float = Field(0.75, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _ordering(self) -> "AutoscalingSpec":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is greater than max_replicas ({self.max_replicas})")
+        if self.init_replicas is not None and not (self.min_replicas <= self.init_replicas <= self.max_replicas):
+            raise ValueError(
+                f"init_replicas ({self.init_replicas}) must lie between min_replicas ({self.min_replicas}) "
+                f"and max_replicas ({self.max_replicas})"
+            )
+        if self.window.seconds < 10:
+            raise ValueError("window must be at least 10s (the metric scrape interval)")
+        return self
+
+    @property
+    def initial_replicas(self) -> int:
+        return self.init_replicas if self.init_replicas is not None else max(1, self.min_replicas)
+
+
+class ServingSpec(_Strict):
+    """Per-replica server limits. With `processes > 1` the limits are split evenly across processes."""
+
+    max_concurrency: int = Field(1, ge=1, le=10000, description="Predictions running at once per replica.")
+    max_queue_length: int = Field(100, ge=0, le=100000, description="Requests waiting per replica beyond that.")
+    timeout: Duration = Field(Duration("60s"), description="Deadline per request, queueing included (504 past it).")
+    processes: int = Field(1, ge=1, le=64, description="Server processes per replica, each with its own predictor.")
+    threads: int = Field(1, ge=1, le=1000, description="Threads per process that run a sync predict.")
+    max_body_size: str = Field("10Mi", description="Largest request body accepted (413 above it).")
+    drain_timeout: Duration = Field(Duration("30s"), description="Grace period for in-flight requests on SIGTERM.")
+
+    @field_validator("max_body_size", mode="before")
+    @classmethod
+    def _body(cls, v: Any) -> str:
+        v = str(v)
+        if parse_memory(v) < 1:
+            raise ValueError("must be at least 1 byte")
+        return v
+
+    @property
+    def max_body_bytes(self) -> int:
+        return parse_memory(self.max_body_size)
+
+    def per_process(self, value: int) -> int:
+        """Split a per-replica limit across processes (each process keeps at least 1 where the limit is >= 1)."""
+        return math.ceil(value / self.processes) if value else 0
+
+
+class BatchingSpec(_Strict):
+    max_batch_size: int = Field(..., ge=1, le=100000, description="Most payloads in one predict(list) call.")
+    max_batch_delay: Duration = Field(
+        Duration("5ms"), description="Longest a request waits for others once the predictor is free."
+    )
+
+
+class UpdateStrategySpec(_Strict):
+    max_surge: int | str = Field("25%", description="Extra pods during a rolling update (count or percent).")
+    max_unavailable: int | str = Field(0, description="Pods that may be down during an update (count or percent).")
+
+    @field_validator("max_surge", "max_unavailable", mode="before")
+    @classmethod
+    def _int_or_percent(cls, v: Any) -> int | str:
+        if isinstance(v, bool):
+            raise ValueError("must be a count or a percentage like '25%'")
+        if isinstance(v, int):
+            if v < 0:
+                raise ValueError("must not be negative")
+            return v
+        match = _PERCENT_OR_INT.match(str(v).strip())
+        if not match:
+            raise ValueError(f"must be a count or a percentage like '25%', got {v!r}")
+        s = str(v).strip()
+        return s if s.endswith("%") else int(s)
+
+    @model_validator(mode="after")
+    def _not_both_zero(self) -> "UpdateStrategySpec":
+        if str(self.max_surge) in ("0", "0%") and str(self.max_unavailable) in ("0", "0%"):
+            raise ValueError("max_surge and max_unavailable cannot both be zero: the rollout could never progress")
+        return self
+
+
+class AuthSpec(_Strict):
+    api_keys_env: str = Field(
+        ...,
+        description="Environment variable holding the accepted API keys (comma-separated); "
+        "in the cloud it is filled from a Kubernetes Secret.",
+    )
+    header: str = Field("x-api-key", description="Request header carrying the key (or `Authorization: Bearer`).")
+
+    @field_validator("api_keys_env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if not _ENV_NAME.match(v):
+            raise ValueError(f"invalid environment variable name {v!r}")
+        return v
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9-]+$", v):
+            raise ValueError(f"invalid header name {v!r}")
+        return v.lower()
+
+
+class NetworkingSpec(_Strict):
+    endpoint: str | None = Field(None, description="Public path of the API; defaults to /<name>.")
+    visibility: Literal["public", "internal"] = "public"
+    auth: AuthSpec | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.match(r"^/[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$", v):
+            raise ValueError(f"must be a path like '/my-api' (letters, digits, '-', '_', '.', '/'), got {v!r}")
+        reserved = {"/healthz", "/readyz", "/metrics", "/info", "/docs", "/openapi.json"}
+        if v in reserved:
+            raise ValueError(f"{v} is reserved for the server's own routes")
+        return v
+
+
+class ApiSpec(_Strict):
+    name: str = Field(..., description="DNS label naming the API and its Kubernetes objects.")
+    kind: Literal["RealtimeAPI"] = "RealtimeAPI"
+    predictor: PredictorSpec = Field(default_factory=PredictorSpec)
+    compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    batching: BatchingSpec | None = None
+    update_strategy: UpdateStrategySpec = Field(default_factory=UpdateStrategySpec)
+    networking: NetworkingSpec = Field(default_factory=NetworkingSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        if not _DNS_LABEL.match(v):
+            raise ValueError(
+                f"{v!r} is not a DNS label: lowercase letters, digits and '-', starting with a letter, at most 40 characters"
+            )
+        return v
+
+    @property
+    def endpoint(self) -> str:
+        return self.networking.endpoint or f"/{self.name}"
+
+    @property
+    def target_in_flight(self) -> float:
+        return self.autoscaling.target_in_flight or float(self.serving.max_concurrency)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("function-after", "function-before") or str(item).startswith("function-"):
+            continue
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def validation_problems(err: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for e in err.errors():
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see the api.yaml reference in README.md)"
+        problems.append((_format_loc(tuple(e["loc"])), msg))
+    return problems
+
+
+def spec_from_dict(data: Any, source: str) -> ApiSpec:
+    if not isinstance(data, Mapping):
+        raise SpecError(source, [("", f"must be a mapping of fields, got {type(data).__name__}")])
+    try:
+        return ApiSpec.model_validate(dict(data))
+    except ValidationError as err:
+        raise SpecError(source, validation_problems(err)) from None
+
+
+def read_spec_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(str(path), [("", "file not found: every API folder needs an api.yaml")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise SpecError(str(path), [("", f"{where}invalid YAML: {getattr(err, 'problem', err)}")]) from None
+    if data is None:
+        raise SpecError(str(path), [("", "file is empty: at least `name` is required")])
+    if not isinstance(data, dict):
+        raise SpecError(str(path), [("", f"must be a mapping of fields, got {type(data).__name__}")])
+    return data
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Overrides win; nested mappings merge key by key (so one field can be overridden alone)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_api_spec(folder: str | Path, overrides: Mapping[str, Any] | None = None, overrides_source: str = "") -> ApiSpec:
+    """Parse `<folder>/api.yaml`, optionally with per-stack overrides merged on top.
+
+    Errors raise `SpecError` naming the file (and the overrides' source when they caused it).
+    """
+    folder = Path(folder)
+    path = folder / SPEC_FILE
+    data = read_spec_file(path)
+    source = str(path)
+    if overrides:
+        data = deep_merge(data, overrides)
+        source = f"{path} with overrides from {overrides_source or 'stack config'}"
+    spec = spec_from_dict(data, source)
+    predictor_file = folder / spec.predictor.path
+    if not predictor_file.is_file():
+        raise SpecError(source, [("predictor.path", f"file not found: {predictor_file}")])
+    return spec
+
+
+def discover_api_folders(root: str | Path) -> list[Path]:
+    """Every direct sub-folder of `root` that holds an api.yaml, sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SpecError(str(root), [("", "APIs folder not found")])
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / SPEC_FILE).is_file())
+
+
+def check_unique(specs: Mapping[Path, ApiSpec]) -> None:
+    """Names and endpoints must be unique across APIs that are served together."""
+    seen_names: dict[str, Path] = {}
+    seen_endpoints: dict[str, Path] = {}
+    for folder, spec in specs.items():
+        if spec.name in seen_names:
+            raise SpecError(
+                str(folder / SPEC_FILE), [("name", f"{spec.name!r} is already used by {seen_names[spec.name]}")]
+            )
+        if spec.endpoint in seen_endpoints:
+            raise SpecError(
+                str(folder / SPEC_FILE),
+                [("networking.endpoint", f"{spec.endpoint} is already served by {seen_endpoints[spec.endpoint]}")],
+            )
+        seen_names[spec.name] = folder
+        seen_endpoints[spec.endpoint] = folder
