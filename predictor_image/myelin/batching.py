@@ -1,0 +1,151 @@
+"""Dynamic batching: queued payloads become one `predict(list)` call.
+
+A batch is dispatched when the predictor is free (fewer than
+`max_concurrency` batches running). It takes what is queued, up to
+`max_batch_size`; if that is less than a full batch, it waits until the
+oldest queued request has waited `max_batch_delay`, so light traffic pays at
+most that delay and heavy traffic fills batches without waiting at all.
+Results go back to their callers in order; an exception, or a result list of
+the wrong length, fails exactly the requests of that batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any, Callable
+
+from .errors import HTTPError, overloaded
+
+
+class _Item:
+    __slots__ = ("payload", "extras", "future", "enqueued")
+
+    def __init__(self, payload: Any, extras: dict[str, Any] | None, future: asyncio.Future, enqueued: float):
+        self.payload = payload
+        self.extras = extras
+        self.future = future
+        self.enqueued = enqueued
+
+
+class BatchResultError(HTTPError):
+    pass
+
+
+class Batcher:
+    def __init__(
+        self,
+        call: Callable[[Any, dict[str, Any]], asyncio.Future],
+        max_batch_size: int,
+        max_batch_delay: float,
+        max_concurrency: int,
+        max_queue_length: int,
+        extra_names: tuple[str, ...] = (),
+        on_batch: Callable[[int], None] | None = None,
+    ):
+        self._call = call
+        self.max_batch_size = max_batch_size
+        self.max_batch_delay = max_batch_delay
+        self.max_concurrency = max_concurrency
+        self.max_queue_length = max_queue_length
+        self._extra_names = extra_names
+        self._on_batch = on_batch
+        self._queue: deque[_Item] = deque()
+        self.running = 0
+        self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    def submit(self, payload: Any, extras: dict[str, Any] | None = None) -> asyncio.Future:
+        """Queue one payload; the returned future resolves to its own result. Raises 503 when the queue is full."""
+        if len(self._queue) >= self.max_queue_length:
+            raise overloaded()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._queue.append(_Item(payload, extras, fut, loop.time()))
+        if not self._scheduled and self.running < self.max_concurrency:
+            # Dispatch after this loop iteration, so requests parsed in the same tick share the batch.
+            self._scheduled = True
+            loop.call_soon(self._dispatch)
+        return fut
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        queue = self._queue
+        loop = self._loop
+        while self.running < self.max_concurrency and queue:
+            while queue and queue[0].future.done():  # timed out while queued
+                queue.popleft()
+            if not queue:
+                return
+            if len(queue) < self.max_batch_size and self.max_batch_delay > 0:
+                ready_at = queue[0].enqueued + self.max_batch_delay
+                if loop.time() < ready_at:
+                    if self._timer is None:
+                        self._timer = loop.call_at(ready_at, self._on_timer)
+                    return
+            items = []
+            while queue and len(items) < self.max_batch_size:
+                item = queue.popleft()
+                if not item.future.done():
+                    items.append(item)
+            if items:
+                self._start(items)
+        if self._timer is not None and not queue:
+            self._timer.cancel()
+            self._timer = None
+
+    def _start(self, items: list[_Item]) -> None:
+        self.running += 1
+        if self._on_batch is not None:
+            self._on_batch(len(items))
+        kwargs = {name: [item.extras[name] for item in items] for name in self._extra_names}
+        try:
+            inner = self._call([item.payload for item in items], kwargs)
+        except BaseException as err:  # noqa: BLE001 - e.g. executor shut down
+            self._finish(items, None, err)
+            return
+        inner.add_done_callback(lambda f: self._done(items, f))
+
+    def _done(self, items: list[_Item], inner: asyncio.Future) -> None:
+        if inner.cancelled():
+            self._finish(items, None, asyncio.CancelledError())
+        elif inner.exception() is not None:
+            self._finish(items, None, inner.exception())
+        else:
+            self._finish(items, inner.result(), None)
+
+    def _finish(self, items: list[_Item], results: Any, error: BaseException | None) -> None:
+        self.running -= 1
+        if error is None:
+            n = len(items)
+            if isinstance(results, (str, bytes, dict)) or not hasattr(results, "__len__"):
+                error = BatchResultError(
+                    500, "bad_batch_result",
+                    f"with batching on, predict must return a list of {n} results, got {type(results).__name__}",
+                )
+            elif len(results) != n:
+                error = BatchResultError(
+                    500, "bad_batch_result", f"predict returned {len(results)} results for a batch of {n} payloads"
+                )
+        if error is not None:
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(error)
+        else:
+            for item, result in zip(items, results):
+                if not item.future.done():
+                    item.future.set_result(result)
+        if self._queue and not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._dispatch)

@@ -1,0 +1,152 @@
+"""`myelin` command line: `local`, `serve`, `validate`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .spec import ApiSpec, SpecError, check_unique, discover_api_folders, load_api_spec, spec_from_dict
+
+SPEC_ENV = "MYELIN_API_SPEC"
+DEFAULT_PORT = 8888
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def resolve_spec(folder: Path) -> ApiSpec:
+    """The effective spec: MYELIN_API_SPEC (JSON, set by the cluster after stack overrides) or api.yaml."""
+    raw = os.environ.get(SPEC_ENV)
+    if raw:
+        import orjson
+
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as err:
+            raise SpecError(f"${SPEC_ENV}", [("", f"not valid JSON: {err}")]) from None
+        spec = spec_from_dict(data, f"${SPEC_ENV}")
+        if not (folder / spec.predictor.path).is_file():
+            raise SpecError(f"${SPEC_ENV}", [("predictor.path", f"file not found: {folder / spec.predictor.path}")])
+        return spec
+    return load_api_spec(folder)
+
+
+def _port(value: int | None) -> int:
+    if value is not None:
+        return value
+    env = os.environ.get("PORT")
+    if env:
+        try:
+            return int(env)
+        except ValueError:
+            raise SystemExit(f"myelin: PORT={env!r} is not a port number") from None
+    return DEFAULT_PORT
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    folder = Path(args.api).resolve()
+    try:
+        spec = resolve_spec(folder)
+    except SpecError as err:
+        _err(f"myelin serve: {err}")
+        return 2
+    port = _port(args.port)
+    if spec.serving.processes > 1:
+        from .process import Supervisor
+
+        return Supervisor(folder, spec, args.host, port).run()
+    from .process import run_app
+    from .server import MyelinApp
+
+    app = MyelinApp([(folder, spec)])
+    _err(f"myelin: serving {spec.name} at http://{args.host}:{port}{spec.endpoint}")
+    run_app(app, args.host, port, spec.serving.drain_timeout.seconds)
+    return 0
+
+
+def load_specs(paths: list[str]) -> tuple[dict[Path, ApiSpec], list[str]]:
+    """Parse every API folder named (or every folder under each apis root); bad ones are reported, not fatal."""
+    folders: list[Path] = []
+    errors: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        if (path / "api.yaml").is_file():
+            folders.append(path)
+            continue
+        try:
+            found = discover_api_folders(path)
+        except SpecError as err:
+            errors.append(str(err))
+            continue
+        if not found:
+            errors.append(f"{path}: no API folders (sub-folders with an api.yaml) found")
+        folders.extend(found)
+    specs: dict[Path, ApiSpec] = {}
+    for folder in folders:
+        try:
+            spec = load_api_spec(folder)
+            check_unique({**specs, folder: spec})
+        except SpecError as err:
+            errors.append(str(err))
+            continue
+        specs[folder] = spec
+    return specs, errors
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .loader import LoadError, import_predictor_class
+
+    specs, errors = load_specs(args.paths or ["apis"])
+    for err in errors:
+        print(f"✗ {err}")
+    for folder, spec in specs.items():
+        try:
+            import_predictor_class(folder, spec)
+        except LoadError as err:
+            print(f"✗ {spec.name}: {err}")
+            errors.append(str(err))
+            continue
+        batching = f"batching ≤{spec.batching.max_batch_size}" if spec.batching else "no batching"
+        print(f"✓ {spec.name:<24} {folder}  POST {spec.endpoint}  ({batching}, gpu={spec.compute.gpu})")
+    return 1 if errors else 0
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from .local import serve_local
+
+    return serve_local(args.apis, args.host, _port(args.port), reload=not args.no_reload)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="myelin", description="Serve Python predictors as HTTP APIs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    local = sub.add_parser("local", help="serve every API under an apis folder on one local port")
+    local.add_argument("apis", nargs="?", default="apis", help="folder of API folders (default: apis)")
+    local.add_argument("--port", type=int, default=None, help=f"port (default: $PORT or {DEFAULT_PORT})")
+    local.add_argument("--host", default="127.0.0.1")
+    local.add_argument("--no-reload", action="store_true", help="do not reload APIs when their files change")
+    local.set_defaults(func=cmd_local)
+
+    serve = sub.add_parser("serve", help="serve one API folder (the container entrypoint)")
+    serve.add_argument("api", help="the API folder (with api.yaml)")
+    serve.add_argument("--port", type=int, default=None, help=f"port (default: $PORT or {DEFAULT_PORT})")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
+    serve.set_defaults(func=cmd_serve)
+
+    validate = sub.add_parser("validate", help="check api.yaml files and predictor imports without serving")
+    validate.add_argument("paths", nargs="*", help="API folders or apis folders (default: apis)")
+    validate.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Import a predictor class from an API folder and describe how to call it."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .spec import ApiSpec
+
+_generation = 0
+
+
+class LoadError(Exception):
+    """A predictor that could not be imported or constructed: says which file and line."""
+
+    def __init__(self, api: str, where: str, message: str, detail: str = ""):
+        self.api = api
+        self.where = where
+        self.message = message
+        self.detail = detail
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+@dataclass
+class Predictor:
+    instance: Any
+    predict: Any
+    is_async: bool
+    wants_query_params: bool
+    wants_headers: bool
+
+
+def _where(err: BaseException, folder: Path) -> str:
+    """The innermost traceback frame inside the API folder, as 'file, line N'."""
+    folder = folder.resolve()
+    found = ""
+    for frame in traceback.extract_tb(err.__traceback__):
+        try:
+            path = Path(frame.filename).resolve()
+        except (OSError, ValueError):
+            continue
+        if path.is_relative_to(folder):
+            found = f"{path}, line {frame.lineno}"
+    if not found and isinstance(err, SyntaxError) and err.filename:
+        found = f"{err.filename}, line {err.lineno}"
+    return found
+
+
+def _forget_modules_from(folder: Path) -> None:
+    """Drop modules imported from the API folder so a reload sees edited helper modules."""
+    folder = folder.resolve()
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file:
+            try:
+                if Path(file).resolve().is_relative_to(folder):
+                    del sys.modules[name]
+            except (OSError, ValueError):
+                continue
+
+
+def import_predictor_class(folder: Path, spec: ApiSpec) -> type:
+    """Import `spec.predictor.path` and return the predictor class (nothing is constructed)."""
+    global _generation
+    folder = Path(folder).resolve()
+    file = folder / spec.predictor.path
+    os.environ.update(spec.predictor.env)
+    _forget_modules_from(folder)
+    _generation += 1
+    module_name = f"myelin_api_{spec.name.replace('-', '_')}_{_generation}"
+    sys.path.insert(0, str(folder))  # sibling modules in the API folder are importable
+    try:
+        module_spec = importlib.util.spec_from_file_location(module_name, file)
+        if module_spec is None or module_spec.loader is None:
+            raise LoadError(spec.name, str(file), "cannot import this file")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        module_spec.loader.exec_module(module)
+    except LoadError:
+        raise
+    except BaseException as err:  # noqa: BLE001 - report any import failure with its location
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        message = f"import failed: {type(err).__name__}: {err}"
+        if isinstance(err, ModuleNotFoundError) and (folder / "requirements.txt").is_file():
+            message += f" (install the API's dependencies: pip install -r {folder / 'requirements.txt'})"
+        raise LoadError(spec.name, _where(err, folder) or str(file), message, traceback.format_exc()) from None
+    finally:
+        try:
+            sys.path.remove(str(folder))
+        except ValueError:
+            pass
+    cls = getattr(module, spec.predictor.class_name, None)
+    if cls is None or not inspect.isclass(cls):
+        raise LoadError(spec.name, str(file), f"no class named {spec.predictor.class_name!r} (predictor.class_name)")
+    predict = getattr(cls, "predict", None)
+    if predict is None or not callable(predict):
+        raise LoadError(spec.name, str(file), f"class {spec.predictor.class_name} has no predict(self, payload) method")
+    return cls
+
+
+def load_predictor(folder: Path, spec: ApiSpec) -> Predictor:
+    """Import the predictor class and construct it with `spec.predictor.config`."""
+    folder = Path(folder).resolve()
+    cls = import_predictor_class(folder, spec)
+    sys.path.insert(0, str(folder))  # __init__ may import sibling modules lazily
+    try:
+        instance = cls(dict(spec.predictor.config))
+    except BaseException as err:  # noqa: BLE001
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        raise LoadError(
+            spec.name, _where(err, folder) or str(folder / spec.predictor.path),
+            f"{spec.predictor.class_name}.__init__ failed: {type(err).__name__}: {err}", traceback.format_exc(),
+        ) from None
+    finally:
+        try:
+            sys.path.remove(str(folder))
+        except ValueError:
+            pass
+    bound = instance.predict
+    params = inspect.signature(bound).parameters
+    accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return Predictor(
+        instance=instance,
+        predict=bound,
+        is_async=inspect.iscoroutinefunction(bound),
+        wants_query_params="query_params" in params or accepts_kwargs,
+        wants_headers="headers" in params or accepts_kwargs,
+    )

@@ -1,0 +1,86 @@
+"""Prometheus metrics, one set per API, for one process or a whole replica.
+
+With `processes > 1` the supervisor sets PROMETHEUS_MULTIPROC_DIR before the
+workers start, prometheus-client keeps each worker's values in shared files,
+and any worker's `/metrics` reports the sum over the replica. Gauges are
+sampled (not updated per request), so the hot path pays only for a counter
+and a histogram, after the response has been sent.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import disable_created_metrics, multiprocess
+
+disable_created_metrics()  # the _created series only add noise to every scrape
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """All of Myelin's metrics for this process; `api` label per API."""
+
+    def __init__(self) -> None:
+        self.multiprocess = multiprocess_dir() is not None
+        # In multiprocess mode values live in files; exposition reads them, so no registry is needed here.
+        self.registry = None if self.multiprocess else CollectorRegistry()
+        reg = self.registry
+        self.requests = Counter("myelin_requests", "Prediction requests answered, by status code.", ["api", "status"], registry=reg)
+        self.latency = Histogram(
+            "myelin_request_duration_seconds", "Prediction latency from arrival to response, seconds.", ["api"],
+            buckets=LATENCY_BUCKETS, registry=reg,
+        )
+        self.batch_size = Histogram(
+            "myelin_batch_size", "Payloads per predict call with batching on.", ["api"], buckets=BATCH_BUCKETS, registry=reg
+        )
+        gauge_mode = {"multiprocess_mode": "livesum"}
+        self.in_flight = Gauge(
+            "myelin_in_flight_requests", "Requests admitted and not yet answered (running + queued); the autoscaling signal.",
+            ["api"], registry=reg, **gauge_mode,
+        )
+        self.queue_length = Gauge("myelin_queue_length", "Requests waiting for the predictor.", ["api"], registry=reg, **gauge_mode)
+        self.ready = Gauge("myelin_ready_processes", "Server processes whose predictor is loaded and serving.", ["api"], registry=reg, **gauge_mode)
+
+    def for_api(self, api: str) -> "ApiMetrics":
+        return ApiMetrics(self, api)
+
+    def exposition(self) -> bytes:
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+class ApiMetrics:
+    """Label children resolved once, so a request costs a dict lookup, not a label resolution."""
+
+    def __init__(self, metrics: Metrics, api: str):
+        self._metrics = metrics
+        self._api = api
+        self._status: dict[int, object] = {}
+        self.latency = metrics.latency.labels(api)
+        self.batch_size = metrics.batch_size.labels(api)
+        self.in_flight = metrics.in_flight.labels(api)
+        self.queue_length = metrics.queue_length.labels(api)
+        self.ready = metrics.ready.labels(api)
+
+    def observe(self, status: int, seconds: float) -> None:
+        counter = self._status.get(status)
+        if counter is None:
+            counter = self._status[status] = self._metrics.requests.labels(self._api, str(status))
+        counter.inc()
+        self.latency.observe(seconds)
+
+    def sample(self, in_flight: int, queued: int, ready: bool) -> None:
+        self.in_flight.set(in_flight)
+        self.queue_length.set(queued)
+        self.ready.set(1 if ready else 0)
