@@ -17,7 +17,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.datasets import load_digits
 from sklearn.svm import SVC
@@ -65,7 +65,9 @@ def to_features(data: bytes) -> np.ndarray:
                 gray = img.convert("L")  # decodes; alpha is dropped
     except PredictorError:
         raise
-    except Exception as err:  # UnidentifiedImageError, truncated data, bombs, ...
+    except UnidentifiedImageError:
+        raise PredictorError(400, "not an image: unrecognised format (send PNG, JPEG, GIF, BMP, WebP, ...)") from None
+    except Exception as err:  # truncated data, decompression bombs, ...
         raise PredictorError(400, f"not an image: {type(err).__name__}: {err}") from None
     pixels = np.asarray(gray, dtype=np.float64)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
