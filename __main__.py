@@ -1,0 +1,73 @@
+"""Myelin: EKS + add-ons + one PredictorApi per selected API folder. Config: Pulumi.<stack>.yaml."""
+
+import pulumi
+import pulumi_random as random
+
+from components import (
+    Addons,
+    ApiNamespace,
+    Cluster,
+    Network,
+    PredictorApi,
+    PredictorApiArgs,
+    load_settings,
+    read_pulumi_config,
+)
+from components.addons import MONITORING_NAMESPACE, PROMETHEUS_POD_LABELS, PROMETHEUS_URL
+
+API_NAMESPACE = "apis"
+
+# Everything is validated here, before the first resource is registered.
+raw, stack, region = read_pulumi_config()
+settings = load_settings(raw, stack, region)
+cfg = settings.config
+cluster_name = f"myelin-{stack}"
+
+network = Network(cluster_name, cfg.network, cluster_name, region)
+cluster = Cluster(cluster_name, cfg.cluster, network, stack)
+existing = cfg.cluster.existing
+vpc_id = existing.vpc_id if existing else network.vpc_id
+vpc_cidr = existing.vpc_cidr if existing else network.vpc_cidr
+addons = Addons(cluster_name, cfg, cluster, vpc_id)
+k8s_opts = pulumi.ResourceOptions(provider=cluster.provider)
+namespace = ApiNamespace(f"{cluster_name}-apis", API_NAMESPACE, opts=k8s_opts)
+
+endpoints = {}
+generated_keys = {}
+for deployed in settings.apis:
+    spec = deployed.spec
+    keys = None
+    if spec.networking.auth:
+        if spec.name in settings.api_keys:
+            keys = pulumi.Output.secret(settings.api_keys[spec.name])
+        else:
+            # No keys configured: generate one; read it with `pulumi stack output api_keys --show-secrets`.
+            keys = random.RandomPassword(f"{spec.name}-api-key", length=40, special=False).result
+            generated_keys[spec.name] = keys
+    api = PredictorApi(
+        spec.name,
+        PredictorApiArgs(
+            spec=spec,
+            folder=deployed.folder,
+            stack=stack,
+            namespace=namespace.name,
+            prometheus_url=PROMETHEUS_URL,
+            prometheus_namespace=MONITORING_NAMESPACE,
+            prometheus_pod_labels=PROMETHEUS_POD_LABELS,
+            ingress=cfg.ingress,
+            pods=cfg.pods,
+            load_balancer_cidrs={"public": network.public_cidrs, "internal": network.private_cidrs},
+            internal_source_cidrs=[vpc_cidr],
+            api_keys=keys,
+            node_pools=existing is None,
+            force_delete_images=stack != "prod",
+        ),
+        opts=pulumi.ResourceOptions(provider=cluster.provider, depends_on=[addons, namespace]),
+    )
+    endpoints[spec.name] = api.url
+
+pulumi.export("endpoints", endpoints)
+pulumi.export("cluster_name", cluster.cluster_name)
+pulumi.export("kubeconfig", pulumi.Output.secret(cluster.kubeconfig))
+if generated_keys:
+    pulumi.export("api_keys", pulumi.Output.secret(generated_keys))

@@ -1,0 +1,389 @@
+"""`Addons`: the cluster controllers, each an upstream Helm chart pinned in `versions.py`.
+
+One small method per add-on. Controllers that call AWS get their own IRSA role with only the
+permissions they need; nothing relies on the node's instance role (IMDS hop limit 1 hides it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+from . import versions
+from .cluster import GPU_TAINT_KEY, GPU_NODE_SELECTOR, SYSTEM_NODE_SELECTOR, Cluster
+from .config import StackConfig
+from .irsa import irsa_role
+from .versions import Chart
+
+MONITORING_NAMESPACE = "monitoring"
+KEDA_NAMESPACE = "keda"
+LOGGING_NAMESPACE = "logging"
+PROMETHEUS_URL = f"http://prometheus-server.{MONITORING_NAMESPACE}.svc.cluster.local:80"
+PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}
+
+PSS_LABELS = "pod-security.kubernetes.io/{}"
+PSS_EXCEPTION = "myelin.dev/pss-exception"
+
+
+def pss_labels(level: str) -> dict[str, str]:
+    """Pod Security Standard admission labels: enforce `level`, warn and audit at `restricted`."""
+    return {
+        PSS_LABELS.format("enforce"): level,
+        PSS_LABELS.format("enforce-version"): "latest",
+        PSS_LABELS.format("warn"): "restricted",
+        PSS_LABELS.format("audit"): "restricted",
+    }
+
+
+class Addons(pulumi.ComponentResource):
+    prometheus_url: str = PROMETHEUS_URL
+    monitoring_namespace: str = MONITORING_NAMESPACE
+
+    def __init__(self, name: str, config: StackConfig, cluster: Cluster, vpc_id: pulumi.Input[str],
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("myelin:infra:Addons", name, None, opts)
+        self._name = name
+        self._cluster = cluster
+        self._config = config
+        self._k8s = pulumi.ResourceOptions(parent=self, provider=cluster.provider)
+        self._namespaces = {
+            MONITORING_NAMESPACE: self._namespace(
+                MONITORING_NAMESPACE, "baseline", "prometheus-server runs with the chart's baseline security context"
+            ),
+            KEDA_NAMESPACE: self._namespace(KEDA_NAMESPACE, "baseline", "KEDA operator and metrics adapter"),
+            LOGGING_NAMESPACE: self._namespace(
+                LOGGING_NAMESPACE, "privileged", "Fluent Bit reads container logs from host paths on every node"
+            ),
+        }
+        self.releases: dict[str, k8s.helm.v3.Release] = {}
+        gpu = config.cluster.gpu_nodes
+        if gpu is None or gpu.ami_type == "AL2023_x86_64_NVIDIA":
+            # Bottlerocket NVIDIA AMIs ship the device plugin; installing a second one would double-register GPUs.
+            self._nvidia_device_plugin()
+        self._metrics_server()
+        self._cluster_autoscaler()
+        self._load_balancer_controller(vpc_id)
+        self._keda()
+        self._prometheus()
+        self._fluent_bit()
+        self.register_outputs({"prometheus_url": PROMETHEUS_URL})
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _namespace(self, ns: str, level: str, reason: str) -> k8s.core.v1.Namespace:
+        annotations = {PSS_EXCEPTION: reason} if level != "restricted" else {}
+        return k8s.core.v1.Namespace(
+            f"{self._name}-{ns}",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=ns, labels=pss_labels(level), annotations=annotations),
+            opts=self._k8s,
+        )
+
+    def _release(self, key: str, chart: Chart, namespace: str, values: dict[str, Any],
+                 depends_on: list[pulumi.Resource] | None = None) -> k8s.helm.v3.Release:
+        deps = list(depends_on or [])
+        if namespace in self._namespaces:
+            deps.append(self._namespaces[namespace])
+        release = k8s.helm.v3.Release(
+            f"{self._name}-{key}",
+            name=key,
+            chart=chart.chart,
+            version=chart.version,
+            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=chart.repo),
+            namespace=namespace,
+            values=values,
+            atomic=True,
+            cleanup_on_fail=True,
+            timeout=600,
+            opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=deps)),
+        )
+        self.releases[key] = release
+        return release
+
+    def _irsa(self, key: str, namespace: str, service_account: str, policy: dict) -> aws.iam.Role:
+        return irsa_role(
+            f"{self._name}-{key}",
+            oidc_provider_arn=self._cluster.oidc_provider_arn,
+            oidc_provider_url=self._cluster.oidc_provider_url,
+            namespace=namespace,
+            service_account=service_account,
+            policy=policy,
+            parent=self,
+        )
+
+    # -- add-ons --------------------------------------------------------------------------------
+
+    def _nvidia_device_plugin(self) -> None:
+        self._release(
+            "nvidia-device-plugin",
+            versions.NVIDIA_DEVICE_PLUGIN,
+            "kube-system",
+            {
+                "nodeSelector": GPU_NODE_SELECTOR,
+                "tolerations": [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+                "priorityClassName": "system-node-critical",
+            },
+        )
+
+    def _metrics_server(self) -> None:
+        self._release("metrics-server", versions.METRICS_SERVER, "kube-system",
+                      {"nodeSelector": SYSTEM_NODE_SELECTOR, "replicas": 2})
+
+    def _cluster_autoscaler(self) -> None:
+        name = self._cluster.cluster_name
+        sa = "cluster-autoscaler"
+        role = self._irsa(
+            "cluster-autoscaler",
+            "kube-system",
+            sa,
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Sid": "Discover",
+                        "Effect": "Allow",
+                        "Action": [
+                            "autoscaling:DescribeAutoScalingGroups",
+                            "autoscaling:DescribeAutoScalingInstances",
+                            "autoscaling:DescribeLaunchConfigurations",
+                            "autoscaling:DescribeScalingActivities",
+                            "autoscaling:DescribeTags",
+                            "ec2:DescribeImages",
+                            "ec2:DescribeInstanceTypes",
+                            "ec2:DescribeLaunchTemplateVersions",
+                            "ec2:GetInstanceTypesFromInstanceRequirements",
+                            "eks:DescribeNodegroup",
+                        ],
+                        "Resource": "*",
+                    },
+                    {
+                        "Sid": "ScaleOwnGroupsOnly",
+                        "Effect": "Allow",
+                        "Action": ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"],
+                        "Resource": "*",
+                        "Condition": {"StringEquals": {f"aws:ResourceTag/k8s.io/cluster-autoscaler/{name}": "owned"}},
+                    },
+                ],
+            },
+        )
+        # Spot groups first; the on-demand group of the same pool is the fallback.
+        priorities = {"50": [".*-spot-.*"], "10": [".*"]}
+        self._release(
+            "cluster-autoscaler",
+            versions.CLUSTER_AUTOSCALER,
+            "kube-system",
+            {
+                "cloudProvider": "aws",
+                "awsRegion": self._config.region,
+                "autoDiscovery": {"clusterName": name},
+                "rbac": {"serviceAccount": {"name": sa, "annotations": {"eks.amazonaws.com/role-arn": role.arn}}},
+                "expanderPriorities": priorities,
+                "extraArgs": {
+                    "expander": "priority",
+                    "balance-similar-node-groups": "true",
+                    "skip-nodes-with-system-pods": "false",
+                    "scale-down-unneeded-time": "5m",
+                },
+                "nodeSelector": SYSTEM_NODE_SELECTOR,
+            },
+        )
+
+    def _load_balancer_controller(self, vpc_id: pulumi.Input[str]) -> None:
+        sa = "aws-load-balancer-controller"
+        cluster_tag = "aws:ResourceTag/elbv2.k8s.aws/cluster"
+        role = self._irsa(
+            "aws-load-balancer-controller",
+            "kube-system",
+            sa,
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "iam:CreateServiceLinkedRole",
+                        "Resource": "*",
+                        "Condition": {"StringEquals": {"iam:AWSServiceName": "elasticloadbalancing.amazonaws.com"}},
+                    },
+                    {
+                        "Sid": "Read",
+                        "Effect": "Allow",
+                        "Action": [
+                            "ec2:DescribeAccountAttributes",
+                            "ec2:DescribeAddresses",
+                            "ec2:DescribeAvailabilityZones",
+                            "ec2:DescribeInternetGateways",
+                            "ec2:DescribeVpcs",
+                            "ec2:DescribeVpcPeeringConnections",
+                            "ec2:DescribeSubnets",
+                            "ec2:DescribeSecurityGroups",
+                            "ec2:DescribeInstances",
+                            "ec2:DescribeNetworkInterfaces",
+                            "ec2:DescribeTags",
+                            "ec2:DescribeCoipPools",
+                            "ec2:GetCoipPoolUsage",
+                            "ec2:DescribeRouteTables",
+                            "ec2:GetSecurityGroupsForVpc",
+                            "ec2:DescribeIpamPools",
+                            "elasticloadbalancing:Describe*",
+                            "acm:ListCertificates",
+                            "acm:DescribeCertificate",
+                        ],
+                        "Resource": "*",
+                    },
+                    {
+                        "Sid": "SecurityGroups",
+                        "Effect": "Allow",
+                        "Action": [
+                            "ec2:CreateSecurityGroup",
+                            "ec2:AuthorizeSecurityGroupIngress",
+                            "ec2:RevokeSecurityGroupIngress",
+                            "ec2:CreateTags",
+                        ],
+                        "Resource": "*",
+                    },
+                    {
+                        "Sid": "DeleteOwnSecurityGroups",
+                        "Effect": "Allow",
+                        "Action": ["ec2:DeleteSecurityGroup", "ec2:DeleteTags"],
+                        "Resource": "*",
+                        "Condition": {"Null": {cluster_tag: "false"}},
+                    },
+                    {
+                        "Sid": "LoadBalancers",
+                        "Effect": "Allow",
+                        "Action": [
+                            "elasticloadbalancing:CreateLoadBalancer",
+                            "elasticloadbalancing:CreateTargetGroup",
+                            "elasticloadbalancing:CreateListener",
+                            "elasticloadbalancing:CreateRule",
+                            "elasticloadbalancing:AddTags",
+                        ],
+                        "Resource": "*",
+                    },
+                    {
+                        "Sid": "ManageOwnLoadBalancers",
+                        "Effect": "Allow",
+                        "Action": [
+                            "elasticloadbalancing:ModifyLoadBalancerAttributes",
+                            "elasticloadbalancing:SetIpAddressType",
+                            "elasticloadbalancing:SetSecurityGroups",
+                            "elasticloadbalancing:SetSubnets",
+                            "elasticloadbalancing:DeleteLoadBalancer",
+                            "elasticloadbalancing:ModifyTargetGroup",
+                            "elasticloadbalancing:ModifyTargetGroupAttributes",
+                            "elasticloadbalancing:DeleteTargetGroup",
+                            "elasticloadbalancing:RemoveTags",
+                        ],
+                        "Resource": "*",
+                        "Condition": {"Null": {cluster_tag: "false"}},
+                    },
+                    {
+                        "Sid": "ListenersAndTargets",
+                        "Effect": "Allow",
+                        "Action": [
+                            "elasticloadbalancing:RegisterTargets",
+                            "elasticloadbalancing:DeregisterTargets",
+                            "elasticloadbalancing:ModifyListener",
+                            "elasticloadbalancing:DeleteListener",
+                            "elasticloadbalancing:ModifyRule",
+                            "elasticloadbalancing:DeleteRule",
+                            "elasticloadbalancing:AddListenerCertificates",
+                            "elasticloadbalancing:RemoveListenerCertificates",
+                        ],
+                        "Resource": "*",
+                    },
+                ],
+            },
+        )
+        self._release(
+            "aws-load-balancer-controller",
+            versions.AWS_LOAD_BALANCER_CONTROLLER,
+            "kube-system",
+            {
+                "clusterName": self._cluster.cluster_name,
+                # Explicit region and VPC: the controller cannot (and need not) read them from IMDS.
+                "region": self._config.region,
+                "vpcId": vpc_id,
+                "replicaCount": 2,
+                "serviceAccount": {"create": True, "name": sa,
+                                   "annotations": {"eks.amazonaws.com/role-arn": role.arn}},
+                "enableShield": False,
+                "enableWaf": False,
+                "enableWafv2": False,
+                "nodeSelector": SYSTEM_NODE_SELECTOR,
+            },
+        )
+
+    def _keda(self) -> None:
+        # KEDA only queries the in-cluster Prometheus: it calls no AWS API and gets no IAM role.
+        self._release("keda", versions.KEDA, KEDA_NAMESPACE, {"nodeSelector": SYSTEM_NODE_SELECTOR})
+
+    def _prometheus(self) -> None:
+        self._release(
+            "prometheus",
+            versions.PROMETHEUS,
+            MONITORING_NAMESPACE,
+            {
+                "server": {
+                    "fullnameOverride": "prometheus-server",
+                    "retention": self._config.observability.prometheus_retention,
+                    # Short-lived autoscaling data: no EBS volume (and no CSI driver) needed.
+                    "persistentVolume": {"enabled": False},
+                    "global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
+                    "nodeSelector": SYSTEM_NODE_SELECTOR,
+                },
+                "alertmanager": {"enabled": False},
+                "prometheus-pushgateway": {"enabled": False},
+                "prometheus-node-exporter": {"enabled": False},
+                "kube-state-metrics": {"enabled": False},
+            },
+        )
+
+    def _fluent_bit(self) -> None:
+        log_group = aws.cloudwatch.LogGroup(
+            f"{self._name}-containers",
+            name=f"/myelin/{self._cluster.cluster_name}/containers",
+            retention_in_days=self._config.observability.log_retention_days,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        sa = "aws-for-fluent-bit"
+        role = self._irsa(
+            "fluent-bit",
+            LOGGING_NAMESPACE,
+            sa,
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                        "Resource": [log_group.arn, log_group.arn.apply(lambda a: f"{a}:*")],
+                    },
+                    {"Effect": "Allow", "Action": "logs:DescribeLogGroups", "Resource": "*"},
+                ],
+            },
+        )
+        self._release(
+            "aws-for-fluent-bit",
+            versions.AWS_FOR_FLUENT_BIT,
+            LOGGING_NAMESPACE,
+            {
+                "serviceAccount": {"create": True, "name": sa,
+                                   "annotations": {"eks.amazonaws.com/role-arn": role.arn}},
+                "cloudWatchLogs": {
+                    "enabled": True,
+                    "region": self._config.region,
+                    "logGroupName": log_group.name,
+                    "logStreamPrefix": "pod-",
+                    "autoCreateGroup": False,
+                },
+                "cloudWatch": {"enabled": False},
+                "firehose": {"enabled": False},
+                "kinesis": {"enabled": False},
+                "elasticsearch": {"enabled": False},
+                # Logs from every node, GPU nodes included.
+                "tolerations": [{"operator": "Exists"}],
+            },
+        )

@@ -1,0 +1,314 @@
+"""The stack configuration (`Pulumi.<stack>.yaml`, namespace `myelin:`) as one strict pydantic model.
+
+`load_stack_config` reads every `myelin:` key once, validates it, then parses every selected
+API folder (with the stack's overrides) through `myelin.spec.load_api_spec`. Any problem raises
+`StackConfigError` or `myelin.spec.SpecError` before a single resource is registered, naming the
+stack file (or API folder) and the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from myelin.spec import ApiSpec, SpecError, check_unique, load_api_spec, validation_problems
+
+from .versions import KUBERNETES_VERSION
+
+NAMESPACE = "myelin"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class StackConfigError(ValueError):
+    """Bad stack config: names the stack file and the `myelin:` key path of every problem."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {field}: {msg}" if field else f"{source}: {msg}" for field, msg in problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as err:
+        raise ValueError(f"not a CIDR block: {err}") from None
+
+
+class ExistingVpc(_Strict):
+    vpc_id: str = Field(..., pattern=r"^vpc-[0-9a-f]+$")
+    vpc_cidr: str = Field(..., description="The VPC's CIDR (NetworkPolicies admit the load balancers from it).")
+    public_subnet_ids: list[str] = Field(..., min_length=2)
+    private_subnet_ids: list[str] = Field(..., min_length=2)
+
+    _cidr_ok = field_validator("vpc_cidr")(_cidr)
+
+
+class NetworkConfig(_Strict):
+    vpc_cidr: str = Field("10.0.0.0/16", description="CIDR of the new VPC (a /16 to /20).")
+    az_count: int = Field(2, ge=2, le=6, description="Availability zones to spread subnets over.")
+    nat: Literal["none", "single", "per_az"] = Field(
+        "single",
+        description="NAT gateways for the private subnets: none (VPC endpoints only), one shared, or one per AZ.",
+    )
+    existing: ExistingVpc | None = Field(None, description="Use this VPC and its subnets instead of creating one.")
+
+    _cidr_ok = field_validator("vpc_cidr")(_cidr)
+
+    @field_validator("vpc_cidr")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        net = ipaddress.ip_network(v)
+        if not 16 <= net.prefixlen <= 20:
+            raise ValueError(f"use a /16 to /20 block (subnets are carved from it), got /{net.prefixlen}")
+        return v
+
+
+class NodePoolConfig(_Strict):
+    instance_types: list[str] = Field(..., min_length=1, description="EC2 instance types, most preferred first.")
+    min_size: int = Field(0, ge=0, le=1000, description="Nodes kept even when idle (spread over spot and on-demand).")
+    max_size: int = Field(..., ge=1, le=1000)
+    spot: bool = Field(True, description="Add a spot node group the autoscaler prefers; on-demand is the fallback.")
+    on_demand_base: int = Field(0, ge=0, le=1000, description="On-demand nodes always kept (the reliable floor).")
+    disk_size_gib: int = Field(50, ge=20, le=16384)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "NodePoolConfig":
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size ({self.min_size}) is greater than max_size ({self.max_size})")
+        if self.on_demand_base > self.max_size:
+            raise ValueError(f"on_demand_base ({self.on_demand_base}) is greater than max_size ({self.max_size})")
+        return self
+
+
+class GpuNodePoolConfig(NodePoolConfig):
+    ami_type: Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"] = "AL2023_x86_64_NVIDIA"
+    disk_size_gib: int = Field(100, ge=40, le=16384)
+
+
+class SystemNodesConfig(_Strict):
+    instance_type: str = "t3.medium"
+    size: int = Field(2, ge=1, le=10, description="On-demand nodes for the controllers (fixed size).")
+
+
+class ExistingCluster(_Strict):
+    kubeconfig: str = Field(..., description="Kubeconfig (JSON or YAML) of the cluster; set it as a secret.")
+    cluster_name: str
+    oidc_provider_arn: str = Field(..., pattern=r"^arn:aws[a-z-]*:iam::\d{12}:oidc-provider/.+")
+    oidc_provider_url: str
+    vpc_id: str = Field(..., pattern=r"^vpc-[0-9a-f]+$")
+    vpc_cidr: str
+
+    _cidr_ok = field_validator("vpc_cidr")(_cidr)
+
+
+class ClusterConfig(_Strict):
+    version: str = Field(KUBERNETES_VERSION, pattern=r"^1\.\d{2}$")
+    endpoint_public_access_cidrs: list[str] = Field(
+        default_factory=list,
+        description="CIDRs allowed to reach the Kubernetes API; empty = private endpoint only.",
+    )
+    admin_principal_arns: list[str] = Field(default_factory=list, description="IAM roles/users given cluster admin.")
+    log_types: list[Literal["api", "audit", "authenticator", "controllerManager", "scheduler"]] = Field(
+        default_factory=lambda: ["api", "audit", "authenticator"]
+    )
+    deletion_protection: bool = False
+    system_nodes: SystemNodesConfig = Field(default_factory=SystemNodesConfig)
+    cpu_nodes: NodePoolConfig = Field(
+        default_factory=lambda: NodePoolConfig(instance_types=["m6i.large", "m5.large"], max_size=10)
+    )
+    gpu_nodes: GpuNodePoolConfig | None = Field(None, description="GPU capacity; absent = no GPU APIs possible.")
+    existing: ExistingCluster | None = Field(None, description="Deploy add-ons and APIs onto this cluster instead.")
+
+    @field_validator("endpoint_public_access_cidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        out = [_cidr(c) for c in v]
+        for c in out:
+            if ipaddress.ip_network(c).prefixlen == 0:
+                raise ValueError("0.0.0.0/0 opens the Kubernetes API to the internet: list your office/VPN CIDRs")
+        return out
+
+
+class IngressConfig(_Strict):
+    certificate_arn: str | None = Field(
+        None, pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/.+", description="ACM cert: HTTPS + redirect."
+    )
+    domain: str | None = Field(None, description="DNS name pointing at the load balancer, used in `endpoints`.")
+    idle_timeout_seconds: int = Field(120, ge=1, le=4000)
+    ssl_policy: str = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+    public_source_cidrs: list[str] = Field(
+        default_factory=lambda: ["0.0.0.0/0"], description="Who may reach public APIs through the load balancer."
+    )
+
+    @model_validator(mode="after")
+    def _domain_needs_cert(self) -> "IngressConfig":
+        if self.domain and not self.certificate_arn:
+            raise ValueError("domain is set but certificate_arn is not: the URL would be https without a certificate")
+        return self
+
+
+class ApiSelection(_Strict):
+    overrides: dict[str, Any] = Field(default_factory=dict, description="api.yaml fields to replace for this stack.")
+
+
+class ObservabilityConfig(_Strict):
+    log_retention_days: Literal[1, 3, 5, 7, 14, 30, 60, 90, 180, 365] = 14
+    prometheus_retention: str = Field("2d", pattern=r"^\d+[hdw]$")
+
+
+class PodConfig(_Strict):
+    pre_stop_seconds: int = Field(
+        10, ge=0, le=120, description="Pause before SIGTERM so the load balancer deregisters the pod first."
+    )
+    startup_timeout_seconds: int = Field(600, ge=10, le=3600, description="Longest a model may take to load.")
+
+
+class StackConfig(_Strict):
+    stack: str
+    region: str
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
+    pods: PodConfig = Field(default_factory=PodConfig)
+    apis: dict[str, ApiSelection] = Field(..., min_length=1, description="API folders under apis/ to deploy.")
+    apis_dir: str = "apis"
+
+    @field_validator("apis", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return {k: ({} if s is None else s) for k, s in v.items()}
+        return v
+
+
+#: The `myelin:` keys a stack file may set (anything else is a typo and is refused).
+KNOWN_KEYS = ("network", "cluster", "ingress", "observability", "pods", "apis", "apis_dir", "api_keys")
+
+
+@dataclass(frozen=True)
+class DeployedApi:
+    folder: Path
+    spec: ApiSpec
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the program needs, parsed once."""
+
+    config: StackConfig
+    apis: tuple[DeployedApi, ...]
+    api_keys: Mapping[str, str]  # API name -> comma-separated keys (from the secret `myelin:api_keys`)
+
+
+def _problems(err: ValidationError, prefix: str = f"{NAMESPACE}:") -> list[tuple[str, str]]:
+    return [(prefix + field if field else prefix.rstrip(":"), msg) for field, msg in validation_problems(err)]
+
+
+def parse_stack_config(raw: Mapping[str, Any], stack: str, region: str, source: str) -> StackConfig:
+    unknown = sorted(set(raw) - set(KNOWN_KEYS))
+    if unknown:
+        raise StackConfigError(
+            source, [(f"{NAMESPACE}:{k}", f"unknown key (known: {', '.join(KNOWN_KEYS)})") for k in unknown]
+        )
+    data = {k: v for k, v in raw.items() if k != "api_keys"}
+    try:
+        return StackConfig.model_validate({**data, "stack": stack, "region": region})
+    except ValidationError as err:
+        raise StackConfigError(source, _problems(err)) from None
+
+
+def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) -> tuple[DeployedApi, ...]:
+    root = (repo_root / config.apis_dir).resolve()
+    deployed: list[DeployedApi] = []
+    for folder_name, selection in config.apis.items():
+        folder = root / folder_name
+        if not (folder / "api.yaml").is_file():
+            raise StackConfigError(
+                source, [(f"{NAMESPACE}:apis.{folder_name}", f"no API folder with an api.yaml at {folder}")]
+            )
+        spec = load_api_spec(folder, selection.overrides, f"{source} (myelin:apis.{folder_name}.overrides)")
+        problems = []
+        if spec.compute.gpu and config.cluster.gpu_nodes is None and config.cluster.existing is None:
+            problems.append(("compute.gpu", "the API needs GPUs but the stack has no myelin:cluster.gpu_nodes"))
+        if spec.autoscaling.min_replicas == 0 and spec.autoscaling.max_replicas > 0:
+            problems.append(
+                (
+                    "autoscaling.min_replicas",
+                    "0 is not supported in the cloud: with no pod there is no in-flight metric to wake the API up; "
+                    "override it to at least 1 in the stack's myelin:apis.<name>.overrides",
+                )
+            )
+        if problems:
+            raise SpecError(f"{folder / 'api.yaml'} (stack {config.stack})", problems)
+        deployed.append(DeployedApi(folder=folder, spec=spec))
+    check_unique({d.folder: d.spec for d in deployed})
+    return tuple(deployed)
+
+
+def parse_api_keys(raw: Any, apis: tuple[DeployedApi, ...], source: str) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            raise StackConfigError(source, [(f"{NAMESPACE}:api_keys", "must be a mapping of API name to keys")]) from None
+    if not isinstance(raw, Mapping):
+        raise StackConfigError(source, [(f"{NAMESPACE}:api_keys", "must be a mapping of API name to keys")])
+    names = {d.spec.name for d in apis}
+    problems = []
+    for name, keys in raw.items():
+        if name not in names:
+            problems.append((f"{NAMESPACE}:api_keys.{name}", "no deployed API has this name"))
+        elif not isinstance(keys, str) or not all(k.strip() for k in keys.split(",")):
+            problems.append((f"{NAMESPACE}:api_keys.{name}", "must be a comma-separated string of non-empty keys"))
+    if problems:
+        raise StackConfigError(source, problems)
+    return dict(raw)
+
+
+def load_settings(raw: Mapping[str, Any], stack: str, region: str, repo_root: Path = REPO_ROOT) -> Settings:
+    """Validate stack config and every selected api.yaml; raises before anything is registered."""
+    source = f"Pulumi.{stack}.yaml"
+    if not region:
+        raise StackConfigError(source, [("aws:region", "required: the AWS region to deploy to")])
+    config = parse_stack_config(raw, stack, region, source)
+    apis = resolve_apis(config, source, repo_root)
+    keys = parse_api_keys(raw.get("api_keys"), apis, source)
+    return Settings(config=config, apis=apis, api_keys=keys)
+
+
+def read_pulumi_config() -> tuple[dict[str, Any], str, str]:
+    """The raw `myelin:` map, the stack name and the AWS region from the running Pulumi program."""
+    import pulumi
+
+    cfg = pulumi.Config(NAMESPACE)
+    raw: dict[str, Any] = {}
+    for key in KNOWN_KEYS:
+        value = cfg.get(key)
+        if value is not None:
+            try:
+                raw[key] = json.loads(value)
+            except json.JSONDecodeError:
+                raw[key] = value
+    # Unknown keys: Pulumi does not refuse them, so look at what the stack set.
+    from pulumi.runtime import config as runtime_config
+
+    all_keys = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+    for full_key in sorted(all_keys):
+        ns, _, key = full_key.partition(":")
+        if ns == NAMESPACE and key not in raw and key not in KNOWN_KEYS:
+            raw[key] = runtime_config.get_config(full_key)
+    region = pulumi.Config("aws").get("region") or ""
+    return raw, pulumi.get_stack(), region
