@@ -44,6 +44,8 @@ def main(src: str, dst: str) -> None:
         row[1].set_yscale("log")
         for ax in row:
             ax.set_xscale("log", base=2)
+            ticks = sorted({int(c) for r in results if r["group"] == group for c in r["levels"]})
+            ax.set_xticks(ticks, [str(t) for t in ticks])
             ax.set_xlabel("concurrent connections (wrk -c)")
             ax.grid(True, which="both", alpha=0.3)
         row[0].set_ylim(bottom=0)

@@ -515,9 +515,38 @@ def bench_server(server: Server, args, expected: Any, concurrencies: list[int], 
                 f"p99 {s['p99_ms']:7.2f} ms  non-2xx {s['non2xx']}  socket errors {s['socket_errors']}")
         if running.proc.poll() is not None:
             raise RuntimeError(f"exited with {running.proc.returncode} during the run: {running.log_tail()}")
+        if server.name in args.profile:
+            result["profile"] = profile(running, server, args, body_file)
     finally:
         running.stop()
     return result
+
+
+def profile(running: Running, server: Server, args, body_file: Path) -> str:
+    """One extra, unmeasured run at c=64 under py-spy (sampling the server and its children) -> flame graph SVG."""
+    out_dir = args.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    svg = out_dir / f"profile-{server.name}.svg"
+    secs = max(3, round(args.duration))
+    spy = subprocess.Popen(
+        ["taskset", "-c", LOAD_CPU, str(VENVS / "tools" / "bin" / "py-spy"), "record", "--pid", str(running.proc.pid),
+         "--subprocesses", "--idle", "--rate", "200", "--duration", str(secs + 1), "--format", "flamegraph",
+         "--output", str(svg)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        time.sleep(0.5)
+        run_wrk(running.base, server, 64, secs, body_file)
+        _, err = spy.communicate(timeout=secs + 60)
+    finally:
+        if spy.poll() is None:
+            spy.kill()
+            spy.wait()
+    if not svg.is_file():
+        log(f"{server.name}: py-spy wrote no profile: {err.strip()[-300:]}")
+        return ""
+    log(f"{server.name}: profile at c=64 in {svg}")
+    return svg.name
 
 
 # ---------------------------------------------------------------- report
@@ -718,12 +747,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="results folder (default benchmarks/results; quick .work/quick)")
     ap.add_argument("--no-install", action="store_true", help="do not install wrk or the peer virtualenvs")
     ap.add_argument("--no-readme", action="store_true", help="do not copy the tables into README.md")
+    ap.add_argument("--profile", default="", help="comma-separated server names: after their runs, one extra "
+                    "c=64 run under py-spy writes profile-<name>.svg (a flame graph) next to the results")
     ap.add_argument("--list", action="store_true", help="list the servers and exit")
     args = ap.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
     args.duration = args.duration or (2.0 if args.quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 5.0)
     out_dir = args.out or (WORK / "quick" if args.quick else BENCH / "results")
+    args.out_dir = out_dir
+    args.profile = {x.strip() for x in args.profile.split(",") if x.strip()}
     conc = {"kmeans": [1, 8, 64, 256], "trivial": [1, 8, 64, 256], "embedding": [1, 8, 64]}
     if args.concurrency:
         levels = [int(x) for x in args.concurrency.split(",")]
