@@ -1,8 +1,9 @@
 """Dynamic batching: queued payloads become one `predict(list)` call.
 
-A batch is dispatched when the predictor is free (fewer than
-`max_concurrency` batches running). It takes what is queued, up to
-`max_batch_size`; if that is less than a full batch, it waits until the
+A batch is dispatched when the predictor is free (fewer than `max_batches`
+batches running, and fewer than `max_concurrency` requests inside them). It
+takes what is queued, up to `max_batch_size` (and the free request slots); if
+that is less than a full batch, it waits until the
 oldest queued request has waited `max_batch_delay`, so light traffic pays at
 most that delay and heavy traffic fills batches without waiting at all.
 Results go back to their callers in order; an exception, or a result list of
@@ -40,6 +41,7 @@ class Batcher:
         max_batch_delay: float,
         max_concurrency: int,
         max_queue_length: int,
+        max_batches: int = 1,
         extra_names: tuple[str, ...] = (),
         on_batch: Callable[[int], None] | None = None,
     ):
@@ -48,10 +50,12 @@ class Batcher:
         self.max_batch_delay = max_batch_delay
         self.max_concurrency = max_concurrency
         self.max_queue_length = max_queue_length
+        self.max_batches = max_batches
         self._extra_names = extra_names
         self._on_batch = on_batch
         self._queue: deque[_Item] = deque()
-        self.running = 0
+        self.running = 0  # batches inside predict
+        self.running_requests = 0  # requests inside those batches
         self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -69,11 +73,14 @@ class Batcher:
             loop = self._loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._queue.append(_Item(payload, extras, fut, loop.time()))
-        if not self._scheduled and self.running < self.max_concurrency:
+        if not self._scheduled and self._free():
             # Dispatch after this loop iteration, so requests parsed in the same tick share the batch.
             self._scheduled = True
             loop.call_soon(self._dispatch)
         return fut
+
+    def _free(self) -> bool:
+        return self.running < self.max_batches and self.running_requests < self.max_concurrency
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -83,19 +90,20 @@ class Batcher:
         self._scheduled = False
         queue = self._queue
         loop = self._loop
-        while self.running < self.max_concurrency and queue:
+        while queue and self._free():
             while queue and queue[0].future.done():  # timed out while queued
                 queue.popleft()
             if not queue:
                 return
-            if len(queue) < self.max_batch_size and self.max_batch_delay > 0:
+            room = min(self.max_batch_size, self.max_concurrency - self.running_requests)
+            if len(queue) < room and self.max_batch_delay > 0:
                 ready_at = queue[0].enqueued + self.max_batch_delay
                 if loop.time() < ready_at:
                     if self._timer is None:
                         self._timer = loop.call_at(ready_at, self._on_timer)
                     return
             items = []
-            while queue and len(items) < self.max_batch_size:
+            while queue and len(items) < room:
                 item = queue.popleft()
                 if not item.future.done():
                     items.append(item)
@@ -107,6 +115,7 @@ class Batcher:
 
     def _start(self, items: list[_Item]) -> None:
         self.running += 1
+        self.running_requests += len(items)
         if self._on_batch is not None:
             self._on_batch(len(items))
         kwargs = {name: [item.extras[name] for item in items] for name in self._extra_names}
@@ -127,6 +136,7 @@ class Batcher:
 
     def _finish(self, items: list[_Item], results: Any, error: BaseException | None) -> None:
         self.running -= 1
+        self.running_requests -= len(items)
         if error is None:
             n = len(items)
             if isinstance(results, (str, bytes, dict)) or not hasattr(results, "__len__"):

@@ -80,6 +80,18 @@ def run_app(app: Any, host: str, port: int, drain_timeout: float, sockets: list[
     config = uvicorn_config(app, host, port)
     server = DrainingServer(config, lambda: app.drain(drain_timeout), drain_timeout)
     server.run(sockets=sockets)
+    # A predict still running past the grace period lives in a thread that cannot be interrupted, and
+    # the interpreter would wait for it at exit: leave now, as the grace period promises.
+    _exit_now(0)
+
+
+def _exit_now(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def _worker_main(folder: str, spec_json: str, host: str, port: int, sock: socket.socket, processes: int) -> None:

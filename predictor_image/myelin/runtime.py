@@ -111,7 +111,10 @@ class ApiRuntime:
         if self.spec.batching is not None:
             self.batcher = Batcher(
                 self._call, self.spec.batching.max_batch_size, self.spec.batching.max_batch_delay.seconds,
-                self.max_concurrency, self.max_queue_length, extras, self.metrics.batch_size.observe,
+                self.max_concurrency, self.max_queue_length,
+                # a sync predict runs one batch per thread; async batches overlap on the loop
+                self.max_concurrency if predictor.is_async else self.spec.serving.threads,
+                extras, self.metrics.batch_size.observe,
             )
         self.state = State.READY
 

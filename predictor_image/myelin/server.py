@@ -93,6 +93,7 @@ class MyelinApp:
 
     async def _start_runtime(self, runtime: ApiRuntime) -> None:
         await runtime.start()
+        runtime.sample_metrics()
         if self.on_loaded is not None:
             self.on_loaded(runtime)
 

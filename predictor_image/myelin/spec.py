@@ -328,6 +328,16 @@ class ApiSpec(_Strict):
             )
         return v
 
+    @model_validator(mode="after")
+    def _batches_can_fill(self) -> "ApiSpec":
+        if self.batching is not None and self.serving.max_concurrency < self.batching.max_batch_size:
+            raise ValueError(
+                f"serving.max_concurrency ({self.serving.max_concurrency}) is less than batching.max_batch_size "
+                f"({self.batching.max_batch_size}): requests in a running batch count against max_concurrency, so "
+                "batches could never fill; set serving.max_concurrency to at least max_batch_size"
+            )
+        return self
+
     @property
     def endpoint(self) -> str:
         return self.networking.endpoint or f"/{self.name}"

@@ -1,0 +1,101 @@
+"""Shared test helpers: start real Myelin servers on loopback and stop them by pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A `myelin ...` subprocess on a free loopback port; logs captured to files."""
+
+    def __init__(self, args: list[str], tmp_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.stdout_path = tmp_path / f"server-{self.port}.out"
+        self.stderr_path = tmp_path / f"server-{self.port}.err"
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env.pop("PORT", None)
+        self._out = open(self.stdout_path, "wb")
+        self._err = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "myelin.cli", *args, "--port", str(self.port)],
+            stdout=self._out, stderr=self._err, env=full_env, cwd=str(cwd or ROOT),
+        )
+
+    def wait_ready(self, timeout: float = 60.0, status: int = 200) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.stderr()}\n{self.stdout()}")
+            try:
+                if httpx.get(self.base + "/readyz", timeout=2).status_code == status:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"server not ready in {timeout}s:\n{self.stderr()}\n{self.stdout()}")
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def log_lines(self) -> list[dict]:
+        import json
+
+        lines = []
+        for line in self.stdout().splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+        return lines
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+        self._err.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """start_server("serve", "path/to/api", env={...}) -> a ready ServerProcess, stopped at teardown by pid."""
+    servers: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, wait: bool = True, ready_status: int = 200) -> ServerProcess:
+        server = ServerProcess(list(args), tmp_path, env)
+        servers.append(server)
+        if wait:
+            server.wait_ready(status=ready_status)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -1,0 +1,5 @@
+import os
+
+
+def greet(greeting, name):
+    return f"{greeting} {name}{os.environ['HELPER_SUFFIX']}"

@@ -1,0 +1,61 @@
+"""Dynamic batching over real HTTP: order, batch-scoped failures, wrong-length results."""
+
+import concurrent.futures as cf
+
+import httpx
+import pytest
+
+
+
+@pytest.fixture(scope="module")
+def batched(tmp_path_factory):
+    from conftest import ServerProcess
+
+    server = ServerProcess(["serve", "tests/runtime/apis/batched"], tmp_path_factory.mktemp("batched"))
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+def send_all(server, payloads):
+    with cf.ThreadPoolExecutor(len(payloads)) as pool:
+        return list(pool.map(lambda p: httpx.post(f"{server.base}/batched", json=p, timeout=10), payloads))
+
+
+def test_each_caller_gets_its_own_result_in_batches(batched):
+    results = send_all(batched, [{"i": i} for i in range(24)])
+    assert [r.status_code for r in results] == [200] * 24
+    bodies = [r.json() for r in results]
+    assert [b["i"] for b in bodies] == list(range(24))
+    assert max(b["batch_size"] for b in bodies) > 1  # requests really were batched
+    assert all(b["batch_size"] <= 8 for b in bodies)  # and never beyond max_batch_size
+    metrics = httpx.get(f"{batched.base}/metrics").text
+    assert 'myelin_batch_size_count{api="batched"}' in metrics
+
+
+def test_an_exception_fails_exactly_its_batch(batched):
+    results = send_all(batched, [{"i": i, "fail": i == 3} for i in range(6)])
+    assert results[3].status_code == 500 and results[3].json()["error"]["type"] == "predictor_failure"
+    # every request that succeeded came from a batch without the failing payload, and the
+    # failed ones number exactly the size of the failing batch
+    ok = [r.json() for r in results if r.status_code == 200]
+    failed = [r for r in results if r.status_code != 200]
+    assert all(r.status_code == 500 for r in failed)
+    assert all(b["i"] != 3 for b in ok)
+    assert len(failed) >= 1 and len(ok) + len(failed) == 6
+    again = send_all(batched, [{"i": i} for i in range(4)])
+    assert [r.status_code for r in again] == [200] * 4
+
+
+def test_single_request_batches_alone(batched):
+    r = httpx.post(f"{batched.base}/batched", json={"i": 7})
+    assert r.json()["i"] == 7 and r.json()["batch_size"] == 1
+
+
+def test_wrong_length_result_is_a_clear_500_for_that_batch(batched):
+    r = httpx.post(f"{batched.base}/batched", json={"i": 1, "short": True})
+    assert r.status_code == 500
+    error = r.json()["error"]
+    assert error["type"] == "bad_batch_result" and "0 results for a batch of 1" in error["message"]
+    # the server is unharmed
+    assert httpx.post(f"{batched.base}/batched", json={"i": 2}).status_code == 200

@@ -1,0 +1,59 @@
+"""Payload decoding by content type and result encoding by type (unit level)."""
+
+import asyncio
+
+import numpy as np
+import orjson
+import pytest
+
+from myelin import codec
+from myelin.errors import HTTPError
+
+
+def decode(ctype: bytes, body: bytes):
+    return asyncio.run(codec.decode(ctype, body))
+
+
+def test_decoding_by_content_type():
+    assert decode(b"application/json", b'{"a": [1, 2]}') == {"a": [1, 2]}
+    assert decode(b"application/json; charset=utf-8", b"[1]") == [1]
+    assert decode(b"application/vnd.api+json", b"{}") == {}
+    assert decode(b"text/plain", "héllo".encode()) == "héllo"
+    assert decode(b"text/plain; charset=latin-1", "héllo".encode("latin-1")) == "héllo"
+    assert decode(b"application/x-www-form-urlencoded", b"a=1&b=two") == {"a": "1", "b": "two"}
+    assert decode(b"image/png", b"\x89PNG") == b"\x89PNG"
+    assert decode(b"", b"raw") == b"raw"
+
+
+def test_multipart_form():
+    body = (b"--XX\r\nContent-Disposition: form-data; name=\"field\"\r\n\r\nvalue\r\n"
+            b"--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n\x00\x01\r\n--XX--\r\n")
+    form = decode(b"multipart/form-data; boundary=XX", body)
+    assert form["field"] == "value"
+    assert asyncio.run(form["file"].read()) == b"\x00\x01"
+
+
+@pytest.mark.parametrize("ctype, body", [
+    (b"application/json", b"{bad"), (b"application/json", b""), (b"application/json", b"[" * 5000 + b"]" * 5000),
+    (b"text/plain", b"\xff\xfe\xfa"), (b"text/plain; charset=nope", b"x"),
+    (b"multipart/form-data", b"no boundary"),
+    (b"multipart/form-data; boundary=XX", b"--XX\r\nContent-Disposition: form-data\r\n\r\nv\r\n--XX--\r\n"),
+])
+def test_bad_input_is_a_400(ctype, body):
+    with pytest.raises(HTTPError) as info:
+        decode(ctype, body)
+    assert info.value.status_code == 400
+
+
+def test_encoding_by_type():
+    assert codec.encode({"a": 1}) == (b'{"a":1}', codec.JSON)
+    body, ctype = codec.encode({"v": np.arange(3), "f": np.float32(0.5), "i": np.int64(2)})
+    assert orjson.loads(body) == {"v": [0, 1, 2], "f": 0.5, "i": 2} and ctype == codec.JSON
+    assert codec.encode(np.array([[1, 2]])) == (b"[[1,2]]", codec.JSON)
+    assert codec.encode("hi") == (b"hi", codec.TEXT)
+    assert codec.encode(b"\x00") == (b"\x00", codec.OCTETS)
+    assert codec.encode(3) == (b"3", codec.JSON)
+    assert codec.encode(None) == (b"null", codec.JSON)
+    with pytest.raises(TypeError, match="cannot be encoded"):
+        codec.encode(object())
