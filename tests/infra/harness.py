@@ -28,6 +28,8 @@ class StackRun:
     resources: list[Recorded]
     calls: list[tuple[str, dict]]
     outputs: dict[str, Any]
+    secret_outputs: set[str]
+    ignore_changes: dict[str, list[str]]
 
     def of_type(self, typ: str) -> list[Recorded]:
         return [r for r in self.resources if r.typ == typ]
@@ -39,6 +41,23 @@ class StackRun:
         matches = [r for r in self.resources if r.typ == typ and r.name == name]
         assert len(matches) == 1, f"expected one {typ} named {name}, got {len(matches)}"
         return matches[0]
+
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SECRET_SIG) == "1b47061264138c4ac30d75fd1eb44270"
+
+
+def unwrap_secrets(value: Any) -> Any:
+    if is_secret(value):
+        return unwrap_secrets(value["value"])
+    if isinstance(value, dict):
+        return {k: unwrap_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap_secrets(v) for v in value]
+    return value
 
 
 def stack_config(stack: str, path: Path | None = None) -> dict[str, Any]:
@@ -72,8 +91,19 @@ def run_program(stack: str, config: dict[str, Any], main: Path = MAIN) -> StackR
         original_export(name, value)
 
     outputs: dict[str, Any] = {}
+    secret_outputs: set[str] = set()
+    ignore_changes: dict[str, list[str]] = {}
+
+    original_init = pulumi.CustomResource.__init__
+
+    def recording_init(self, t, name, props=None, opts=None, *args, **kwargs):
+        # Resource options never reach the mocks (and stack transforms do not run under them): note them here.
+        if opts is not None and opts.ignore_changes:
+            ignore_changes[name] = list(opts.ignore_changes)
+        original_init(self, t, name, props, opts, *args, **kwargs)
 
     def program() -> None:
+        pulumi.CustomResource.__init__ = recording_init
         cwd = os.getcwd()
         os.chdir(REPO)
         pulumi.export = capture
@@ -81,10 +111,14 @@ def run_program(stack: str, config: dict[str, Any], main: Path = MAIN) -> StackR
             runpy.run_path(str(main), run_name="__main__")
         finally:
             pulumi.export = original_export
+            pulumi.CustomResource.__init__ = original_init
             os.chdir(cwd)
         resolved = _sync_await(pulumi.Output.from_input(exported).future())
         outputs.update(resolved or {})
+        for name, value in exported.items():
+            if isinstance(value, pulumi.Output) and _sync_await(value.is_secret()):
+                secret_outputs.add(name)
 
     _sync_await(run_pulumi_func(program))
     return StackRun(stack=stack, config=config, resources=list(mocks.resources), calls=list(mocks.calls),
-                    outputs=outputs)
+                    outputs=outputs, secret_outputs=secret_outputs, ignore_changes=ignore_changes)

@@ -1,0 +1,114 @@
+"""Bad stack config or a bad api.yaml stops the program before any resource is registered."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+
+from components.config import REPO_ROOT, StackConfigError, load_settings
+from myelin.spec import SpecError
+
+from .harness import run_program, stack_config
+
+
+def raw_of(stack: str) -> dict:
+    return {k.split(":", 1)[1]: v for k, v in stack_config(stack).items() if k.startswith("myelin:")}
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_committed_stacks_are_valid(stack):
+    settings = load_settings(raw_of(stack), stack, stack_config(stack)["aws:region"])
+    assert settings.apis
+
+
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda c: c["network"].update(nat="two"), "myelin:network.nat"),
+        (lambda c: c["network"].update(vpc_cidr="10.0.0.0/8"), "myelin:network.vpc_cidr"),
+        (lambda c: c["cluster"]["cpu_nodes"].update(max_size=0), "myelin:cluster.cpu_nodes.max_size"),
+        (lambda c: c["cluster"]["gpu_nodes"].update(ami_type="AL2_x86_64"), "myelin:cluster.gpu_nodes.ami_type"),
+        (lambda c: c["cluster"].update(endpoint_public_access_cidrs=["0.0.0.0/0"]),
+         "myelin:cluster.endpoint_public_access_cidrs"),
+        (lambda c: c["cluster"]["system_nodes"].update(sise=2), "myelin:cluster.system_nodes.sise"),
+        (lambda c: c.update(clutser={}), "myelin:clutser"),
+        (lambda c: c["apis"].update({"no-such-api": {}}), "myelin:apis.no-such-api"),
+        (lambda c: c.update(ingress={"domain": "x.example.com"}), "myelin:ingress"),
+    ],
+)
+def test_bad_stack_config_names_the_file_and_field(mutate, field):
+    raw = copy.deepcopy(raw_of("dev"))
+    mutate(raw)
+    with pytest.raises(StackConfigError) as err:
+        load_settings(raw, "dev", "us-west-2")
+    assert "Pulumi.dev.yaml" in str(err.value) and field in str(err.value)
+
+
+def test_bad_override_names_the_api_folder_the_stack_file_and_field():
+    raw = copy.deepcopy(raw_of("dev"))
+    raw["apis"]["kmeans"] = {"overrides": {"autoscaling": {"min_replicas": 5, "max_replicas": 2}}}
+    with pytest.raises(SpecError) as err:
+        load_settings(raw, "dev", "us-west-2")
+    msg = str(err.value)
+    assert "apis/kmeans/api.yaml" in msg and "Pulumi.dev.yaml" in msg and "autoscaling" in msg
+
+
+def test_min_replicas_zero_is_refused_in_the_cloud():
+    raw = copy.deepcopy(raw_of("dev"))
+    raw["apis"]["kmeans"] = {"overrides": {"autoscaling": {"min_replicas": 0}}}
+    with pytest.raises(SpecError, match="autoscaling.min_replicas"):
+        load_settings(raw, "dev", "us-west-2")
+
+
+def test_gpu_api_without_gpu_nodes_is_refused():
+    raw = copy.deepcopy(raw_of("prod"))
+    del raw["cluster"]["gpu_nodes"]
+    with pytest.raises(SpecError, match="compute.gpu"):
+        load_settings(raw, "prod", "us-east-1")
+
+
+def test_bad_api_yaml_names_the_folder(tmp_path):
+    apis = tmp_path / "apis"
+    shutil.copytree(REPO_ROOT / "apis" / "iris-classifier", apis / "iris-classifier",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    spec_file = apis / "iris-classifier" / "api.yaml"
+    spec_file.write_text(spec_file.read_text().replace("cpu: 500m", "cpu: lots"))
+    raw = {"apis": {"iris-classifier": {}}}
+    with pytest.raises(SpecError) as err:
+        load_settings(raw, "dev", "us-west-2", repo_root=tmp_path)
+    assert str(spec_file) in str(err.value) and "compute.cpu" in str(err.value)
+
+
+def test_program_registers_nothing_when_config_is_bad():
+    config = stack_config("dev")
+    config["myelin:network"] = {**config["myelin:network"], "nat": "sometimes"}
+    with pytest.raises(StackConfigError, match=r"Pulumi.dev.yaml: myelin:network.nat"):
+        run_program("dev", config)
+    # run_program raises before returning; check a fresh mocks instance saw nothing.
+    from .pulumi_mocks import MyelinMocks
+    import pulumi
+    from pulumi.runtime import settings as pulumi_settings
+    from pulumi.runtime.stack import run_pulumi_func
+    from pulumi.runtime.sync_await import _sync_await
+    import runpy
+    from .harness import MAIN, apply_config, REPO
+    import os
+
+    mocks = MyelinMocks()
+    pulumi_settings.ROOT.set(None)
+    pulumi.runtime.set_mocks(mocks, project="myelin", stack="dev", preview=False)
+    apply_config(config)
+
+    def program():
+        cwd = os.getcwd()
+        os.chdir(REPO)
+        try:
+            runpy.run_path(str(MAIN), run_name="__main__")
+        finally:
+            os.chdir(cwd)
+
+    with pytest.raises(StackConfigError):
+        _sync_await(run_pulumi_func(program))
+    assert mocks.resources == []

@@ -1,0 +1,84 @@
+"""Every Kubernetes object the program emits passes strict schema validation for the cluster's version."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+
+from components.versions import KUBERNETES_VERSION
+
+from .harness import unwrap_secrets
+
+SCHEMAS = Path(__file__).parent / "schemas"
+CRD_SCHEMAS = {("keda.sh/v1alpha1", "ScaledObject"): SCHEMAS / "scaledobject-keda-v1alpha1.json"}
+
+
+def k8s_objects(run):
+    return [r for r in run.resources if r.typ.startswith("kubernetes:") and "kind" in r.inputs
+            and not r.typ.startswith("kubernetes:helm.sh")]
+
+
+def manifest(recorded) -> dict:
+    # Recorded inputs are the manifest Pulumi sends to the API server (camelCase wire names);
+    # secret values arrive wrapped in Pulumi's secret envelope.
+    return unwrap_secrets(json.loads(json.dumps(recorded.inputs)))
+
+
+def test_program_emits_the_expected_kinds(run):
+    kinds = {r.inputs["kind"] for r in k8s_objects(run)}
+    assert {"Namespace", "ServiceAccount", "Deployment", "Service", "ScaledObject", "PodDisruptionBudget",
+            "NetworkPolicy", "Ingress"} <= kinds
+
+
+def test_cluster_version_is_validated(run):
+    version = run.config.get("myelin:cluster", {}).get("version", KUBERNETES_VERSION)
+    assert version in kubernetes_validate.utils.all_versions() or f"{version}.0" in kubernetes_validate.utils.all_versions()
+
+
+def test_every_builtin_object_is_strictly_valid(run):
+    version = run.config.get("myelin:cluster", {}).get("version", KUBERNETES_VERSION)
+    checked = 0
+    for rec in k8s_objects(run):
+        obj = manifest(rec)
+        if (obj["apiVersion"], obj["kind"]) in CRD_SCHEMAS:
+            continue
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            pytest.fail(f"{rec.typ} {rec.name}: {err}")
+        checked += 1
+    assert checked >= 10
+
+
+def test_every_custom_resource_matches_its_crd_schema(run):
+    crds = [r for r in k8s_objects(run) if (r.inputs["apiVersion"], r.inputs["kind"]) in CRD_SCHEMAS]
+    assert crds, "expected KEDA ScaledObjects"
+    for rec in crds:
+        schema = json.loads(CRD_SCHEMAS[(rec.inputs["apiVersion"], rec.inputs["kind"])].read_text())
+        jsonschema.Draft202012Validator(schema).validate(manifest(rec))
+
+
+def test_crd_schema_rejects_a_broken_scaledobject(run):
+    rec = next(r for r in k8s_objects(run) if r.inputs["kind"] == "ScaledObject")
+    schema = json.loads(CRD_SCHEMAS[("keda.sh/v1alpha1", "ScaledObject")].read_text())
+    broken = manifest(rec)
+    del broken["spec"]["triggers"][0]["metadata"]["threshold"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(schema).validate(broken)
+    typo = manifest(rec)
+    typo["spec"]["minReplicas"] = 1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(schema).validate(typo)
+
+
+def test_strict_validation_catches_a_typo(run):
+    """The validator is really strict: an unknown field in a Deployment fails."""
+    rec = next(r for r in k8s_objects(run) if r.inputs["kind"] == "Deployment")
+    obj = manifest(rec)
+    obj["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)

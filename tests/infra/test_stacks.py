@@ -1,0 +1,397 @@
+"""Assertions on the resource graph `__main__.py` registers for each stack file (dev, prod)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from components import versions
+from components.config import REPO_ROOT
+from myelin.spec import ApiSpec, load_api_spec
+
+from .harness import is_secret, unwrap_secrets
+
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def deployments(run):
+    return {r.inputs["metadata"]["name"]: r.inputs for r in run.k8s("Deployment")}
+
+
+def spec_of(deployment) -> ApiSpec:
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    return ApiSpec.model_validate_json(env["MYELIN_API_SPEC"]["value"])
+
+
+def selected(run) -> dict[str, dict]:
+    return {name: (sel or {}).get("overrides", {}) for name, sel in run.config["myelin:apis"].items()}
+
+
+# -- stacks --------------------------------------------------------------------------------------
+
+
+def test_stacks_deploy_the_real_api_folders():
+    for name in ("iris-classifier", "kmeans", "sentence-embedding", "image-classifier"):
+        assert (REPO_ROOT / "apis" / name / "api.yaml").is_file()
+
+
+def test_stacks_differ_where_teams_differ(dev, prod):
+    dn, pn = dev.config["myelin:network"], prod.config["myelin:network"]
+    assert (dn["nat"], pn["nat"]) == ("single", "per_az")
+    assert len(dev.of_type("aws:ec2/natGateway:NatGateway")) == 1
+    assert len(prod.of_type("aws:ec2/natGateway:NatGateway")) == pn["az_count"] == 3
+    dev_groups = {g.name: g.inputs for g in dev.of_type("aws:eks/nodeGroup:NodeGroup")}
+    prod_groups = {g.name: g.inputs for g in prod.of_type("aws:eks/nodeGroup:NodeGroup")}
+    assert dev_groups["myelin-dev-cpu-ondemand"]["scalingConfig"]["minSize"] == 0  # spot-only base
+    assert prod_groups["myelin-prod-cpu-ondemand"]["scalingConfig"]["minSize"] == 3  # on-demand base
+    assert "myelin-prod-gpu-spot" not in prod_groups and "myelin-dev-gpu-spot" in dev_groups
+    assert dev_groups["myelin-dev-gpu-spot"]["instanceTypes"] != prod_groups["myelin-prod-gpu-ondemand"]["instanceTypes"]
+    assert set(selected(dev)) != set(selected(prod))
+    assert "sentence-embedding" in selected(prod) and "sentence-embedding" not in selected(dev)
+    assert spec_of(deployments(prod)["iris-classifier"]).autoscaling.min_replicas == 2
+    assert spec_of(deployments(dev)["iris-classifier"]).autoscaling.min_replicas == 1
+    visibilities = {i.inputs["metadata"]["annotations"]["alb.ingress.kubernetes.io/scheme"] for i in prod.k8s("Ingress")}
+    assert visibilities == {"internet-facing", "internal"}
+
+
+# -- network -------------------------------------------------------------------------------------
+
+
+def test_network_spans_azs_with_tagged_public_and_private_subnets(run):
+    subnets = [s.inputs for s in run.of_type("aws:ec2/subnet:Subnet")]
+    public = [s for s in subnets if s["tags"].get("kubernetes.io/role/elb") == "1"]
+    private = [s for s in subnets if s["tags"].get("kubernetes.io/role/internal-elb") == "1"]
+    az_count = run.config["myelin:network"]["az_count"]
+    assert len(public) == len(private) == az_count >= 2
+    assert len({s["availabilityZone"] for s in private}) == az_count
+    assert all(s["mapPublicIpOnLaunch"] is False for s in subnets)
+    cluster_tag = f"kubernetes.io/cluster/myelin-{run.stack}"
+    assert all(cluster_tag in s["tags"] for s in subnets)
+
+
+# -- cluster -------------------------------------------------------------------------------------
+
+
+def test_eks_cluster_settings(run):
+    (cluster,) = run.of_type("eks:index:Cluster")
+    c = cluster.inputs
+    cfg = run.config["myelin:cluster"]
+    assert c["skipDefaultNodeGroup"] is True
+    assert c["createOidcProvider"] is True
+    assert c["authenticationMode"] == "API"
+    assert c["encryptionConfigKeyArn"].startswith("arn:aws:kms:")
+    assert c["enabledClusterLogTypes"] == cfg["log_types"]
+    assert c["publicAccessCidrs"] == cfg["endpoint_public_access_cidrs"]
+    assert c["endpointPrivateAccess"] is True
+    assert c["nodeAssociatePublicIpAddress"] is False
+    assert c["version"] == cfg["version"]
+    assert c["vpcCniOptions"]["enableNetworkPolicy"] is True
+    key = run.of_type("aws:kms/key:Key")[0].inputs
+    assert key["enableKeyRotation"] is True
+    assert run.outputs["cluster_name"] == f"myelin-{run.stack}"
+    assert "kubeconfig" in run.secret_outputs and json.loads(run.outputs["kubeconfig"])["kind"] == "Config"
+
+
+def test_node_groups(run):
+    groups = {g.name: g.inputs for g in run.of_type("aws:eks/nodeGroup:NodeGroup")}
+    system = groups[f"myelin-{run.stack}-system"]
+    assert system["capacityType"] == "ON_DEMAND" and "taints" not in system
+    gpu = {n: g for n, g in groups.items() if "-gpu-" in n}
+    assert gpu
+    ami = run.config["myelin:cluster"]["gpu_nodes"]["ami_type"]
+    for g in gpu.values():
+        assert g["amiType"] == ami and "NVIDIA" in g["amiType"]
+        assert {"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"} in g["taints"]
+        assert g["labels"]["myelin.dev/pool"] == "gpu" and g["labels"]["nvidia.com/gpu.present"] == "true"
+        assert g["scalingConfig"]["minSize"] == 0  # GPU capacity scales to zero
+    capacity = {(g["labels"]["myelin.dev/pool"], g["capacityType"]) for g in groups.values()}
+    assert ("cpu", "ON_DEMAND") in capacity
+    if run.config["myelin:cluster"]["cpu_nodes"]["spot"]:
+        assert ("cpu", "SPOT") in capacity
+    for name, g in groups.items():
+        assert "remoteAccess" not in g  # no SSH
+        assert g["launchTemplate"]["id"].startswith("lt-")
+        assert run.ignore_changes[name] == ["scalingConfig.desiredSize"]
+        assert g["tags"][f"k8s.io/cluster-autoscaler/myelin-{run.stack}"] == "owned"
+
+
+def test_launch_templates_require_imdsv2_and_encrypt_volumes(run):
+    templates = run.of_type("aws:ec2/launchTemplate:LaunchTemplate")
+    assert len(templates) == 3
+    for t in templates:
+        md = t.inputs["metadataOptions"]
+        assert md["httpTokens"] == "required" and md["httpPutResponseHopLimit"] == 1
+        assert "keyName" not in t.inputs
+        for bd in t.inputs["blockDeviceMappings"]:
+            assert bd["ebs"]["encrypted"] == "true"
+
+
+# -- add-ons -------------------------------------------------------------------------------------
+
+
+def test_addons_are_pinned_upstream_charts(run):
+    releases = {r.inputs["chart"]: r.inputs for r in run.of_type("kubernetes:helm.sh/v3:Release")}
+    for chart in versions.ALL_CHARTS:
+        assert chart.chart in releases, chart.chart
+        assert releases[chart.chart]["version"] == chart.version
+        assert releases[chart.chart]["repositoryOpts"]["repo"] == chart.repo
+    plugin = releases["nvidia-device-plugin"]["values"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in plugin["tolerations"]
+    ca = releases["cluster-autoscaler"]["values"]
+    assert ca["autoDiscovery"]["clusterName"] == f"myelin-{run.stack}"
+    assert ca["extraArgs"]["expander"] == "priority"
+    assert ca["expanderPriorities"]["50"] == [".*-spot-.*"]
+    lbc = releases["aws-load-balancer-controller"]["values"]
+    assert lbc["region"] == run.config["aws:region"] and lbc["vpcId"].startswith("vpc-")
+    fb = releases["aws-for-fluent-bit"]["values"]
+    assert fb["cloudWatchLogs"]["enabled"] is True and fb["cloudWatchLogs"]["logGroupName"].startswith("/myelin/")
+    prom = releases["prometheus"]["values"]
+    assert prom["server"]["fullnameOverride"] == "prometheus-server"
+
+
+def test_each_aws_controller_has_its_own_scoped_irsa_role(run):
+    releases = {r.inputs["chart"]: r.inputs["values"] for r in run.of_type("kubernetes:helm.sh/v3:Release")}
+    role_of = {
+        "cluster-autoscaler": releases["cluster-autoscaler"]["rbac"]["serviceAccount"],
+        "aws-load-balancer-controller": releases["aws-load-balancer-controller"]["serviceAccount"],
+        "aws-for-fluent-bit": releases["aws-for-fluent-bit"]["serviceAccount"],
+    }
+    arns = {sa["annotations"]["eks.amazonaws.com/role-arn"] for sa in role_of.values()}
+    assert len(arns) == 3  # one role each
+    roles = [r.inputs for r in run.of_type("aws:iam/role:Role") if r.name.endswith("-irsa")]
+    assert len(roles) == 3
+    subjects = set()
+    for role in roles:
+        trust = json.loads(role["assumeRolePolicy"])["Statement"][0]
+        assert trust["Action"] == "sts:AssumeRoleWithWebIdentity"
+        cond = trust["Condition"]["StringEquals"]
+        subjects |= {v for k, v in cond.items() if k.endswith(":sub")}
+        assert any(k.endswith(":aud") for k in cond)
+    assert subjects == {
+        "system:serviceaccount:kube-system:cluster-autoscaler",
+        "system:serviceaccount:kube-system:aws-load-balancer-controller",
+        "system:serviceaccount:logging:aws-for-fluent-bit",
+    }
+    for pol in run.of_type("aws:iam/rolePolicy:RolePolicy"):
+        doc = json.loads(pol.inputs["policy"])
+        for st in doc["Statement"]:
+            actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+            assert "*" not in actions and not any(a.endswith(":*") for a in actions)
+    ca = next(json.loads(p.inputs["policy"]) for p in run.of_type("aws:iam/rolePolicy:RolePolicy")
+              if "cluster-autoscaler" in p.name)
+    scale = next(s for s in ca["Statement"] if "autoscaling:SetDesiredCapacity" in s["Action"])
+    assert scale["Condition"]["StringEquals"] == {
+        f"aws:ResourceTag/k8s.io/cluster-autoscaler/myelin-{run.stack}": "owned"}
+
+
+# -- predictor APIs ------------------------------------------------------------------------------
+
+
+def test_every_selected_api_is_deployed_with_its_effective_spec(run):
+    deps = deployments(run)
+    assert set(deps) == set(selected(run))
+    for name, overrides in selected(run).items():
+        expected = load_api_spec(REPO_ROOT / "apis" / name, overrides, "test")
+        assert spec_of(deps[name]) == expected
+    assert set(run.outputs["endpoints"]) == set(selected(run))
+
+
+def test_ecr_repositories_scan_on_push_with_immutable_tags(run):
+    repos = run.of_type("aws:ecr/repository:Repository")
+    assert len(repos) == len(selected(run))
+    for r in repos:
+        assert r.inputs["imageTagMutability"] == "IMMUTABLE"
+        assert r.inputs["imageScanningConfiguration"]["scanOnPush"] is True
+
+
+def test_images_built_from_the_dockerfile_with_content_tags(run):
+    images = {i.name: i.inputs for i in run.of_type("docker-build:index:Image")}
+    deps = deployments(run)
+    for name in selected(run):
+        image = images[f"{run.stack}-{name}"]
+        assert image["push"] is True
+        assert image["dockerfile"]["location"] == "predictor_image/Dockerfile"
+        assert image["context"]["location"] == "predictor_image"
+        assert image["context"]["named"]["api"]["location"] == f"apis/{name}"
+        gpu = spec_of(deps[name]).compute.gpu > 0
+        assert image["buildArgs"]["BASE_IMAGE"] == (versions.GPU_BASE_IMAGE if gpu else versions.CPU_BASE_IMAGE)
+        (tag,) = image["tags"]
+        container_image = deps[name]["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert container_image.startswith(tag + "@sha256:")
+        assert len(tag.rsplit(":", 1)[1]) == 20
+
+
+def test_content_tag_changes_with_any_input(tmp_path):
+    import shutil
+
+    from components.image import content_tag
+
+    api = tmp_path / "api"
+    shutil.copytree(REPO_ROOT / "apis" / "iris-classifier", api,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    base = content_tag(api, {"BASE_IMAGE": "a"})
+    assert content_tag(api, {"BASE_IMAGE": "a"}) == base
+    assert content_tag(api, {"BASE_IMAGE": "b"}) != base
+    (api / "predictor.py").write_text((api / "predictor.py").read_text() + "\n# changed\n")
+    assert content_tag(api, {"BASE_IMAGE": "a"}) != base
+    (api / "__pycache__").mkdir(exist_ok=True)
+    changed = content_tag(api, {"BASE_IMAGE": "a"})
+    (api / "__pycache__" / "x.pyc").write_bytes(b"ignored")
+    assert content_tag(api, {"BASE_IMAGE": "a"}) == changed
+
+
+def test_deployments(run):
+    pods = run.config.get("myelin:pods", {})
+    for name, dep in deployments(run).items():
+        spec = spec_of(dep)
+        d = dep["spec"]
+        autoscaled = spec.autoscaling.min_replicas != spec.autoscaling.max_replicas
+        assert autoscaled and "replicas" not in d
+        assert d["strategy"]["type"] == "RollingUpdate"
+        assert d["strategy"]["rollingUpdate"] == {
+            "maxSurge": spec.update_strategy.max_surge, "maxUnavailable": spec.update_strategy.max_unavailable}
+        pod = d["template"]["spec"]
+        (c,) = pod["containers"]
+        res = c["resources"]
+        assert res["requests"]["cpu"] == spec.compute.cpu and res["requests"]["memory"] == spec.compute.mem
+        assert res["limits"]["memory"] == spec.compute.mem
+        if spec.compute.gpu:
+            assert res["limits"]["nvidia.com/gpu"] == res["requests"]["nvidia.com/gpu"] == str(spec.compute.gpu)
+            assert GPU_TOLERATION in pod["tolerations"]
+            assert pod["nodeSelector"] == {"myelin.dev/pool": "gpu"}
+        else:
+            assert "nvidia.com/gpu" not in res["limits"] and "tolerations" not in pod
+            assert pod["nodeSelector"] == {"myelin.dev/pool": "cpu"}
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        startup = c["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= pods.get("startup_timeout_seconds", 600)
+        pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert pre_stop == pods.get("pre_stop_seconds", 10)
+        assert pod["terminationGracePeriodSeconds"] >= pre_stop + math.ceil(spec.serving.drain_timeout.seconds) + 1
+        ann = d["template"]["metadata"]["annotations"]
+        assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == "8080"
+        assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+        env = {e["name"] for e in c["env"]}
+        assert {"MYELIN_API_SPEC", "PORT"} <= env
+
+
+def test_pods_are_hardened(run):
+    for dep in deployments(run).values():
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        sc = pod["containers"][0]["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"] and sc["runAsUser"] > 0
+    for sa in run.k8s("ServiceAccount"):
+        assert sa.inputs["automountServiceAccountToken"] is False
+
+
+def test_scaled_objects_map_cortex_autoscaling(run):
+    objs = {o.inputs["metadata"]["name"]: o.inputs["spec"] for o in run.k8s("ScaledObject")}
+    for name, dep in deployments(run).items():
+        spec = spec_of(dep)
+        so = objs[name]
+        a = spec.autoscaling
+        assert so["scaleTargetRef"]["name"] == name
+        assert (so["minReplicaCount"], so["maxReplicaCount"]) == (a.min_replicas, a.max_replicas)
+        (trigger,) = so["triggers"]
+        assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+        md = trigger["metadata"]
+        assert md["serverAddress"] == "http://prometheus-server.monitoring.svc.cluster.local:80"
+        assert f'myelin_in_flight_requests{{api="{name}",namespace="apis"}}' in md["query"]
+        assert f"[{int(a.window.seconds)}s]" in md["query"]
+        assert float(md["threshold"]) == spec.target_in_flight
+        behavior = so["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+        assert behavior["scaleUp"]["stabilizationWindowSeconds"] == int(a.upscale_stabilization.seconds)
+        assert behavior["scaleDown"]["stabilizationWindowSeconds"] == int(a.downscale_stabilization.seconds)
+        assert behavior["scaleUp"]["policies"][0]["value"] == round((a.max_upscale_factor - 1) * 100)
+        assert behavior["scaleDown"]["policies"][0]["value"] == round((1 - a.max_downscale_factor) * 100)
+
+
+def test_prod_overrides_reach_the_autoscaler(prod):
+    objs = {o.inputs["metadata"]["name"]: o.inputs["spec"] for o in prod.k8s("ScaledObject")}
+    assert objs["kmeans"]["minReplicaCount"] == 3 and objs["kmeans"]["maxReplicaCount"] == 30
+    se = objs["sentence-embedding"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert se["scaleDown"]["stabilizationWindowSeconds"] == 600
+
+
+def test_services_and_pdbs(run):
+    services = {s.inputs["metadata"]["name"]: s.inputs["spec"] for s in run.k8s("Service")}
+    pdbs = {p.inputs["metadata"]["name"]: p.inputs["spec"] for p in run.k8s("PodDisruptionBudget")}
+    for name, dep in deployments(run).items():
+        labels = dep["spec"]["selector"]["matchLabels"]
+        assert services[name]["selector"] == labels
+        assert services[name]["ports"][0]["targetPort"] == "http"
+        assert pdbs[name]["selector"]["matchLabels"] == labels and pdbs[name]["maxUnavailable"] == 1
+
+
+def test_ingresses_route_only_the_endpoint_on_a_shared_alb(run):
+    https = "myelin:ingress" in run.config and run.config["myelin:ingress"].get("certificate_arn")
+    deps = deployments(run)
+    for ing in run.k8s("Ingress"):
+        name = ing.inputs["metadata"]["name"]
+        spec = spec_of(deps[name])
+        ann = ing.inputs["metadata"]["annotations"]
+        assert ing.inputs["spec"]["ingressClassName"] == "alb"
+        (rule,) = ing.inputs["spec"]["rules"]
+        (path,) = rule["http"]["paths"]
+        assert path == {"path": spec.endpoint, "pathType": "Exact",
+                        "backend": {"service": {"name": name, "port": {"name": "http"}}}}
+        visibility = spec.networking.visibility
+        assert ann["alb.ingress.kubernetes.io/group.name"] == f"myelin-{run.stack}-{visibility}"
+        assert ann["alb.ingress.kubernetes.io/scheme"] == ("internet-facing" if visibility == "public" else "internal")
+        assert ann["alb.ingress.kubernetes.io/healthcheck-path"] == "/readyz"
+        assert ann["alb.ingress.kubernetes.io/target-type"] == "ip"
+        if https:
+            assert json.loads(ann["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTP": 80}, {"HTTPS": 443}]
+            assert ann["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
+            assert ann["alb.ingress.kubernetes.io/certificate-arn"] == run.config["myelin:ingress"]["certificate_arn"]
+            assert run.outputs["endpoints"][name].startswith("https://")
+        else:
+            assert json.loads(ann["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTP": 80}]
+            assert "alb.ingress.kubernetes.io/certificate-arn" not in ann
+        assert run.outputs["endpoints"][name].endswith(spec.endpoint)
+
+
+def test_namespaces_are_labelled_for_pod_security(run):
+    ns = {n.inputs["metadata"]["name"]: n.inputs["metadata"] for n in run.k8s("Namespace")}
+    assert ns["apis"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    for name, meta in ns.items():
+        level = meta["labels"]["pod-security.kubernetes.io/enforce"]
+        assert level == "restricted" or meta["annotations"]["myelin.dev/pss-exception"]
+
+
+def test_network_policies_admit_only_the_load_balancer_and_prometheus(run):
+    pols = {p.inputs["metadata"]["name"]: p.inputs["spec"] for p in run.k8s("NetworkPolicy")}
+    assert pols["default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    subnets = [s.inputs for s in run.of_type("aws:ec2/subnet:Subnet")]
+    public = {s["cidrBlock"] for s in subnets if "kubernetes.io/role/elb" in s["tags"]}
+    private = {s["cidrBlock"] for s in subnets if "kubernetes.io/role/internal-elb" in s["tags"]}
+    for name, dep in deployments(run).items():
+        spec = spec_of(dep)
+        pol = pols[name]
+        assert pol["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+        lb, prom = pol["ingress"]
+        cidrs = {p["ipBlock"]["cidr"] for p in lb["from"]}
+        assert cidrs == (public if spec.networking.visibility == "public" else private)
+        assert prom["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+        assert all(p["ports"] == [{"port": 8080, "protocol": "TCP"}] for p in (lb, prom))
+
+
+def test_api_keys_come_from_a_secret(prod):
+    dep = deployments(prod)["iris-classifier"]
+    spec = spec_of(dep)
+    assert spec.networking.auth is not None
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    ref = env[spec.networking.auth.api_keys_env]["valueFrom"]["secretKeyRef"]
+    (secret,) = prod.k8s("Secret")
+    assert ref == {"name": secret.inputs["metadata"]["name"], "key": "keys"}
+    assert is_secret(secret.inputs["stringData"])  # never stored in plain text in the state
+    assert unwrap_secrets(secret.inputs["stringData"])["keys"]
+    assert "api_keys" in prod.secret_outputs and set(prod.outputs["api_keys"]) == {"iris-classifier"}
