@@ -9,6 +9,7 @@ container (`myelin serve`) and every API on a laptop (`myelin local`).
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -93,6 +94,10 @@ class MyelinApp:
 
     async def _start_runtime(self, runtime: ApiRuntime) -> None:
         await runtime.start()
+        # Move the model's (long-lived) objects out of the collector's reach: full collections then
+        # scan only per-request garbage, which keeps them from stalling requests for tens of ms.
+        gc.collect()
+        gc.freeze()
         runtime.sample_metrics()
         if self.on_loaded is not None:
             self.on_loaded(runtime)
