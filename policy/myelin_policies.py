@@ -1,0 +1,249 @@
+"""Myelin's security rules as plain functions over (resource type, properties), wrapped as Pulumi policies.
+
+Plain functions so tests run them without the engine: on the resources recorded from the mocked dev
+and prod stacks (they pass) and on broken copies (they fail with the message below). Properties are
+the engine's camelCase inputs; unknown values (None during a preview) are not judged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Callable, Iterable, Mapping
+
+from pulumi_policy import (
+    EnforcementLevel,
+    ResourceValidationPolicy,
+    StackValidationPolicy,
+)
+
+Props = Mapping[str, Any]
+RESERVED_PATHS = ("/healthz", "/readyz", "/metrics", "/info", "/docs", "/openapi.json")
+ALB = "alb.ingress.kubernetes.io/"
+
+
+def _get(d: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(d, Mapping):
+            return None
+        d = d.get(key)
+    return d
+
+
+# -- AWS ------------------------------------------------------------------------------------------
+
+
+def ecr_repository(props: Props) -> list[str]:
+    out = []
+    if props.get("imageTagMutability") != "IMMUTABLE":
+        out.append("ECR repository must use immutable tags (imageTagMutability: IMMUTABLE)")
+    if _get(props, "imageScanningConfiguration", "scanOnPush") is not True:
+        out.append("ECR repository must scan images on push (imageScanningConfiguration.scanOnPush: true)")
+    return out
+
+
+def launch_template(props: Props) -> list[str]:
+    out = []
+    md = props.get("metadataOptions") or {}
+    if md.get("httpTokens") != "required":
+        out.append("launch template must require IMDSv2 (metadataOptions.httpTokens: required)")
+    if md.get("httpPutResponseHopLimit") != 1:
+        out.append("launch template must set the IMDS hop limit to 1 so pods cannot reach node credentials")
+    if props.get("keyName"):
+        out.append("launch template must not set an SSH key (keyName): nodes have no SSH")
+    for bd in props.get("blockDeviceMappings") or []:
+        if str(_get(bd, "ebs", "encrypted")).lower() != "true":
+            out.append(f"launch template volume {bd.get('deviceName')} must be encrypted")
+    if not props.get("blockDeviceMappings"):
+        out.append("launch template must declare its (encrypted) root volume")
+    return out
+
+
+def node_group(props: Props) -> list[str]:
+    out = []
+    if props.get("remoteAccess"):
+        out.append("node group must not enable remote (SSH) access")
+    if not props.get("launchTemplate"):
+        out.append("node group must use a launch template (IMDSv2, encrypted volumes)")
+    return out
+
+
+def subnet(props: Props) -> list[str]:
+    if props.get("mapPublicIpOnLaunch") is True:
+        return ["subnet must not give instances public IPs (nodes live in private subnets only)"]
+    return []
+
+
+def eks_cluster(props: Props) -> list[str]:
+    out = []
+    if "encryptionConfigKeyArn" not in props:
+        out.append("EKS cluster must encrypt Kubernetes secrets with KMS (encryptionConfigKeyArn)")
+    if props.get("authenticationMode") not in ("API", None):
+        out.append("EKS cluster must use API authentication mode (access entries, not aws-auth)")
+    if not props.get("enabledClusterLogTypes"):
+        out.append("EKS cluster must ship control-plane logs (enabledClusterLogTypes)")
+    if props.get("skipDefaultNodeGroup") is not True:
+        out.append("EKS cluster must skip the default (self-managed, unhardened) node group")
+    if props.get("nodeAssociatePublicIpAddress") is not False:
+        out.append("EKS nodes must not get public IPs (nodeAssociatePublicIpAddress: false)")
+    if props.get("endpointPublicAccess") is not False:
+        cidrs = props.get("publicAccessCidrs") or []
+        if not cidrs or any(ipaddress.ip_network(c).prefixlen == 0 for c in cidrs if isinstance(c, str)):
+            out.append("EKS API endpoint must be private or restricted to configured CIDRs (publicAccessCidrs)")
+    return out
+
+
+# -- Kubernetes -----------------------------------------------------------------------------------
+
+
+def deployment(props: Props) -> list[str]:
+    pod = _get(props, "spec", "template", "spec") or {}
+    name = _get(props, "metadata", "name")
+    out = []
+    psc = pod.get("securityContext") or {}
+    if pod.get("automountServiceAccountToken") is not False:
+        out.append(f"Deployment {name}: automountServiceAccountToken must be false")
+    if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
+        out.append(f"Deployment {name}: host namespaces are not allowed")
+    for c in (pod.get("containers") or []) + (pod.get("initContainers") or []):
+        sc = c.get("securityContext") or {}
+        cname = f"Deployment {name} container {c.get('name')}"
+        if not (sc.get("runAsNonRoot") is True or psc.get("runAsNonRoot") is True):
+            out.append(f"{cname}: must run as non-root (runAsNonRoot: true)")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            out.append(f"{cname}: must not run as UID 0")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            out.append(f"{cname}: root file system must be read-only")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{cname}: allowPrivilegeEscalation must be false")
+        if sc.get("privileged"):
+            out.append(f"{cname}: privileged containers are not allowed")
+        if "ALL" not in (_get(sc, "capabilities", "drop") or []):
+            out.append(f"{cname}: all capabilities must be dropped (capabilities.drop: [ALL])")
+        if (_get(sc, "capabilities", "add") or []):
+            out.append(f"{cname}: no capabilities may be added")
+        seccomp = _get(sc, "seccompProfile", "type") or _get(psc, "seccompProfile", "type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{cname}: seccompProfile must be RuntimeDefault")
+    return out
+
+
+def namespace(props: Props) -> list[str]:
+    labels = _get(props, "metadata", "labels") or {}
+    annotations = _get(props, "metadata", "annotations") or {}
+    name = _get(props, "metadata", "name")
+    level = labels.get("pod-security.kubernetes.io/enforce")
+    if level is None:
+        return [f"Namespace {name}: must carry the label pod-security.kubernetes.io/enforce"]
+    if level != "restricted" and not annotations.get("myelin.dev/pss-exception"):
+        return [f"Namespace {name}: enforces '{level}', not 'restricted', without a myelin.dev/pss-exception reason"]
+    return []
+
+
+def ingress(props: Props) -> list[str]:
+    out = []
+    name = _get(props, "metadata", "name")
+    ann = _get(props, "metadata", "annotations") or {}
+    for rule in _get(props, "spec", "rules") or []:
+        for p in _get(rule, "http", "paths") or []:
+            path = p.get("path") or "/"
+            if path == "/" or path in RESERVED_PATHS or (
+                p.get("pathType") == "Prefix" and any(r.startswith(path.rstrip("/") + "/") for r in RESERVED_PATHS)
+            ):
+                out.append(f"Ingress {name}: path {path} would expose health/metrics routes; route only API endpoints")
+    if _get(props, "spec", "defaultBackend"):
+        out.append(f"Ingress {name}: a default backend exposes every path")
+    if ann.get(ALB + "certificate-arn"):
+        if ann.get(ALB + "ssl-redirect") != "443":
+            out.append(f"Ingress {name}: with a certificate, HTTP must redirect to HTTPS (ssl-redirect: '443')")
+        if "HTTPS" not in (ann.get(ALB + "listen-ports") or ""):
+            out.append(f"Ingress {name}: with a certificate, the load balancer must listen on HTTPS")
+    return out
+
+
+# -- whole stack ----------------------------------------------------------------------------------
+
+
+def network_policies(resources: Iterable[tuple[str, Props]]) -> list[str]:
+    """Every namespace with Deployments denies ingress by default and every Deployment has its own policy."""
+    deployments, policies = [], []
+    for typ, props in resources:
+        if typ == "kubernetes:apps/v1:Deployment":
+            deployments.append(props)
+        elif typ == "kubernetes:networking.k8s.io/v1:NetworkPolicy":
+            policies.append(props)
+    out = []
+    for dep in deployments:
+        ns = _get(dep, "metadata", "namespace")
+        name = _get(dep, "metadata", "name")
+        in_ns = [p for p in policies if _get(p, "metadata", "namespace") == ns]
+        if not any(_get(p, "spec", "podSelector") in ({}, None) and "Ingress" in (_get(p, "spec", "policyTypes") or [])
+                   and not _get(p, "spec", "ingress") for p in in_ns):
+            out.append(f"namespace {ns}: needs a default-deny ingress NetworkPolicy (Deployment {name} lives there)")
+        labels = _get(dep, "spec", "selector", "matchLabels") or {}
+        if not any((_get(p, "spec", "podSelector", "matchLabels") or {}).items() <= labels.items()
+                   and _get(p, "spec", "podSelector", "matchLabels") for p in in_ns):
+            out.append(f"Deployment {ns}/{name}: no NetworkPolicy admits its traffic")
+    return out
+
+
+RESOURCE_RULES: dict[str, Callable[[Props], list[str]]] = {
+    "aws:ecr/repository:Repository": ecr_repository,
+    "aws:ec2/launchTemplate:LaunchTemplate": launch_template,
+    "aws:eks/nodeGroup:NodeGroup": node_group,
+    "aws:ec2/subnet:Subnet": subnet,
+    "eks:index:Cluster": eks_cluster,
+    "kubernetes:apps/v1:Deployment": deployment,
+    "kubernetes:core/v1:Namespace": namespace,
+    "kubernetes:networking.k8s.io/v1:Ingress": ingress,
+}
+
+
+def check_resource(typ: str, props: Props) -> list[str]:
+    rule = RESOURCE_RULES.get(typ)
+    return rule(props) if rule else []
+
+
+# -- Pulumi wiring --------------------------------------------------------------------------------
+
+
+def _resource_policy(name: str, typ: str, rule: Callable[[Props], list[str]], description: str):
+    def validate(args, report_violation):
+        if args.resource_type == typ:
+            for message in rule(args.props):
+                report_violation(message)
+
+    return ResourceValidationPolicy(
+        name=name, description=description, enforcement_level=EnforcementLevel.MANDATORY, validate=validate
+    )
+
+
+def _stack_network_policies(args, report_violation):
+    for message in network_policies((r.resource_type, r.props) for r in args.resources):
+        report_violation(message)
+
+
+POLICIES = [
+    _resource_policy("ecr-scan-immutable", "aws:ecr/repository:Repository", ecr_repository,
+                     "ECR repositories scan on push and have immutable tags."),
+    _resource_policy("nodes-imdsv2-encrypted", "aws:ec2/launchTemplate:LaunchTemplate", launch_template,
+                     "Node launch templates require IMDSv2 (hop limit 1), encrypt volumes, set no SSH key."),
+    _resource_policy("nodegroups-no-ssh", "aws:eks/nodeGroup:NodeGroup", node_group,
+                     "Managed node groups use a launch template and allow no SSH."),
+    _resource_policy("subnets-no-public-ips", "aws:ec2/subnet:Subnet", subnet,
+                     "No subnet hands out public IPs; nodes live in private subnets."),
+    _resource_policy("eks-cluster-hardened", "eks:index:Cluster", eks_cluster,
+                     "KMS secrets encryption, API auth mode, control-plane logs, restricted endpoint, private nodes."),
+    _resource_policy("pods-hardened", "kubernetes:apps/v1:Deployment", deployment,
+                     "Non-root, read-only root FS, no privilege escalation, ALL capabilities dropped, "
+                     "RuntimeDefault seccomp, no service account token."),
+    _resource_policy("namespaces-pss", "kubernetes:core/v1:Namespace", namespace,
+                     "Namespaces enforce the restricted Pod Security Standard (or state why not)."),
+    _resource_policy("ingress-endpoints-only", "kubernetes:networking.k8s.io/v1:Ingress", ingress,
+                     "Ingresses route only API endpoints (never health/metrics) and redirect HTTP to HTTPS."),
+    StackValidationPolicy(
+        name="network-policies",
+        description="Namespaces with workloads deny ingress by default; each Deployment has its own policy.",
+        enforcement_level=EnforcementLevel.MANDATORY,
+        validate=_stack_network_policies,
+    ),
+]
