@@ -1,0 +1,63 @@
+"""The example APIs under apis/ load and answer their README curl lines through `myelin local`."""
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import ROOT, ServerProcess
+
+EXAMPLES = sorted(p.name for p in (ROOT / "apis").iterdir() if (p / "api.yaml").is_file())
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    server = ServerProcess(["local", "apis", "--no-reload"], tmp_path_factory.mktemp("local"))
+    server.wait_ready(timeout=180)
+    yield server
+    server.stop()
+
+
+def readme_curl(name: str) -> list[str]:
+    text = (ROOT / "apis" / name / "README.md").read_text()
+    line = next(l for l in text.splitlines() if l.strip().startswith("curl "))
+    return shlex.split(line.strip())
+
+
+def test_all_four_examples_exist():
+    assert {"iris-classifier", "kmeans", "image-classifier", "sentence-embedding"} <= set(EXAMPLES)
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_readme_curl_line_works_as_written(local, name):
+    args = readme_curl(name)
+    args = [re.sub(r"http://127\.0\.0\.1:8888", local.base, a) for a in args]
+    out = subprocess.run(args + ["-w", "\n%{http_code}"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    body, _, code = out.stdout.rpartition("\n")
+    assert code == "200", (name, out.stdout, out.stderr, local.stderr()[-2000:])
+    assert body.strip().startswith("{")
+
+
+def test_local_lists_every_example_as_loaded(local):
+    err = local.stderr()
+    for name in EXAMPLES:
+        assert f"✓ {name}" in err, err
+
+
+def test_examples_answer_with_real_predictions(local):
+    iris = httpx.post(f"{local.base}/iris-classifier", json={
+        "sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}).json()
+    assert iris["label"] == "setosa"
+    km = httpx.post(f"{local.base}/kmeans", json={"features": [0.5, -1.0]}).json()
+    assert 0 <= km["cluster"] < 100
+    png = (ROOT / "apis/image-classifier/sample.png").read_bytes()
+    digit = httpx.post(f"{local.base}/image-classifier", content=png, headers={"content-type": "image/png"}).json()
+    assert digit["digit"] == 7
+    bad = httpx.post(f"{local.base}/image-classifier", content=b"not a png", headers={"content-type": "image/png"})
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "predictor_error"
+    emb = httpx.post(f"{local.base}/sentence-embedding", content="A cat sits on the mat.",
+                     headers={"content-type": "text/plain"}, timeout=60).json()
+    assert len(emb["embedding"]) == 384
