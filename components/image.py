@@ -124,6 +124,8 @@ class PredictorImage(pulumi.ComponentResource):
             build_args=build_args,
             platforms=[docker_build.Platform.LINUX_AMD64],
             push=True,
+            # Previews (every PR) do not build: a GPU image takes minutes; `pulumi up` builds and pushes.
+            build_on_preview=False,
             registries=[
                 docker_build.RegistryArgs(address=repo.repository_url, username=auth.user_name, password=auth.password)
             ],
