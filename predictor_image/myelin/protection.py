@@ -1,0 +1,111 @@
+"""Header and body read timeouts for uvicorn's httptools protocol.
+
+uvicorn has a keep-alive timeout but no limit on how long a client may take to
+send a request's headers or body, so a client that opens a connection, sends
+half a request line and then nothing holds that connection (and its memory)
+forever; a few thousand such clients exhaust the server (slowloris).
+
+`ProtectedHttpToolsProtocol` arms a deadline when a connection opens and when
+each new request begins: if the headers are not complete within
+`MYELIN_HEADER_TIMEOUT` seconds (default 10) the connection is closed (with a
+408 JSON error if part of a request arrived). Once the headers are in, the
+body must be complete within `MYELIN_BODY_TIMEOUT` seconds (default 60), else
+408 and close. Time during which the server itself stopped reading (flow
+control, a pipelined request waiting its turn) does not count against the
+client.
+"""
+
+from __future__ import annotations
+
+import os
+from asyncio import TimerHandle
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 60.0
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def _timeout_response(what: str, seconds: float) -> bytes:
+    body = orjson.dumps({"error": {"type": "request_timeout",
+                                   "message": f"request {what} not received within {seconds:g}s", "request_id": ""}})
+    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: "
+            + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+
+
+class ProtectedHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol plus header- and body-read deadlines (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = _seconds("MYELIN_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT_S)
+        self.body_timeout = _seconds("MYELIN_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT_S)
+        self._read_timer: TimerHandle | None = None
+        self._request_begun = False
+
+    # -------------------------------------------------------------- timers
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        self._read_timer = self.loop.call_later(seconds, self._read_timed_out, what, seconds)
+
+    def _disarm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_timed_out(self, what: str, seconds: float) -> None:
+        self._read_timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.flow is not None and self.flow.read_paused:
+            # The server is not reading (backpressure or a pipelined request): not the client's fault.
+            self._arm(seconds, what)
+            return
+        cycle = self.cycle
+        response_started = what == "body" and cycle is not None and cycle.response_started
+        if self._request_begun and not response_started:
+            transport.write(_timeout_response(what, seconds))
+        transport.close()
+
+    # -------------------------------------------------------------- protocol hooks
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.header_timeout, "headers")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._request_begun = True
+        self._arm(self.header_timeout, "headers")
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+        # The body deadline runs until on_message_complete (at once for a request without a body).
+        self._arm(self.body_timeout, "body")
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._request_begun = False
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # Idle keep-alive connections are uvicorn's keep-alive timer's business; a new request re-arms ours.
+        if not self._request_begun:
+            self._disarm()
