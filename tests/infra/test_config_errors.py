@@ -112,3 +112,27 @@ def test_program_registers_nothing_when_config_is_bad():
     with pytest.raises(StackConfigError):
         _sync_await(run_pulumi_func(program))
     assert mocks.resources == []
+
+
+def _fields(model, prefix=""):
+    from pydantic import BaseModel
+
+    for name, info in model.model_fields.items():
+        if name in ("stack", "region"):
+            continue
+        yield prefix + name
+        ann = info.annotation
+        for candidate in getattr(ann, "__args__", (ann,)):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel) and candidate.__name__ != "ApiSelection":
+                yield from _fields(candidate, "")
+
+
+def test_every_stack_key_is_documented():
+    from components.config import KNOWN_KEYS, StackConfig
+
+    docs = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    project = (REPO_ROOT / "Pulumi.yaml").read_text()
+    for key in KNOWN_KEYS:
+        assert f"`{key}" in docs and f"myelin:{key}" in project, key
+    for field in set(_fields(StackConfig)):
+        assert field in docs, f"docs/deploy.md does not explain {field}"
