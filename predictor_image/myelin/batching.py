@@ -2,10 +2,12 @@
 
 A batch is dispatched when the predictor is free (fewer than `max_batches`
 batches running, and fewer than `max_concurrency` requests inside them). It
-takes what is queued, up to `max_batch_size` (and the free request slots); if
-that is less than a full batch, it waits until the
-oldest queued request has waited `max_batch_delay`, so light traffic pays at
-most that delay and heavy traffic fills batches without waiting at all.
+takes what is queued, up to `max_batch_size` (and the free request slots). It
+waits for more only when traffic says more is coming: if fewer requests are
+queued than the previous batch held, it waits until the oldest has waited
+`max_batch_delay`. A lone client (previous batch of 1) never waits; under load
+batches fill up to the size the load sustains, and a drop in load costs one
+wait of at most `max_batch_delay` before batches shrink to match.
 Results go back to their callers in order; an exception, or a result list of
 the wrong length, fails exactly the requests of that batch.
 """
@@ -56,6 +58,7 @@ class Batcher:
         self._queue: deque[_Item] = deque()
         self.running = 0  # batches inside predict
         self.running_requests = 0  # requests inside those batches
+        self._last_batch = 1  # size of the previous batch: how many requests to expect
         self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -96,7 +99,8 @@ class Batcher:
             if not queue:
                 return
             room = min(self.max_batch_size, self.max_concurrency - self.running_requests)
-            if len(queue) < room and self.max_batch_delay > 0:
+            expected = min(room, self._last_batch)
+            if len(queue) < expected and self.max_batch_delay > 0:
                 ready_at = queue[0].enqueued + self.max_batch_delay
                 if loop.time() < ready_at:
                     if self._timer is None:
@@ -108,6 +112,7 @@ class Batcher:
                 if not item.future.done():
                     items.append(item)
             if items:
+                self._last_batch = len(items)
                 self._start(items)
         if self._timer is not None and not queue:
             self._timer.cancel()
