@@ -69,18 +69,18 @@ class RssSampler(threading.Thread):
         self.pid = pid
         self.interval = interval
         self.peak = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 self.peak = max(self.peak, rss_kb(self.pid))
             except (OSError, AssertionError):
                 return
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def stop(self) -> int:
-        self._stop.set()
+        self._halt.set()
         self.join(5)
         return self.peak
 
