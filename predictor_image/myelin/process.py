@@ -32,9 +32,11 @@ _FINAL_CLOSE_S = 2.0
 
 
 def uvicorn_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Config:
+    from .protection import ProtectedHttpToolsProtocol  # httptools plus header/body read timeouts
+
     loop = "uvloop" if sys.platform != "win32" else "asyncio"
     return uvicorn.Config(
-        app, host=host, port=port, loop=loop, http="httptools", lifespan="on", access_log=False,
+        app, host=host, port=port, loop=loop, http=ProtectedHttpToolsProtocol, lifespan="on", access_log=False,
         server_header=False, log_level=os.environ.get("MYELIN_UVICORN_LOG_LEVEL", "warning"),
         timeout_graceful_shutdown=_FINAL_CLOSE_S, timeout_keep_alive=15, backlog=4096, **extra,
     )
