@@ -76,6 +76,8 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         response_started = what == "body" and cycle is not None and cycle.response_started
         if self._request_begun and not response_started:
+            if cycle is not None:
+                cycle.scope["myelin.read_timeout"] = True  # so the app logs a 408, not a client disconnect
             transport.write(_timeout_response(what, seconds))
         transport.close()
 

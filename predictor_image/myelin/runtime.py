@@ -299,7 +299,10 @@ class ApiRuntime:
             self.log.event("error", "result could not be encoded", api=self.name, request_id=request_id, error=str(err))
             await _send_error(send, 500, "internal", "the predictor's result could not be encoded; see the server log", request_id)
         except _ClientGone:
-            status, error_type = 499, "client_disconnected"
+            if scope.get("myelin.read_timeout"):  # the body stalled; protection.py answered 408
+                status, error_type = 408, "request_timeout"
+            else:
+                status, error_type = 499, "client_disconnected"
         except asyncio.CancelledError:
             status, error_type = 499, "cancelled"
             raise

@@ -71,6 +71,10 @@ def test_stalled_headers_and_bodies_are_cut_off(start_server):
     assert {o for o, _, _ in results["crowd"]} == {"408+closed"}
     # and the server is whole afterwards
     assert httpx.post(f"{server.base}/guarded", json={}, timeout=5).status_code == 200
+    # the stalled body reached the app: its log line and metrics say 408, not a client disconnect
+    time.sleep(0.3)
+    stalled = [l for l in server.log_lines() if l.get("path") == "/guarded" and l.get("status") not in (200,)]
+    assert [(l["status"], l["error"]) for l in stalled] == [(408, "request_timeout")], stalled
 
 
 def test_slow_but_legitimate_clients_are_served(start_server):
