@@ -192,7 +192,15 @@ class Addons(pulumi.ComponentResource):
 
     def _load_balancer_controller(self, vpc_id: pulumi.Input[str]) -> None:
         sa = "aws-load-balancer-controller"
+        # Statements follow the controller's docs/install/iam_policy.json (v2.14), less WAF, Shield and Cognito
+        # (disabled below / not used): every create must carry the cluster tag, every change needs it on the resource.
         cluster_tag = "aws:ResourceTag/elbv2.k8s.aws/cluster"
+        request_tag = "aws:RequestTag/elbv2.k8s.aws/cluster"
+        elb_arns = [
+            "arn:aws:elasticloadbalancing:*:*:targetgroup/*/*",
+            "arn:aws:elasticloadbalancing:*:*:loadbalancer/app/*/*",
+            "arn:aws:elasticloadbalancing:*:*:loadbalancer/net/*/*",
+        ]
         role = self._irsa(
             "aws-load-balancer-controller",
             "kube-system",
@@ -239,28 +247,72 @@ class Addons(pulumi.ComponentResource):
                             "ec2:CreateSecurityGroup",
                             "ec2:AuthorizeSecurityGroupIngress",
                             "ec2:RevokeSecurityGroupIngress",
-                            "ec2:CreateTags",
                         ],
                         "Resource": "*",
+                    },
+                    {
+                        # Tags only on the security group being created, and only with the cluster tag set.
+                        "Sid": "TagNewSecurityGroups",
+                        "Effect": "Allow",
+                        "Action": "ec2:CreateTags",
+                        "Resource": "arn:aws:ec2:*:*:security-group/*",
+                        "Condition": {
+                            "StringEquals": {"ec2:CreateAction": "CreateSecurityGroup"},
+                            "Null": {request_tag: "false"},
+                        },
+                    },
+                    {
+                        # Retag its own groups, without touching the cluster tag itself.
+                        "Sid": "TagOwnSecurityGroups",
+                        "Effect": "Allow",
+                        "Action": ["ec2:CreateTags", "ec2:DeleteTags"],
+                        "Resource": "arn:aws:ec2:*:*:security-group/*",
+                        "Condition": {"Null": {request_tag: "true", cluster_tag: "false"}},
                     },
                     {
                         "Sid": "DeleteOwnSecurityGroups",
                         "Effect": "Allow",
-                        "Action": ["ec2:DeleteSecurityGroup", "ec2:DeleteTags"],
+                        "Action": "ec2:DeleteSecurityGroup",
                         "Resource": "*",
                         "Condition": {"Null": {cluster_tag: "false"}},
                     },
                     {
-                        "Sid": "LoadBalancers",
+                        # Load balancers and target groups are created only carrying the cluster tag.
+                        "Sid": "CreateTaggedLoadBalancers",
                         "Effect": "Allow",
-                        "Action": [
-                            "elasticloadbalancing:CreateLoadBalancer",
-                            "elasticloadbalancing:CreateTargetGroup",
-                            "elasticloadbalancing:CreateListener",
-                            "elasticloadbalancing:CreateRule",
-                            "elasticloadbalancing:AddTags",
-                        ],
+                        "Action": ["elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateTargetGroup"],
                         "Resource": "*",
+                        "Condition": {"Null": {request_tag: "false"}},
+                    },
+                    {
+                        "Sid": "TagOnCreate",
+                        "Effect": "Allow",
+                        "Action": "elasticloadbalancing:AddTags",
+                        "Resource": elb_arns,
+                        "Condition": {
+                            "StringEquals": {
+                                "elasticloadbalancing:CreateAction": ["CreateTargetGroup", "CreateLoadBalancer"]
+                            },
+                            "Null": {request_tag: "false"},
+                        },
+                    },
+                    {
+                        "Sid": "TagOwnLoadBalancers",
+                        "Effect": "Allow",
+                        "Action": ["elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags"],
+                        "Resource": elb_arns,
+                        "Condition": {"Null": {request_tag: "true", cluster_tag: "false"}},
+                    },
+                    {
+                        "Sid": "TagListenersAndRules",
+                        "Effect": "Allow",
+                        "Action": ["elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags"],
+                        "Resource": [
+                            "arn:aws:elasticloadbalancing:*:*:listener/app/*/*/*",
+                            "arn:aws:elasticloadbalancing:*:*:listener/net/*/*/*",
+                            "arn:aws:elasticloadbalancing:*:*:listener-rule/app/*/*/*",
+                            "arn:aws:elasticloadbalancing:*:*:listener-rule/net/*/*/*",
+                        ],
                     },
                     {
                         "Sid": "ManageOwnLoadBalancers",
@@ -274,21 +326,31 @@ class Addons(pulumi.ComponentResource):
                             "elasticloadbalancing:ModifyTargetGroup",
                             "elasticloadbalancing:ModifyTargetGroupAttributes",
                             "elasticloadbalancing:DeleteTargetGroup",
-                            "elasticloadbalancing:RemoveTags",
+                            "elasticloadbalancing:ModifyListenerAttributes",
+                            "elasticloadbalancing:ModifyCapacityReservation",
+                            "elasticloadbalancing:ModifyIpPools",
                         ],
                         "Resource": "*",
                         "Condition": {"Null": {cluster_tag: "false"}},
                     },
                     {
-                        "Sid": "ListenersAndTargets",
+                        "Sid": "Targets",
+                        "Effect": "Allow",
+                        "Action": ["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"],
+                        "Resource": "arn:aws:elasticloadbalancing:*:*:targetgroup/*/*",
+                    },
+                    {
+                        # SetRulePriorities: an IngressGroup reorders the rules of its shared listener.
+                        "Sid": "ListenersAndRules",
                         "Effect": "Allow",
                         "Action": [
-                            "elasticloadbalancing:RegisterTargets",
-                            "elasticloadbalancing:DeregisterTargets",
-                            "elasticloadbalancing:ModifyListener",
+                            "elasticloadbalancing:CreateListener",
                             "elasticloadbalancing:DeleteListener",
-                            "elasticloadbalancing:ModifyRule",
+                            "elasticloadbalancing:CreateRule",
                             "elasticloadbalancing:DeleteRule",
+                            "elasticloadbalancing:ModifyListener",
+                            "elasticloadbalancing:ModifyRule",
+                            "elasticloadbalancing:SetRulePriorities",
                             "elasticloadbalancing:AddListenerCertificates",
                             "elasticloadbalancing:RemoveListenerCertificates",
                         ],
@@ -376,6 +438,10 @@ class Addons(pulumi.ComponentResource):
                     "enabled": True,
                     "region": self._config.region,
                     "logGroupName": log_group.name,
+                    # The chart's default logGroupTemplate (one group per namespace) takes precedence over
+                    # logGroupName and would write to groups that neither exist nor are in the role's policy.
+                    "logGroupTemplate": "",
+                    # Streams stay per pod and container (the chart's logStreamTemplate); the prefix is its fallback.
                     "logStreamPrefix": "pod-",
                     "autoCreateGroup": False,
                 },

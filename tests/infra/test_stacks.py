@@ -148,6 +148,8 @@ def test_addons_are_pinned_upstream_charts(run):
     assert lbc["region"] == run.config["aws:region"] and lbc["vpcId"].startswith("vpc-")
     fb = releases["aws-for-fluent-bit"]["values"]
     assert fb["cloudWatchLogs"]["enabled"] is True and fb["cloudWatchLogs"]["logGroupName"].startswith("/myelin/")
+    # The chart's default per-namespace logGroupTemplate would override logGroupName.
+    assert fb["cloudWatchLogs"]["logGroupTemplate"] == ""
     prom = releases["prometheus"]["values"]
     assert prom["server"]["fullnameOverride"] == "prometheus-server"
 
@@ -185,6 +187,16 @@ def test_each_aws_controller_has_its_own_scoped_irsa_role(run):
     scale = next(s for s in ca["Statement"] if "autoscaling:SetDesiredCapacity" in s["Action"])
     assert scale["Condition"]["StringEquals"] == {
         f"aws:ResourceTag/k8s.io/cluster-autoscaler/myelin-{run.stack}": "owned"}
+    lbc = next(json.loads(p.inputs["policy"]) for p in run.of_type("aws:iam/rolePolicy:RolePolicy")
+               if "aws-load-balancer-controller" in p.name)
+    granted = {a for st in lbc["Statement"] for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])}
+    # IngressGroups reorder rules on a shared listener; listener attributes are reconciled on every listener.
+    assert {"elasticloadbalancing:SetRulePriorities", "elasticloadbalancing:ModifyListenerAttributes"} <= granted
+    for st in lbc["Statement"]:
+        actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        if {"ec2:CreateTags", "elasticloadbalancing:AddTags", "elasticloadbalancing:CreateLoadBalancer"} & set(actions):
+            # Tagging and creating are never unconditional on every resource.
+            assert "Condition" in st or st["Resource"] != "*", st
 
 
 # -- predictor APIs ------------------------------------------------------------------------------
