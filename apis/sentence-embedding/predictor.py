@@ -53,8 +53,11 @@ class Predictor:
         from sentence_transformers import SentenceTransformer
 
         device = config.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-        threads = config.get("torch_threads")
-        if threads and device == "cpu":
+        # One intra-op thread per CPU this process may run on: torch's default counts the machine's
+        # cores, which oversubscribes a pinned or CPU-limited process (9.5 vs 12 ms per sentence
+        # measured on one pinned core with 1 vs 2 threads).
+        threads = config.get("torch_threads") or len(os.sched_getaffinity(0))
+        if device == "cpu":
             torch.set_num_threads(int(threads))
         self.device = device
         self.batch_size = int(config.get("batch_size", 64))

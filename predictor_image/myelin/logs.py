@@ -9,6 +9,7 @@ shutdown too.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import time
 from datetime import datetime, timezone
@@ -17,8 +18,19 @@ from typing import IO, Any
 import orjson
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC ISO-8601 with milliseconds; the date-time part is formatted once per second."""
+    global _second_cache
+    frac, whole_f = math.modf(ts)  # as datetime does: whole seconds, microseconds rounded, then ms truncated
+    whole, micros = int(whole_f), round(frac * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    if _second_cache[0] != whole:
+        _second_cache = (whole, datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second_cache[1]}.{micros // 1000:03d}Z"
 
 
 class RequestLog:

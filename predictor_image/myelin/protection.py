@@ -52,20 +52,39 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
         self.header_timeout = _seconds("MYELIN_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT_S)
         self.body_timeout = _seconds("MYELIN_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT_S)
         self._read_timer: TimerHandle | None = None
+        self._deadline: float | None = None
+        self._what = ""
+        self._limit = 0.0
         self._request_begun = False
 
     # -------------------------------------------------------------- timers
+    # Phase changes only move `_deadline` (a float); the one timer per connection is re-armed lazily
+    # when it fires early. So a request on a busy keep-alive connection creates no timer at all.
     def _arm(self, seconds: float, what: str) -> None:
-        self._disarm()
-        self._read_timer = self.loop.call_later(seconds, self._read_timed_out, what, seconds)
+        self._deadline = self.loop.time() + seconds
+        self._what = what
+        self._limit = seconds
+        timer = self._read_timer
+        if timer is not None and timer.when() > self._deadline:  # pending for a later deadline: too late
+            timer.cancel()
+            timer = None
+        if timer is None:
+            self._read_timer = self.loop.call_at(self._deadline, self._check_deadline)
 
     def _disarm(self) -> None:
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
+        self._deadline = None
+
+    def _check_deadline(self) -> None:
+        self._read_timer = None
+        if self._deadline is None:
+            return
+        if self.loop.time() < self._deadline:
+            self._read_timer = self.loop.call_at(self._deadline, self._check_deadline)
+            return
+        self._read_timed_out(self._what, self._limit)
 
     def _read_timed_out(self, what: str, seconds: float) -> None:
-        self._read_timer = None
+        self._deadline = None
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -88,6 +107,9 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:

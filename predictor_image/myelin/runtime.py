@@ -53,9 +53,9 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}-{next(_ids):x}"
 
 
-def _expire(fut: asyncio.Future, error: HTTPError) -> None:
-    if not fut.done():
-        fut.set_exception(error)
+def _expire(fut: asyncio.Future, seconds: float) -> None:
+    if not fut.done():  # the exception is built only when a deadline really passes
+        fut.set_exception(Timeout(seconds))
 
 
 class ApiRuntime:
@@ -187,7 +187,7 @@ class ApiRuntime:
         loop = self._loop
         if self.batcher is not None:
             fut = self.batcher.submit(payload, kwargs)
-            timer = loop.call_at(deadline, _expire, fut, Timeout(self.timeout))
+            timer = loop.call_at(deadline, _expire, fut, self.timeout)
             try:
                 return await fut
             finally:
@@ -222,7 +222,7 @@ class ApiRuntime:
                 out.set_result(f.result())
 
         inner.add_done_callback(done)
-        timer = loop.call_at(deadline, _expire, out, Timeout(self.timeout))
+        timer = loop.call_at(deadline, _expire, out, self.timeout)
         try:
             return await out
         except Timeout:

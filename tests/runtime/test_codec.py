@@ -57,3 +57,17 @@ def test_encoding_by_type():
     assert codec.encode(None) == (b"null", codec.JSON)
     with pytest.raises(TypeError, match="cannot be encoded"):
         codec.encode(object())
+
+
+def test_log_timestamps_match_datetime_formatting():
+    import random
+    from datetime import datetime, timezone
+
+    from myelin.logs import _iso
+
+    rng = random.Random(7)
+    stamps = [1795322478.0452, 1795322478.9999, 1795322478.0, 1795322478.0005] + [
+        rng.uniform(1.7e9, 1.9e9) for _ in range(2000)]
+    for ts in stamps:
+        expected = datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert _iso(ts) == expected, ts
