@@ -13,6 +13,7 @@ from components.config import REPO_ROOT
 from myelin.spec import ApiSpec, load_api_spec
 
 from .harness import is_secret, unwrap_secrets
+from .pulumi_mocks import _fake_id
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
@@ -111,7 +112,14 @@ def test_node_groups(run):
     assert ("cpu", "ON_DEMAND") in capacity
     if run.config["myelin:cluster"]["cpu_nodes"]["spot"]:
         assert ("cpu", "SPOT") in capacity
+    # nodes live only in private subnets (ids as the mocks derive them from the subnet resources)
+    private = {"subnet-" + _fake_id(sn.typ, sn.name) for sn in run.of_type("aws:ec2/subnet:Subnet")
+               if "kubernetes.io/role/internal-elb" in sn.inputs.get("tags", {})}
+    public = {"subnet-" + _fake_id(sn.typ, sn.name) for sn in run.of_type("aws:ec2/subnet:Subnet")
+              if "kubernetes.io/role/elb" in sn.inputs.get("tags", {})}
+    assert private and public and not private & public
     for name, g in groups.items():
+        assert g["subnetIds"] and set(g["subnetIds"]) <= private, name
         assert "remoteAccess" not in g  # no SSH
         assert g["launchTemplate"]["id"].startswith("lt-")
         assert run.ignore_changes[name] == ["scalingConfig.desiredSize"]
