@@ -119,6 +119,9 @@ class PredictorApi(pulumi.ComponentResource):
             # Libraries that cache (Hugging Face, torch) write under HOME: keep it on the writable /tmp.
             k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp"),
             k8s.core.v1.EnvVarArgs(name="PYTHONUNBUFFERED", value="1"),
+            # Keep idle connections open longer than the ALB does, or it reuses one the server just
+            # closed and answers 502 (the ALB's idle timeout is set on the Ingress below).
+            k8s.core.v1.EnvVarArgs(name="MYELIN_KEEP_ALIVE_TIMEOUT", value=str(args.ingress.idle_timeout_seconds + 5)),
         ]
         self.secret = None
         if spec.networking.auth:

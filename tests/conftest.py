@@ -52,6 +52,19 @@ class ServerProcess:
             time.sleep(0.05)
         raise AssertionError(f"server not ready in {timeout}s:\n{self.stderr()}\n{self.stdout()}")
 
+    def wait_workers(self, api: str, n: int, timeout: float = 60.0) -> None:
+        """With `processes > 1`, /readyz answers for one worker: wait until the replica's metrics count n ready."""
+        want = f'myelin_ready_processes{{api="{api}"}} {float(n)}'
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if want in httpx.get(self.base + "/metrics", timeout=2).text:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{n} ready workers not seen in {timeout}s:\n{self.stderr()}\n{self.stdout()}")
+
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace")
 

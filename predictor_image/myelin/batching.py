@@ -68,8 +68,13 @@ class Batcher:
         return len(self._queue)
 
     def submit(self, payload: Any, extras: dict[str, Any] | None = None) -> asyncio.Future:
-        """Queue one payload; the returned future resolves to its own result. Raises 503 when the queue is full."""
-        if len(self._queue) >= self.max_queue_length:
+        """Queue one payload; the returned future resolves to its own result. Raises 503 when the queue is full.
+
+        Payloads that can join a batch at once (free request slots) do not count against
+        `max_queue_length`: only those that would have to wait do.
+        """
+        free = self.max_concurrency - self.running_requests if self.running < self.max_batches else 0
+        if len(self._queue) >= self.max_queue_length + max(0, free):
             raise overloaded()
         loop = self._loop
         if loop is None:
@@ -81,6 +86,13 @@ class Batcher:
             self._scheduled = True
             loop.call_soon(self._dispatch)
         return fut
+
+    def forget(self, fut: asyncio.Future) -> None:
+        """Drop a request that gave up while queued (deadline, cancellation), so it stops counting as waiting."""
+        for item in self._queue:
+            if item.future is fut:
+                self._queue.remove(item)
+                return
 
     def _free(self) -> bool:
         return self.running < self.max_batches and self.running_requests < self.max_concurrency

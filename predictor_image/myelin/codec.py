@@ -51,7 +51,7 @@ async def decode(content_type: bytes, body: bytes) -> Any:
     if mtype.startswith(b"text/"):
         try:
             return body.decode(charset.decode("latin-1"))
-        except (UnicodeDecodeError, LookupError) as err:
+        except (UnicodeError, LookupError) as err:
             raise _bad_input(f"body is not valid {charset.decode('latin-1')} text: {err}") from None
     if mtype == b"application/x-www-form-urlencoded":
         try:

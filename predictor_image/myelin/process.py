@@ -29,6 +29,18 @@ from .spec import ApiSpec
 
 # After the app's own drain, uvicorn closes what is left; this bounds that last step.
 _FINAL_CLOSE_S = 2.0
+DEFAULT_KEEP_ALIVE_S = 75
+
+
+def keep_alive_timeout() -> int:
+    """Idle keep-alive in seconds: longer than the load balancer's idle timeout (the cluster sets
+    MYELIN_KEEP_ALIVE_TIMEOUT), or the balancer reuses connections the server just closed (sporadic 502s)."""
+    raw = os.environ.get("MYELIN_KEEP_ALIVE_TIMEOUT", "")
+    try:
+        value = int(raw) if raw else DEFAULT_KEEP_ALIVE_S
+    except ValueError:
+        value = DEFAULT_KEEP_ALIVE_S
+    return value if value > 0 else DEFAULT_KEEP_ALIVE_S
 
 
 def uvicorn_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Config:
@@ -40,7 +52,7 @@ def uvicorn_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Conf
         server_header=False,
         # No client addresses are logged or used, so X-Forwarded-* rewriting would be pure per-request cost.
         proxy_headers=False, log_level=os.environ.get("MYELIN_UVICORN_LOG_LEVEL", "warning"),
-        timeout_graceful_shutdown=_FINAL_CLOSE_S, timeout_keep_alive=15, backlog=4096, **extra,
+        timeout_graceful_shutdown=_FINAL_CLOSE_S, timeout_keep_alive=keep_alive_timeout(), backlog=4096, **extra,
     )
 
 
@@ -61,10 +73,15 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not recorded in _captured_signals: uvicorn would re-raise it after shutdown and the exit code
         # would be 143 instead of 0 for a clean drain.
-        if self._draining or self._loop is None:
+        if self._loop is None:
             self.should_exit = True
-            if self._draining:
-                self.force_exit = sig == signal.SIGINT
+            return
+        if self._draining:
+            # A second SIGINT (Ctrl-C twice) stops at once; a SIGTERM during the drain (e.g. a supervisor
+            # forwarding the terminal's Ctrl-C to its workers) must not cut the drain short.
+            if sig == signal.SIGINT:
+                self.should_exit = True
+                self.force_exit = True
             return
         self._draining = True
         self._loop.call_soon_threadsafe(self._start_drain)

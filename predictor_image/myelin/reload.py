@@ -9,6 +9,7 @@ serving.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,7 +49,12 @@ class Reloader:
                     if p.is_relative_to(folder):
                         touched.add(folder)
             for folder in sorted(touched):
-                await self.reload(folder)
+                try:
+                    await self.reload(folder)
+                except Exception as err:  # noqa: BLE001 - one bad edit must not stop reloading for the session
+                    self.app.log.event("error", "reload failed: keeping the previous version", folder=str(folder),
+                                       error=f"{type(err).__name__}: {err}")
+                    self._report(f"  ✗ {folder.name}: reload failed, previous version keeps serving: {err}")
 
     async def reload(self, folder: Path) -> bool:
         app = self.app
@@ -82,6 +88,10 @@ class Reloader:
             app.on_loaded(new)
         await old.drained(old.spec.serving.drain_timeout.seconds)
         old.close()
+        # The first load froze the old model out of the collector's reach (server.py); let it be freed now.
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
         return True
 
     def _report(self, line: str) -> None:

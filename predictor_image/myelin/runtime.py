@@ -12,6 +12,7 @@ import asyncio
 import enum
 import hmac
 import itertools
+import threading
 import os
 import time
 import traceback
@@ -105,6 +106,11 @@ class ApiRuntime:
             self.load_error = err
             self.state = State.FAILED
             return
+        except Exception as err:  # noqa: BLE001 - e.g. a bad predictor.env value: fail clearly, never hang in LOADING
+            self.load_error = LoadError(self.name, str(self.folder / "api.yaml"), f"{type(err).__name__}: {err}",
+                                        traceback.format_exc())
+            self.state = State.FAILED
+            return
         self._executor = ThreadPoolExecutor(self.spec.serving.threads, thread_name_prefix=f"predict-{self.name}")
         self.predictor = predictor
         extras = tuple(n for n, want in (("query_params", predictor.wants_query_params), ("headers", predictor.wants_headers)) if want)
@@ -116,13 +122,29 @@ class ApiRuntime:
                 self.max_concurrency if predictor.is_async else self.spec.serving.threads,
                 extras, self.metrics.batch_size.observe,
             )
-        self.state = State.READY
+        if self.state is State.LOADING:  # a drain that began during the load wins
+            self.state = State.READY
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._idle = asyncio.Event()
         self._idle.set()
-        await self._loop.run_in_executor(None, self.load)
+        # A private daemon thread, not the loop's default executor: interpreter shutdown would wait for
+        # that one, so a SIGTERM during a long model load could not exit within the grace period.
+        loaded = self._loop.create_future()
+        loop = self._loop
+
+        def load_in_thread() -> None:
+            try:
+                self.load()
+            finally:
+                try:
+                    loop.call_soon_threadsafe(_deliver, loaded, None)
+                except RuntimeError:  # the loop closed while loading: the process is exiting
+                    pass
+
+        threading.Thread(target=load_in_thread, name=f"load-{self.name}", daemon=True).start()
+        await loaded
         if self.state is State.FAILED and self.load_error is not None:
             self.log.event(
                 "error", "predictor failed to load", api=self.name, where=self.load_error.where,
@@ -165,10 +187,14 @@ class ApiRuntime:
     # ---------------------------------------------------------------- execution
     def _call(self, payload: Any, kwargs: dict[str, Any]) -> asyncio.Future:
         """Start one predict call; the returned future resolves on the event loop."""
+        return self._start_call(payload, kwargs)[0]
+
+    def _start_call(self, payload: Any, kwargs: dict[str, Any]) -> tuple[asyncio.Future, Any]:
+        """(future resolved on the loop, the executor's future for a sync predict, to cancel it while queued)."""
         predictor = self.predictor
         loop = self._loop
         if predictor.is_async:
-            return loop.create_task(predictor.predict(payload, **kwargs))
+            return loop.create_task(predictor.predict(payload, **kwargs)), None
         fut = loop.create_future()
         predict = predictor.predict
 
@@ -180,8 +206,7 @@ class ApiRuntime:
             else:
                 loop.call_soon_threadsafe(_deliver, fut, result)
 
-        self._executor.submit(run)
-        return fut
+        return fut, self._executor.submit(run)
 
     async def _execute(self, payload: Any, kwargs: dict[str, Any], deadline: float) -> Any:
         loop = self._loop
@@ -190,6 +215,9 @@ class ApiRuntime:
             timer = loop.call_at(deadline, _expire, fut, self.timeout)
             try:
                 return await fut
+            except BaseException:
+                self.batcher.forget(fut)  # timed out or cancelled while queued: stop counting it as waiting
+                raise
             finally:
                 timer.cancel()
         admission = self.admission
@@ -204,7 +232,7 @@ class ApiRuntime:
                 admission.abandon(waiter)
                 raise
         try:
-            inner = self._call(payload, kwargs)
+            inner, queued_work = self._start_call(payload, kwargs)
         except BaseException:
             admission.release()
             raise
@@ -214,8 +242,8 @@ class ApiRuntime:
             admission.release()  # the slot is held until predict really returns, even past a timeout
             if out.done():
                 return
-            if f.cancelled():
-                out.cancel()
+            if f.cancelled():  # not by us (we only cancel after `out` is done): a failure, as JSON
+                out.set_exception(RuntimeError("predict was cancelled"))
             elif f.exception() is not None:
                 out.set_exception(f.exception())
             else:
@@ -228,6 +256,8 @@ class ApiRuntime:
         except Timeout:
             if isinstance(inner, asyncio.Task):
                 inner.cancel()
+            elif queued_work is not None and queued_work.cancel():
+                inner.cancel()  # never started (all threads were busy): it will not run; its slot is released now
             raise
         finally:
             timer.cancel()
@@ -263,6 +293,10 @@ class ApiRuntime:
         try:
             if self.state is not State.READY:
                 raise self._not_ready()
+            # In flight from here, while the body is still arriving: a drain or reload waits for it.
+            self.in_flight += 1
+            counted = True
+            self._idle.clear()
             if self._api_keys:
                 self._authenticate(api_key, authorization)
             if content_length > self.max_body:
@@ -270,11 +304,9 @@ class ApiRuntime:
             body = await _read_body(receive, self.max_body)
             payload = await codec.decode(content_type, body)
             kwargs = self._extras(scope) if self.predictor.wants_query_params or self.predictor.wants_headers else {}
-            self.in_flight += 1
-            counted = True
-            self._idle.clear()
             result = await self._execute(payload, kwargs, deadline)
             if isinstance(result, Response):
+                result.headers.setdefault("x-request-id", request_id)
                 await result(scope, receive, send)
                 status = result.status_code
             else:
@@ -304,7 +336,13 @@ class ApiRuntime:
             else:
                 status, error_type = 499, "client_disconnected"
         except asyncio.CancelledError:
-            status, error_type = 499, "cancelled"
+            # Cancelled by the server's shutdown: answer in the contract's shape if nothing was sent yet.
+            status, error_type = 503, "shutting_down"
+            try:
+                await _send_error(send, 503, "shutting_down", "the server shut down before the prediction finished",
+                                  request_id, [(b"retry-after", b"1"), (b"connection", b"close")])
+            except Exception:  # noqa: BLE001 - a response had already started, or the connection is gone
+                status = 499
             raise
         except Exception as err:  # noqa: BLE001 - predictor failure: details to the log, not the client
             status, error_type = 500, "predictor_failure"
@@ -324,7 +362,8 @@ class ApiRuntime:
 
     def _not_ready(self) -> HTTPError:
         if self.state is State.FAILED and self.load_error is not None:
-            return HTTPError(503, "not_ready", f"API {self.name} failed to load: {self.load_error}")
+            return HTTPError(503, "not_ready", f"API {self.name} failed to load: {self.load_error}",
+                             [(b"retry-after", b"30")])
         if self.state is State.DRAINING:
             err = overloaded(f"API {self.name} is shutting down; retry on another replica")
             err.error_type = "shutting_down"
@@ -333,9 +372,9 @@ class ApiRuntime:
         return HTTPError(503, "not_ready", f"API {self.name} is {self.state.value}", [(b"retry-after", b"1")])
 
     def _authenticate(self, api_key: bytes, authorization: bytes) -> None:
-        presented = api_key
-        if not presented and authorization[:7].lower() == b"bearer ":
-            presented = authorization[7:].strip()
+        presented = api_key or authorization
+        if presented[:7].lower() == b"bearer ":  # `Authorization: Bearer <key>`, or a custom header holding the same
+            presented = presented[7:].strip()
         ok = False
         for key in self._api_keys:  # compare against every key, so timing reveals nothing about which matched
             ok |= hmac.compare_digest(presented, key)

@@ -330,12 +330,17 @@ class ApiSpec(_Strict):
 
     @model_validator(mode="after")
     def _batches_can_fill(self) -> "ApiSpec":
-        if self.batching is not None and self.serving.max_concurrency < self.batching.max_batch_size:
-            raise ValueError(
-                f"serving.max_concurrency ({self.serving.max_concurrency}) is less than batching.max_batch_size "
-                f"({self.batching.max_batch_size}): requests in a running batch count against max_concurrency, so "
-                "batches could never fill; set serving.max_concurrency to at least max_batch_size"
-            )
+        if self.batching is not None:
+            per_process = self.serving.per_process(self.serving.max_concurrency)
+            if per_process < self.batching.max_batch_size:
+                procs = self.serving.processes
+                raise ValueError(
+                    f"serving.max_concurrency ({self.serving.max_concurrency}"
+                    + (f", i.e. {per_process} per process with {procs} processes" if procs > 1 else "")
+                    + f") is less than batching.max_batch_size ({self.batching.max_batch_size}): requests in a "
+                    "running batch count against max_concurrency, so batches could never fill; set "
+                    f"serving.max_concurrency to at least max_batch_size{' × processes' if procs > 1 else ''}"
+                )
         return self
 
     @property
@@ -382,9 +387,13 @@ def spec_from_dict(data: Any, source: str) -> ApiSpec:
 
 def read_spec_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(str(path), [("", "file not found: every API folder needs an api.yaml")]) from None
+    except UnicodeDecodeError as err:
+        raise SpecError(str(path), [("", f"not valid UTF-8 text: {err}")]) from None
+    except OSError as err:
+        raise SpecError(str(path), [("", f"cannot be read: {err}")]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -287,6 +287,9 @@ def test_deployments(run):
             assert pod["nodeSelector"] == {"myelin.dev/pool": "cpu"}
         assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        alb_idle = run.config.get("myelin:ingress", {}).get("idle_timeout_seconds", 120)
+        assert int(env["MYELIN_KEEP_ALIVE_TIMEOUT"]) > alb_idle  # the server never closes first: no ALB 502s
         startup = c["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= pods.get("startup_timeout_seconds", 600)
         pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]

@@ -36,6 +36,7 @@ def _pids(base: str, n: int = 30) -> set[int]:
 
 def test_worker_crashes_under_a_stream(start_server):
     server = start_server("serve", str(RUNTIME_APIS / "crashy"))
+    server.wait_workers("crashy", 2)
     base = server.base
     assert len(_pids(base)) == 2
     stream, crashes = Tally(), Tally()

@@ -37,6 +37,7 @@ def test_multipart_form():
 @pytest.mark.parametrize("ctype, body", [
     (b"application/json", b"{bad"), (b"application/json", b""), (b"application/json", b"[" * 5000 + b"]" * 5000),
     (b"text/plain", b"\xff\xfe\xfa"), (b"text/plain; charset=nope", b"x"),
+    (b"text/plain; charset=punycode", b"abc-9999999999"),
     (b"multipart/form-data", b"no boundary"),
     (b"multipart/form-data; boundary=XX", b"--XX\r\nContent-Disposition: form-data\r\n\r\nv\r\n--XX--\r\n"),
 ])

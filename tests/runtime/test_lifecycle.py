@@ -51,6 +51,7 @@ def test_drain_gives_up_after_the_grace_period(start_server, tmp_path):
 
 def test_several_processes_share_the_port_and_report_replica_metrics(start_server):
     server = start_server("serve", f"{APIS}/crashy")
+    server.wait_workers("crashy", 2)
     pids = set()
     n = 40
     with httpx.Client(timeout=10) as client:
@@ -75,6 +76,7 @@ def test_several_processes_share_the_port_and_report_replica_metrics(start_serve
 
 def test_dead_worker_is_replaced_and_requests_do_not_hang(start_server):
     server = start_server("serve", f"{APIS}/crashy")
+    server.wait_workers("crashy", 2)
     # The worker dies holding this request: the connection drops at once (a load balancer turns that
     # into a 502), it never hangs until a timeout.
     started = time.monotonic()
@@ -101,6 +103,7 @@ def test_dead_worker_is_replaced_and_requests_do_not_hang(start_server):
 
 def test_supervisor_drains_workers_and_exits_zero(start_server):
     server = start_server("serve", f"{APIS}/crashy")
+    server.wait_workers("crashy", 2)
     with cf.ThreadPoolExecutor(2) as pool:
         slow = [pool.submit(httpx.post, f"{server.base}/crashy", json={"sleep": 0.8}, timeout=10) for _ in range(2)]
         time.sleep(0.3)

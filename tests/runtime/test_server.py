@@ -46,6 +46,7 @@ def test_result_types(echo):
     assert r.content == b"\x00\x01binary" and r.headers["content-type"] == "application/octet-stream"
     r = post(echo, "response", json={})
     assert (r.status_code, r.text, r.headers["x-custom"]) == (201, "custom", "yes")
+    assert r.headers["x-request-id"]  # a passed-through Response carries the request id too
 
 
 def assert_error(r, status, kind):
