@@ -24,6 +24,8 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .runtime import new_request_id
+
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_BODY_TIMEOUT_S = 60.0
 
@@ -38,10 +40,11 @@ def _seconds(name: str, default: float) -> float:
 
 
 def _timeout_response(what: str, seconds: float) -> bytes:
+    request_id = new_request_id()
     body = orjson.dumps({"error": {"type": "request_timeout",
-                                   "message": f"request {what} not received within {seconds:g}s", "request_id": ""}})
+                                   "message": f"request {what} not received within {seconds:g}s", "request_id": request_id}})
     return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: "
-            + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+            + str(len(body)).encode() + b"\r\nx-request-id: " + request_id.encode() + b"\r\nconnection: close\r\n\r\n" + body)
 
 
 class ProtectedHttpToolsProtocol(HttpToolsProtocol):

@@ -67,6 +67,7 @@ def test_stalled_headers_and_bodies_are_cut_off(start_server):
         outcome, took, raw = results[name][0]
         assert outcome == "408+closed", (name, outcome, raw[:200])
         assert _body(raw)["error"]["type"] == "request_timeout"
+        assert _body(raw)["error"]["request_id"] and b"x-request-id: " + _body(raw)["error"]["request_id"].encode() in raw
         assert took < BOUND_S
     assert {o for o, _, _ in results["crowd"]} == {"408+closed"}
     # and the server is whole afterwards
