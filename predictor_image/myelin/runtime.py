@@ -71,10 +71,9 @@ class ApiRuntime:
         self.load_error: LoadError | None = None
         self.predictor: Predictor | None = None
         serving = spec.serving
-        nproc = processes if processes is not None else serving.processes
-        split = (lambda v: -(-v // nproc) if v else 0)  # per-replica limits shared across processes
-        self.max_concurrency = split(serving.max_concurrency)
-        self.max_queue_length = split(serving.max_queue_length)
+        # Per-replica limits are shared across the replica's processes (`myelin local` runs one process).
+        self.max_concurrency = serving.per_process(serving.max_concurrency, processes)
+        self.max_queue_length = serving.per_process(serving.max_queue_length, processes)
         self.timeout = serving.timeout.seconds
         self.max_body = serving.max_body_bytes
         self.in_flight = 0

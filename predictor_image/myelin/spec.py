@@ -229,9 +229,9 @@ class ServingSpec(_Strict):
     def max_body_bytes(self) -> int:
         return parse_memory(self.max_body_size)
 
-    def per_process(self, value: int) -> int:
+    def per_process(self, value: int, processes: int | None = None) -> int:
         """Split a per-replica limit across processes (each process keeps at least 1 where the limit is >= 1)."""
-        return math.ceil(value / self.processes) if value else 0
+        return math.ceil(value / (processes or self.processes)) if value else 0
 
 
 class BatchingSpec(_Strict):
