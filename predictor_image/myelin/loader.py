@@ -52,6 +52,12 @@ def _where(err: BaseException, folder: Path) -> str:
     return found
 
 
+def _install_hint(err: BaseException, folder: Path) -> str:
+    if isinstance(err, ModuleNotFoundError) and (folder / "requirements.txt").is_file():
+        return f" (install the API's dependencies: pip install -r {folder / 'requirements.txt'})"
+    return ""
+
+
 def _forget_modules_from(folder: Path) -> None:
     """Drop modules imported from the API folder so a reload sees edited helper modules."""
     folder = folder.resolve()
@@ -87,9 +93,7 @@ def import_predictor_class(folder: Path, spec: ApiSpec) -> type:
     except BaseException as err:  # noqa: BLE001 - report any import failure with its location
         if isinstance(err, KeyboardInterrupt):
             raise
-        message = f"import failed: {type(err).__name__}: {err}"
-        if isinstance(err, ModuleNotFoundError) and (folder / "requirements.txt").is_file():
-            message += f" (install the API's dependencies: pip install -r {folder / 'requirements.txt'})"
+        message = f"import failed: {type(err).__name__}: {err}" + _install_hint(err, folder)
         raise LoadError(spec.name, _where(err, folder) or str(file), message, traceback.format_exc()) from None
     finally:
         try:
@@ -117,7 +121,8 @@ def load_predictor(folder: Path, spec: ApiSpec) -> Predictor:
             raise
         raise LoadError(
             spec.name, _where(err, folder) or str(folder / spec.predictor.path),
-            f"{spec.predictor.class_name}.__init__ failed: {type(err).__name__}: {err}", traceback.format_exc(),
+            f"{spec.predictor.class_name}.__init__ failed: {type(err).__name__}: {err}" + _install_hint(err, folder),
+            traceback.format_exc(),
         ) from None
     finally:
         try:

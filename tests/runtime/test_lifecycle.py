@@ -152,3 +152,19 @@ def test_validate_command(tmp_path):
     res = subprocess.run([sys.executable, "-m", "myelin.cli", "validate", str(bad)], capture_output=True, text=True)
     assert res.returncode == 1
     assert "predictor.py, line 1" in res.stdout and "not_a_real_module_xyz" in res.stdout
+
+
+def test_missing_dependency_names_the_requirements_file(tmp_path, start_server):
+    api = tmp_path / "apis" / "needs-dep"
+    api.mkdir(parents=True)
+    (api / "api.yaml").write_text("name: needs-dep\n")
+    (api / "requirements.txt").write_text("not-installed-package-xyz==1.0\n")
+    (api / "predictor.py").write_text(
+        "class Predictor:\n    def __init__(self, c):\n        import not_installed_package_xyz\n"
+        "    def predict(self, p):\n        return p\n")
+    server = start_server("local", str(tmp_path / "apis"), ready_status=503)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "failed to load" not in server.stderr():
+        time.sleep(0.1)
+    err = server.stderr()
+    assert "predictor.py, line 3" in err and f"pip install -r {api / 'requirements.txt'}" in err
