@@ -1,6 +1,7 @@
 """Dynamic batching over real HTTP: order, batch-scoped failures, wrong-length results."""
 
 import concurrent.futures as cf
+import threading
 
 import httpx
 import pytest
@@ -18,12 +19,20 @@ def batched(tmp_path_factory):
 
 
 def send_all(server, payloads):
+    """Send every payload at once from its own thread (a barrier lines the threads up first)."""
+    barrier = threading.Barrier(len(payloads))
+
+    def send(p):
+        barrier.wait(timeout=30)
+        return httpx.post(f"{server.base}/batched", json=p, timeout=10)
+
     with cf.ThreadPoolExecutor(len(payloads)) as pool:
-        return list(pool.map(lambda p: httpx.post(f"{server.base}/batched", json=p, timeout=10), payloads))
+        return list(pool.map(send, payloads))
 
 
 def test_each_caller_gets_its_own_result_in_batches(batched):
-    results = send_all(batched, [{"i": i} for i in range(24)])
+    # each batch takes 0.2 s: whatever arrives meanwhile queues and forms the next batch
+    results = send_all(batched, [{"i": i, "sleep": 0.2} for i in range(24)])
     assert [r.status_code for r in results] == [200] * 24
     bodies = [r.json() for r in results]
     assert [b["i"] for b in bodies] == list(range(24))

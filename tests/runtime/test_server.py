@@ -2,6 +2,7 @@
 
 import concurrent.futures as cf
 import json
+import threading
 import time
 
 import httpx
@@ -100,10 +101,14 @@ def test_request_id_is_echoed_and_logged(echo):
 
 def test_overload_503_with_retry_after_and_timeout_504(echo):
     # max_concurrency 1 + max_queue_length 1: of 4 simultaneous slow requests, 2 are admitted
+    barrier = threading.Barrier(4)
+
+    def slow_request():
+        barrier.wait(timeout=30)  # all four leave together, well inside one 0.4 s predict
+        return httpx.post(f"{echo.base}/echo", params={"mode": "sleep", "s": "0.4"}, json={}, timeout=10)
+
     with cf.ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(httpx.post, f"{echo.base}/echo", params={"mode": "sleep", "s": "0.4"}, json={}, timeout=10)
-                   for _ in range(4)]
-        results = [f.result() for f in futures]
+        results = [f.result() for f in [pool.submit(slow_request) for _ in range(4)]]
     codes = sorted(r.status_code for r in results)
     assert codes == [200, 200, 503, 503], codes
     for r in results:

@@ -1,4 +1,5 @@
 import threading
+import time
 
 
 class Predictor:
@@ -11,6 +12,7 @@ class Predictor:
         with self.lock:
             self.calls += 1
             call = self.calls
+        time.sleep(max(p.get("sleep", 0) for p in payloads))
         if any(p.get("fail") for p in payloads):
             raise ValueError("a payload in this batch asked to fail")
         if any(p.get("short") for p in payloads):
