@@ -130,14 +130,23 @@ class Predictor:
         # With batching (api.yaml) the runtime hands a list of payloads; a single
         # object is accepted too so the class also works with batching turned off.
         if isinstance(payload, dict):
-            return self.predict([payload])[0]
+            (result,) = self.predict([payload])
+            if isinstance(result, PredictorError):
+                raise result
+            return result
         if not isinstance(payload, list):
             raise PredictorError(400, f'expected a JSON object {{"features": [x, y]}}, got {_short(payload)}')
         if not payload:
             return []
-        points = np.array([self._point(p) for p in payload], dtype=np.float64)
-        labels = nearest_centroid(points, self.centers)
-        return [{"cluster": label} for label in labels.tolist()]
+        # A bad payload fails only its own request: its slot in the results holds the error.
+        points, errors = [], {}
+        for i, p in enumerate(payload):
+            try:
+                points.append(self._point(p))
+            except PredictorError as err:
+                errors[i] = err
+        labels = iter(nearest_centroid(np.array(points, dtype=np.float64), self.centers).tolist() if points else [])
+        return [errors[i] if i in errors else {"cluster": next(labels)} for i in range(len(payload))]
 
 
 def _short(value, limit: int = 80) -> str:

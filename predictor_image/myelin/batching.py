@@ -9,7 +9,8 @@ queued than the previous batch held, it waits until the oldest has waited
 batches fill up to the size the load sustains, and a drop in load costs one
 wait of at most `max_batch_delay` before batches shrink to match.
 Results go back to their callers in order; an exception, or a result list of
-the wrong length, fails exactly the requests of that batch.
+the wrong length, fails exactly the requests of that batch. A `PredictorError`
+placed in the result list instead of a result fails only its own request.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import asyncio
 from collections import deque
 from typing import Any, Callable
 
-from .errors import HTTPError, overloaded
+from .errors import HTTPError, PredictorError, overloaded
 
 
 class _Item:
@@ -171,7 +172,11 @@ class Batcher:
                     item.future.set_exception(error)
         else:
             for item, result in zip(items, results):
-                if not item.future.done():
+                if item.future.done():
+                    continue
+                if isinstance(result, PredictorError):  # a per-item error: only that request fails
+                    item.future.set_exception(result)
+                else:
                     item.future.set_result(result)
         if self._queue and not self._scheduled:
             self._scheduled = True

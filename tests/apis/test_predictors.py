@@ -215,9 +215,14 @@ def test_kmeans_fast_path_equals_sklearn_distances(kmeans):
         ([1.0, 2.0], "features"),
     ],
 )
-def test_kmeans_bad_item_fails_the_batch_with_400(kmeans, bad, match):
+def test_kmeans_bad_item_fails_only_itself_with_400(kmeans, bad, match):
     batch = [{"features": [0.0, 0.0]}, bad, {"features": [1.0, 1.0]}]
-    assert_bad_request(kmeans.predict, batch, match=match)
+    first, error, last = kmeans.predict(batch)
+    assert isinstance(error, PredictorError) and error.status_code == 400
+    assert re.search(match, error.message), error.message
+    assert first == kmeans.predict([batch[0]])[0] and last == kmeans.predict([batch[2]])[0]
+    if isinstance(bad, dict):  # batching off: the single payload's error is raised
+        assert_bad_request(kmeans.predict, bad, match=match)
 
 
 def test_kmeans_model_file_is_recreated_when_missing_or_corrupt(tmp_path, kmeans):

@@ -68,3 +68,14 @@ def test_wrong_length_result_is_a_clear_500_for_that_batch(batched):
     assert error["type"] == "bad_batch_result" and "0 results for a batch of 1" in error["message"]
     # the server is unharmed
     assert httpx.post(f"{batched.base}/batched", json={"i": 2}).status_code == 200
+
+
+def test_a_per_item_error_fails_only_its_request(batched):
+    results = send_all(batched, [{"i": i, "bad": i == 2, "sleep": 0.2} for i in range(8)])
+    assert results[2].status_code == 422
+    assert results[2].json()["error"] == {"type": "predictor_error", "message": "payload 2 is bad",
+                                          "request_id": results[2].headers["x-request-id"]}
+    others = [r for i, r in enumerate(results) if i != 2]
+    assert [r.status_code for r in others] == [200] * 7
+    # requests really were batched, so the error did not fail its batch-mates
+    assert max(r.json()["batch_size"] for r in others) > 1

@@ -1,6 +1,8 @@
 import threading
 import time
 
+from myelin.errors import PredictorError
+
 
 class Predictor:
     def __init__(self, config):
@@ -17,4 +19,5 @@ class Predictor:
             raise ValueError("a payload in this batch asked to fail")
         if any(p.get("short") for p in payloads):
             return payloads[:-1]
-        return [{"i": p["i"], "batch_size": len(payloads), "call": call} for p in payloads]
+        return [PredictorError(422, f"payload {p['i']} is bad") if p.get("bad") else
+                {"i": p["i"], "batch_size": len(payloads), "call": call} for p in payloads]
