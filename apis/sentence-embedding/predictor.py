@@ -70,9 +70,18 @@ class Predictor:
         # With batching (api.yaml) the runtime hands a list of payloads; a single
         # payload is accepted too so the class also works with batching turned off.
         single = not isinstance(payload, list)
-        texts = [_text(p) for p in ([payload] if single else payload)]
+        if single:
+            texts, errors = [_text(payload)], {}
+        else:
+            # A bad payload fails only its own request: its slot in the results holds the error.
+            texts, errors = [], {}
+            for i, p in enumerate(payload):
+                try:
+                    texts.append(_text(p))
+                except PredictorError as err:
+                    errors[i] = err
         if not texts:
-            return []
+            return [errors[i] for i in range(len(payload))] if not single else []
         vectors = self.model.encode(
             texts,
             batch_size=self.batch_size,
@@ -81,5 +90,7 @@ class Predictor:
             show_progress_bar=False,
         )
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        results = [{"embedding": row} for row in vectors]  # numpy rows: the runtime encodes them as JSON arrays
-        return results[0] if single else results
+        rows = iter({"embedding": row} for row in vectors)  # numpy rows: the runtime encodes them as JSON arrays
+        if single:
+            return next(rows)
+        return [errors[i] if i in errors else next(rows) for i in range(len(payload))]

@@ -360,7 +360,10 @@ def test_embedding_similarity_and_batch_order(embedder):
     [("", "empty"), ("   ", "empty"), ({"txt": "hi"}, "text"), ({"text": 3}, "string"), (b"\xff\xfe\xfa", "UTF-8"), (42, "string")],
 )
 def test_embedding_bad_inputs(embedder, bad, match):
-    assert_bad_request(embedder.predict, ["fine", bad], match=match)
+    fine, error = embedder.predict(["fine", bad])  # batched: only the bad slot fails
+    assert len(fine["embedding"]) == 384
+    assert isinstance(error, PredictorError) and error.status_code == 400 and re.search(match, error.message)
+    assert_bad_request(embedder.predict, bad, match=match)  # batching off: raised
 
 
 def test_embedding_runs_offline(embedder):
