@@ -7,7 +7,16 @@ import os
 import sys
 from pathlib import Path
 
-from .spec import ApiSpec, SpecError, check_unique, discover_api_folders, load_api_spec, spec_from_dict
+from .spec import (
+    SPEC_FILE,
+    ApiSpec,
+    SpecError,
+    check_predictor_file,
+    check_unique,
+    discover_api_folders,
+    load_api_spec,
+    spec_from_dict,
+)
 
 SPEC_ENV = "MYELIN_API_SPEC"
 DEFAULT_PORT = 8888
@@ -28,8 +37,7 @@ def resolve_spec(folder: Path) -> ApiSpec:
         except orjson.JSONDecodeError as err:
             raise SpecError(f"${SPEC_ENV}", [("", f"not valid JSON: {err}")]) from None
         spec = spec_from_dict(data, f"${SPEC_ENV}")
-        if not (folder / spec.predictor.path).is_file():
-            raise SpecError(f"${SPEC_ENV}", [("predictor.path", f"file not found: {folder / spec.predictor.path}")])
+        check_predictor_file(folder, spec, f"${SPEC_ENV}")
         return spec
     return load_api_spec(folder)
 
@@ -73,7 +81,7 @@ def load_specs(paths: list[str]) -> tuple[dict[Path, ApiSpec], list[str]]:
     errors: list[str] = []
     for raw in paths:
         path = Path(raw)
-        if (path / "api.yaml").is_file():
+        if (path / SPEC_FILE).is_file():
             folders.append(path)
             continue
         try:

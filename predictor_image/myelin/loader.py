@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import os
@@ -9,7 +10,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .spec import ApiSpec
 
@@ -71,6 +72,19 @@ def _forget_modules_from(folder: Path) -> None:
                 continue
 
 
+@contextlib.contextmanager
+def _importable(folder: Path) -> Iterator[None]:
+    """Sibling modules in the API folder are importable while the predictor is imported and constructed."""
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        try:
+            sys.path.remove(str(folder))
+        except ValueError:
+            pass
+
+
 def import_predictor_class(folder: Path, spec: ApiSpec) -> type:
     """Import `spec.predictor.path` and return the predictor class (nothing is constructed)."""
     global _generation
@@ -80,14 +94,14 @@ def import_predictor_class(folder: Path, spec: ApiSpec) -> type:
     _forget_modules_from(folder)
     _generation += 1
     module_name = f"myelin_api_{spec.name.replace('-', '_')}_{_generation}"
-    sys.path.insert(0, str(folder))  # sibling modules in the API folder are importable
     try:
-        module_spec = importlib.util.spec_from_file_location(module_name, file)
-        if module_spec is None or module_spec.loader is None:
-            raise LoadError(spec.name, str(file), "cannot import this file")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module
-        module_spec.loader.exec_module(module)
+        with _importable(folder):
+            module_spec = importlib.util.spec_from_file_location(module_name, file)
+            if module_spec is None or module_spec.loader is None:
+                raise LoadError(spec.name, str(file), "cannot import this file")
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_name] = module
+            module_spec.loader.exec_module(module)
     except LoadError:
         raise
     except BaseException as err:  # noqa: BLE001 - report any import failure with its location
@@ -95,11 +109,6 @@ def import_predictor_class(folder: Path, spec: ApiSpec) -> type:
             raise
         message = f"import failed: {type(err).__name__}: {err}" + _install_hint(err, folder)
         raise LoadError(spec.name, _where(err, folder) or str(file), message, traceback.format_exc()) from None
-    finally:
-        try:
-            sys.path.remove(str(folder))
-        except ValueError:
-            pass
     cls = getattr(module, spec.predictor.class_name, None)
     if cls is None or not inspect.isclass(cls):
         raise LoadError(spec.name, str(file), f"no class named {spec.predictor.class_name!r} (predictor.class_name)")
@@ -113,9 +122,9 @@ def load_predictor(folder: Path, spec: ApiSpec) -> Predictor:
     """Import the predictor class and construct it with `spec.predictor.config`."""
     folder = Path(folder).resolve()
     cls = import_predictor_class(folder, spec)
-    sys.path.insert(0, str(folder))  # __init__ may import sibling modules lazily
     try:
-        instance = cls(dict(spec.predictor.config))
+        with _importable(folder):  # __init__ may import sibling modules lazily
+            instance = cls(dict(spec.predictor.config))
     except BaseException as err:  # noqa: BLE001
         if isinstance(err, KeyboardInterrupt):
             raise
@@ -124,11 +133,6 @@ def load_predictor(folder: Path, spec: ApiSpec) -> Predictor:
             f"{spec.predictor.class_name}.__init__ failed: {type(err).__name__}: {err}" + _install_hint(err, folder),
             traceback.format_exc(),
         ) from None
-    finally:
-        try:
-            sys.path.remove(str(folder))
-        except ValueError:
-            pass
     bound = instance.predict
     params = inspect.signature(bound).parameters
     accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

@@ -32,6 +32,14 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
+def _error_response(request: Request, status: int, kind: str, message: str,
+                    headers: dict[str, str] | None = None) -> Response:
+    """The contract's JSON error body from a control route, with the request id echoed or made."""
+    rid = request.headers.get("x-request-id") or new_request_id()
+    return Response(error_body(kind, message, rid), status_code=status, media_type="application/json",
+                    headers={"x-request-id": rid, **(headers or {})})
+
+
 class MyelinApp:
     def __init__(self, apis: Iterable[tuple[Path, ApiSpec]], *, processes: int | None = None,
                  log: RequestLog | None = None, metrics: Metrics | None = None,
@@ -172,14 +180,10 @@ class MyelinApp:
             kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
             message = {404: f"no API at {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}.get(
                 exc.status_code, str(exc.detail))
-            rid = request.headers.get("x-request-id") or new_request_id()
-            return Response(error_body(kind, message, rid), status_code=exc.status_code, media_type="application/json",
-                            headers={"x-request-id": rid, **(exc.headers or {})})
+            return _error_response(request, exc.status_code, kind, message, exc.headers)
 
         async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-            rid = request.headers.get("x-request-id") or new_request_id()
-            return Response(error_body("bad_request", str(exc.errors())[:500], rid), status_code=400,
-                            media_type="application/json", headers={"x-request-id": rid})
+            return _error_response(request, 400, "bad_request", str(exc.errors())[:500])
 
         app.add_exception_handler(StarletteHTTPException, http_error)
         app.add_exception_handler(RequestValidationError, validation_error)

@@ -431,10 +431,15 @@ def load_api_spec(folder: str | Path, overrides: Mapping[str, Any] | None = None
         data = deep_merge(data, overrides)
         source = f"{path} with overrides from {overrides_source or 'stack config'}"
     spec = spec_from_dict(data, source)
-    predictor_file = folder / spec.predictor.path
+    check_predictor_file(folder, spec, source)
+    return spec
+
+
+def check_predictor_file(folder: Path, spec: ApiSpec, source: str) -> None:
+    """The spec's predictor.path must name a file in the API folder."""
+    predictor_file = Path(folder) / spec.predictor.path
     if not predictor_file.is_file():
         raise SpecError(source, [("predictor.path", f"file not found: {predictor_file}")])
-    return spec
 
 
 def discover_api_folders(root: str | Path) -> list[Path]:
