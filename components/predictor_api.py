@@ -15,6 +15,8 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from myelin import contract
+from myelin.contract import SPEC_ENV
 from myelin.spec import ApiSpec
 
 from .cluster import CPU_NODE_SELECTOR, GPU_NODE_SELECTOR, GPU_TAINT_KEY
@@ -22,10 +24,9 @@ from .config import IngressConfig, PodConfig
 from .image import PredictorImage
 from .versions import CPU_BASE_IMAGE, GPU_BASE_IMAGE
 
-PORT = 8080
+PORT = contract.CONTAINER_PORT
 RUN_AS_USER = 10001
 KEDA_POLLING_SECONDS = 15
-SPEC_ENV = "MYELIN_API_SPEC"
 ALB = "alb.ingress.kubernetes.io/"
 
 
@@ -63,8 +64,8 @@ def grace_period(spec: ApiSpec, pods: PodConfig) -> int:
 
 def in_flight_query(spec: ApiSpec, namespace: str) -> str:
     window = int(spec.autoscaling.window.seconds)
-    selector = f'api="{spec.name}",namespace="{namespace}"'
-    return f"sum(avg_over_time(myelin_in_flight_requests{{{selector}}}[{window}s]))"
+    selector = f'{contract.LABEL_API}="{spec.name}",{contract.LABEL_NAMESPACE}="{namespace}"'
+    return f"sum(avg_over_time({contract.IN_FLIGHT}{{{selector}}}[{window}s]))"
 
 
 def hpa_behavior(spec: ApiSpec) -> dict[str, Any]:
@@ -167,19 +168,19 @@ class PredictorApi(pulumi.ComponentResource):
             env=env,
             resources=k8s.core.v1.ResourceRequirementsArgs(**resources),
             startup_probe=k8s.core.v1.ProbeArgs(
-                http_get=k8s.core.v1.HTTPGetActionArgs(path="/healthz", port="http"),
+                http_get=k8s.core.v1.HTTPGetActionArgs(path=contract.HEALTH_PATH, port="http"),
                 period_seconds=probe_period,
                 timeout_seconds=3,
                 failure_threshold=math.ceil(args.pods.startup_timeout_seconds / probe_period),
             ),
             readiness_probe=k8s.core.v1.ProbeArgs(
-                http_get=k8s.core.v1.HTTPGetActionArgs(path="/readyz", port="http"),
+                http_get=k8s.core.v1.HTTPGetActionArgs(path=contract.READY_PATH, port="http"),
                 period_seconds=probe_period,
                 timeout_seconds=3,
                 failure_threshold=2,
             ),
             liveness_probe=k8s.core.v1.ProbeArgs(
-                http_get=k8s.core.v1.HTTPGetActionArgs(path="/healthz", port="http"),
+                http_get=k8s.core.v1.HTTPGetActionArgs(path=contract.HEALTH_PATH, port="http"),
                 period_seconds=10,
                 timeout_seconds=5,
                 failure_threshold=3,
@@ -262,7 +263,7 @@ class PredictorApi(pulumi.ComponentResource):
                         annotations={
                             "prometheus.io/scrape": "true",
                             "prometheus.io/port": str(PORT),
-                            "prometheus.io/path": "/metrics",
+                            "prometheus.io/path": contract.METRICS_PATH,
                         },
                     ),
                     spec=pod_spec,
@@ -407,7 +408,7 @@ def ingress_annotations(spec: ApiSpec, args: PredictorApiArgs) -> dict[str, str]
         ALB + "group.name": f"myelin-{args.stack}-{visibility}",
         ALB + "scheme": "internet-facing" if visibility == "public" else "internal",
         ALB + "target-type": "ip",
-        ALB + "healthcheck-path": "/readyz",
+        ALB + "healthcheck-path": contract.READY_PATH,
         ALB + "healthcheck-port": "traffic-port",
         ALB + "healthcheck-interval-seconds": "10",
         ALB + "healthy-threshold-count": "2",

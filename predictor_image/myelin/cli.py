@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from .contract import SPEC_ENV
 from .spec import (
     SPEC_FILE,
     ApiSpec,
@@ -18,7 +19,6 @@ from .spec import (
     spec_from_dict,
 )
 
-SPEC_ENV = "MYELIN_API_SPEC"
 DEFAULT_PORT = 8888
 
 

@@ -14,6 +14,8 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import disable_created_metrics, multiprocess
 
+from . import contract as c
+
 disable_created_metrics()  # the _created series only add noise to every scrape
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -33,21 +35,21 @@ class Metrics:
         # In multiprocess mode values live in files; exposition reads them, so no registry is needed here.
         self.registry = None if self.multiprocess else CollectorRegistry()
         reg = self.registry
-        self.requests = Counter("myelin_requests", "Prediction requests answered, by status code.", ["api", "status"], registry=reg)
+        self.requests = Counter(c.REQUESTS, "Prediction requests answered, by status code.", [c.LABEL_API, c.LABEL_STATUS], registry=reg)
         self.latency = Histogram(
-            "myelin_request_duration_seconds", "Prediction latency from arrival to response, seconds.", ["api"],
+            c.REQUEST_DURATION, "Prediction latency from arrival to response, seconds.", [c.LABEL_API],
             buckets=LATENCY_BUCKETS, registry=reg,
         )
         self.batch_size = Histogram(
-            "myelin_batch_size", "Payloads per predict call with batching on.", ["api"], buckets=BATCH_BUCKETS, registry=reg
+            c.BATCH_SIZE, "Payloads per predict call with batching on.", [c.LABEL_API], buckets=BATCH_BUCKETS, registry=reg
         )
         gauge_mode = {"multiprocess_mode": "livesum"}
         self.in_flight = Gauge(
-            "myelin_in_flight_requests", "Requests admitted and not yet answered (running + queued); the autoscaling signal.",
-            ["api"], registry=reg, **gauge_mode,
+            c.IN_FLIGHT, "Requests admitted and not yet answered (running + queued); the autoscaling signal.",
+            [c.LABEL_API], registry=reg, **gauge_mode,
         )
-        self.queue_length = Gauge("myelin_queue_length", "Requests waiting for the predictor.", ["api"], registry=reg, **gauge_mode)
-        self.ready = Gauge("myelin_ready_processes", "Server processes whose predictor is loaded and serving.", ["api"], registry=reg, **gauge_mode)
+        self.queue_length = Gauge(c.QUEUE_LENGTH, "Requests waiting for the predictor.", [c.LABEL_API], registry=reg, **gauge_mode)
+        self.ready = Gauge(c.READY_PROCESSES, "Server processes whose predictor is loaded and serving.", [c.LABEL_API], registry=reg, **gauge_mode)
 
     def for_api(self, api: str) -> "ApiMetrics":
         return ApiMetrics(self, api)

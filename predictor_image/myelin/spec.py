@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from .contract import RESERVED_PATHS
+
 SPEC_FILE = "api.yaml"
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
@@ -302,8 +304,7 @@ class NetworkingSpec(_Strict):
             return v
         if not re.match(r"^/[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$", v):
             raise ValueError(f"must be a path like '/my-api' (letters, digits, '-', '_', '.', '/'), got {v!r}")
-        reserved = {"/healthz", "/readyz", "/metrics", "/info", "/docs", "/openapi.json"}
-        if v in reserved:
+        if v in RESERVED_PATHS:
             raise ValueError(f"{v} is reserved for the server's own routes")
         return v
 
