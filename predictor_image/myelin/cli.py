@@ -7,17 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from .contract import SPEC_ENV
-from .spec import (
-    SPEC_FILE,
-    ApiSpec,
-    SpecError,
-    check_predictor_file,
-    check_unique,
-    discover_api_folders,
-    load_api_spec,
-    spec_from_dict,
-)
+from .settings import Settings, SettingsError
+from .spec import SpecError, load_specs, resolve_spec
 
 DEFAULT_PORT = 8888
 
@@ -26,20 +17,11 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def resolve_spec(folder: Path) -> ApiSpec:
-    """The effective spec: MYELIN_API_SPEC (JSON, set by the cluster after stack overrides) or api.yaml."""
-    raw = os.environ.get(SPEC_ENV)
-    if raw:
-        import orjson
-
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as err:
-            raise SpecError(f"${SPEC_ENV}", [("", f"not valid JSON: {err}")]) from None
-        spec = spec_from_dict(data, f"${SPEC_ENV}")
-        check_predictor_file(folder, spec, f"${SPEC_ENV}")
-        return spec
-    return load_api_spec(folder)
+def _settings(command: str) -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as err:
+        raise SystemExit(f"{command}: {err}") from None
 
 
 def _port(value: int | None) -> int:
@@ -62,46 +44,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _err(f"myelin serve: {err}")
         return 2
     port = _port(args.port)
+    settings = _settings("myelin serve")
     if spec.serving.processes > 1:
         from .process import Supervisor
 
-        return Supervisor(folder, spec, args.host, port).run()
+        return Supervisor(folder, spec, args.host, port, settings).run()
     from .process import run_app
     from .server import MyelinApp
 
     app = MyelinApp([(folder, spec)])
     _err(f"myelin: serving {spec.name} at http://{args.host}:{port}{spec.endpoint}")
-    run_app(app, args.host, port, spec.serving.drain_timeout.seconds)
+    run_app(app, args.host, port, spec.serving.drain_timeout.seconds, settings)
     return 0
-
-
-def load_specs(paths: list[str]) -> tuple[dict[Path, ApiSpec], list[str]]:
-    """Parse every API folder named (or every folder under each apis root); bad ones are reported, not fatal."""
-    folders: list[Path] = []
-    errors: list[str] = []
-    for raw in paths:
-        path = Path(raw)
-        if (path / SPEC_FILE).is_file():
-            folders.append(path)
-            continue
-        try:
-            found = discover_api_folders(path)
-        except SpecError as err:
-            errors.append(str(err))
-            continue
-        if not found:
-            errors.append(f"{path}: no API folders (sub-folders with an api.yaml) found")
-        folders.extend(found)
-    specs: dict[Path, ApiSpec] = {}
-    for folder in folders:
-        try:
-            spec = load_api_spec(folder)
-            check_unique({**specs, folder: spec})
-        except SpecError as err:
-            errors.append(str(err))
-            continue
-        specs[folder] = spec
-    return specs, errors
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -125,7 +79,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_local(args: argparse.Namespace) -> int:
     from .local import serve_local
 
-    return serve_local(args.apis, args.host, _port(args.port), reload=not args.no_reload)
+    return serve_local(args.apis, args.host, _port(args.port), _settings("myelin local"), reload=not args.no_reload)
 
 
 def build_parser() -> argparse.ArgumentParser:

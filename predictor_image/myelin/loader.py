@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import importlib.util
 import inspect
 import os
@@ -28,13 +29,36 @@ class LoadError(Exception):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class CallKind(enum.Enum):
+    """How `predict` is called, decided once at load."""
+
+    SYNC = "sync"  # def predict: runs in the API's thread pool
+    ASYNC = "async"  # async def predict: awaited on the event loop
+    SYNC_GENERATOR = "sync_generator"  # def predict(...): yield ...
+    ASYNC_GENERATOR = "async_generator"  # async def predict(...): yield ...
+
+
+def call_kind(predict: Any) -> CallKind:
+    if inspect.isasyncgenfunction(predict):
+        return CallKind.ASYNC_GENERATOR
+    if inspect.isgeneratorfunction(predict):
+        return CallKind.SYNC_GENERATOR
+    if inspect.iscoroutinefunction(predict):
+        return CallKind.ASYNC
+    return CallKind.SYNC
+
+
 @dataclass
 class Predictor:
     instance: Any
     predict: Any
-    is_async: bool
+    kind: CallKind
     wants_query_params: bool
     wants_headers: bool
+
+    @property
+    def is_async(self) -> bool:
+        return self.kind is CallKind.ASYNC
 
 
 def _where(err: BaseException, folder: Path) -> str:
@@ -139,7 +163,7 @@ def load_predictor(folder: Path, spec: ApiSpec) -> Predictor:
     return Predictor(
         instance=instance,
         predict=bound,
-        is_async=inspect.iscoroutinefunction(bound),
+        kind=call_kind(bound),
         wants_query_params="query_params" in params or accepts_kwargs,
         wants_headers="headers" in params or accepts_kwargs,
     )

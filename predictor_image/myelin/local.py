@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cli import load_specs
+from .spec import load_specs
 from .logs import RequestLog
 from .process import run_app
 from .runtime import ApiRuntime, State
+from .settings import Settings
 
 
 def _status_line(runtime: ApiRuntime, base: str) -> str:
@@ -18,7 +19,7 @@ def _status_line(runtime: ApiRuntime, base: str) -> str:
     return f"  ✗ {runtime.name:<22} failed to load: {err.where}: {err.message}" if err else f"  ? {runtime.name} {runtime.state.value}"
 
 
-def serve_local(apis: str, host: str, port: int, reload: bool = True) -> int:
+def serve_local(apis: str, host: str, port: int, settings: Settings, reload: bool = True) -> int:
     from .server import MyelinApp
 
     specs, errors = load_specs([apis])
@@ -35,5 +36,5 @@ def serve_local(apis: str, host: str, port: int, reload: bool = True) -> int:
 
     app = MyelinApp(list(specs.items()), processes=1, log=RequestLog(), on_loaded=report, watch=reload)
     drain = max(spec.serving.drain_timeout.seconds for spec in specs.values())
-    run_app(app, host, port, drain)
+    run_app(app, host, port, drain, settings)
     return 0

@@ -25,34 +25,24 @@ from typing import Any, Callable
 import uvicorn
 
 from .logs import RequestLog
+from .settings import Settings
 from .spec import ApiSpec
 
 # After the app's own drain, uvicorn closes what is left; this bounds that last step.
 _FINAL_CLOSE_S = 2.0
-DEFAULT_KEEP_ALIVE_S = 75
 
 
-def keep_alive_timeout() -> int:
-    """Idle keep-alive in seconds: longer than the load balancer's idle timeout (the cluster sets
-    MYELIN_KEEP_ALIVE_TIMEOUT), or the balancer reuses connections the server just closed (sporadic 502s)."""
-    raw = os.environ.get("MYELIN_KEEP_ALIVE_TIMEOUT", "")
-    try:
-        value = int(raw) if raw else DEFAULT_KEEP_ALIVE_S
-    except ValueError:
-        value = DEFAULT_KEEP_ALIVE_S
-    return value if value > 0 else DEFAULT_KEEP_ALIVE_S
-
-
-def uvicorn_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Config:
-    from .protection import ProtectedHttpToolsProtocol  # httptools plus header/body read timeouts
+def uvicorn_config(app: Any, host: str, port: int, settings: Settings, **extra: Any) -> uvicorn.Config:
+    from .protection import protocol_for  # httptools plus header/body read timeouts
 
     loop = "uvloop" if sys.platform != "win32" else "asyncio"
     return uvicorn.Config(
-        app, host=host, port=port, loop=loop, http=ProtectedHttpToolsProtocol, lifespan="on", access_log=False,
+        app, host=host, port=port, loop=loop, http=protocol_for(settings), lifespan="on", access_log=False,
         server_header=False,
         # No client addresses are logged or used, so X-Forwarded-* rewriting would be pure per-request cost.
-        proxy_headers=False, log_level=os.environ.get("MYELIN_UVICORN_LOG_LEVEL", "warning"),
-        timeout_graceful_shutdown=_FINAL_CLOSE_S, timeout_keep_alive=keep_alive_timeout(), backlog=4096, **extra,
+        proxy_headers=False, log_level=settings.uvicorn_log_level,
+        timeout_graceful_shutdown=_FINAL_CLOSE_S, timeout_keep_alive=settings.keep_alive_timeout, backlog=4096,
+        **extra,
     )
 
 
@@ -96,9 +86,10 @@ class DrainingServer(uvicorn.Server):
         self._drain_task = self._loop.create_task(drain_then_exit())
 
 
-def run_app(app: Any, host: str, port: int, drain_timeout: float, sockets: list[socket.socket] | None = None) -> None:
+def run_app(app: Any, host: str, port: int, drain_timeout: float, settings: Settings,
+            sockets: list[socket.socket] | None = None) -> None:
     """Serve `app` (a MyelinApp) until SIGTERM/SIGINT, draining first."""
-    config = uvicorn_config(app, host, port)
+    config = uvicorn_config(app, host, port, settings)
     server = DrainingServer(config, lambda: app.drain(drain_timeout), drain_timeout)
     server.run(sockets=sockets)
     # A predict still running past the grace period lives in a thread that cannot be interrupted, and
@@ -115,12 +106,13 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
-def _worker_main(folder: str, spec_json: str, host: str, port: int, sock: socket.socket, processes: int) -> None:
+def _worker_main(folder: str, spec_json: str, host: str, port: int, sock: socket.socket, processes: int,
+                 settings: Settings) -> None:
     from .server import MyelinApp  # imported in the child, after PROMETHEUS_MULTIPROC_DIR is set
 
     spec = ApiSpec.model_validate_json(spec_json)
     app = MyelinApp([(Path(folder), spec)], processes=processes)
-    run_app(app, host, port, spec.serving.drain_timeout.seconds, sockets=[sock])
+    run_app(app, host, port, spec.serving.drain_timeout.seconds, settings, sockets=[sock])
 
 
 class Supervisor:
@@ -128,8 +120,10 @@ class Supervisor:
 
     RESTART_BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 5.0)
 
-    def __init__(self, folder: Path, spec: ApiSpec, host: str, port: int, log: RequestLog | None = None):
+    def __init__(self, folder: Path, spec: ApiSpec, host: str, port: int, settings: Settings,
+                 log: RequestLog | None = None):
         self.folder = folder
+        self.settings = settings
         self.spec = spec
         self.host = host
         self.port = port
@@ -143,7 +137,7 @@ class Supervisor:
     def _start_worker(self, sock: socket.socket) -> multiprocessing.Process:
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(str(self.folder), self.spec.model_dump_json(), self.host, self.port, sock, self.n),
+            args=(str(self.folder), self.spec.model_dump_json(), self.host, self.port, sock, self.n, self.settings),
             name=f"myelin-worker-{self.spec.name}",
         )
         proc.start()
@@ -154,7 +148,7 @@ class Supervisor:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         from prometheus_client import multiprocess
 
-        config = uvicorn_config(None, self.host, self.port)
+        config = uvicorn_config(None, self.host, self.port, self.settings)
         sock = config.bind_socket()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)

@@ -7,36 +7,25 @@ forever; a few thousand such clients exhaust the server (slowloris).
 
 `ProtectedHttpToolsProtocol` arms a deadline when a connection opens and when
 each new request begins: if the headers are not complete within
-`MYELIN_HEADER_TIMEOUT` seconds (default 10) the connection is closed (with a
-408 JSON error if part of a request arrived). Once the headers are in, the
-body must be complete within `MYELIN_BODY_TIMEOUT` seconds (default 60), else
-408 and close. Time during which the server itself stopped reading (flow
+`Settings.header_timeout` seconds (MYELIN_HEADER_TIMEOUT, default 10) the
+connection is closed (with a 408 JSON error if part of a request arrived).
+Once the headers are in, the body must be complete within
+`Settings.body_timeout` seconds (MYELIN_BODY_TIMEOUT, default 60), else 408
+and close. Time during which the server itself stopped reading (flow
 control, a pipelined request waiting its turn) does not count against the
 client.
 """
 
 from __future__ import annotations
 
-import os
 from asyncio import TimerHandle
 from typing import Any
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .runtime import new_request_id
-
-DEFAULT_HEADER_TIMEOUT_S = 10.0
-DEFAULT_BODY_TIMEOUT_S = 60.0
-
-
-def _seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        return default
-    return value if value > 0 else default
+from .http_io import new_request_id
+from .settings import Settings
 
 
 def _timeout_response(what: str, seconds: float) -> bytes:
@@ -48,12 +37,17 @@ def _timeout_response(what: str, seconds: float) -> bytes:
 
 
 class ProtectedHttpToolsProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol plus header- and body-read deadlines (see the module docstring)."""
+    """HttpToolsProtocol plus header- and body-read deadlines (see the module docstring).
+
+    Use `protocol_for(settings)`: the settings are class attributes, read once, not per connection.
+    """
+
+    settings: Settings = Settings()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.header_timeout = _seconds("MYELIN_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT_S)
-        self.body_timeout = _seconds("MYELIN_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT_S)
+        self.header_timeout = self.settings.header_timeout
+        self.body_timeout = self.settings.body_timeout
         self._read_timer: TimerHandle | None = None
         self._deadline: float | None = None
         self._what = ""
@@ -136,3 +130,8 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
         # Idle keep-alive connections are uvicorn's keep-alive timer's business; a new request re-arms ours.
         if not self._request_begun:
             self._disarm()
+
+
+def protocol_for(settings: Settings) -> type[ProtectedHttpToolsProtocol]:
+    """The protocol class uvicorn instantiates per connection, bound to these settings."""
+    return type("ProtectedHttpToolsProtocol", (ProtectedHttpToolsProtocol,), {"settings": settings})

@@ -22,7 +22,9 @@ from starlette.responses import Response
 from .errors import error_body
 from .logs import RequestLog
 from .metrics import CONTENT_TYPE, Metrics
-from .runtime import ApiRuntime, State, new_request_id
+from .endpoint import handle_predict
+from .http_io import new_request_id
+from .runtime import ApiRuntime, State
 from .spec import ApiSpec
 
 SAMPLE_INTERVAL_S = 1.0
@@ -65,7 +67,7 @@ class MyelinApp:
         if scope["type"] == "http" and scope["method"] == "POST":
             runtime = self.runtimes.get(scope["path"])
             if runtime is not None:
-                await runtime.handle(scope, receive, send)
+                await handle_predict(runtime, scope, receive, send)
                 return
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)

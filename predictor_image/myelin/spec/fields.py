@@ -1,33 +1,17 @@
-"""The API contract: `api.yaml` parsed into one strict, typed `ApiSpec`.
-
-Both halves of Myelin read APIs through this module: the runtime (server
-limits, batching, predictor loading) and the infrastructure (`components/`
-builds Deployments, autoscalers and ingresses from the same object). It must
-stay free of runtime-only and infrastructure-only imports.
-"""
+"""Field types and sections every API kind shares: durations, quantities, predictor, compute,
+autoscaling, serving, batching, update strategy, networking."""
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
-import yaml
 from pydantic_core import core_schema
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .contract import RESERVED_PATHS
-
-SPEC_FILE = "api.yaml"
+from ..contract import RESERVED_PATHS
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
@@ -309,161 +293,3 @@ class NetworkingSpec(_Strict):
         return v
 
 
-class ApiSpec(_Strict):
-    name: str = Field(..., description="DNS label naming the API and its Kubernetes objects.")
-    kind: Literal["RealtimeAPI"] = "RealtimeAPI"
-    predictor: PredictorSpec = Field(default_factory=PredictorSpec)
-    compute: ComputeSpec = Field(default_factory=ComputeSpec)
-    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
-    serving: ServingSpec = Field(default_factory=ServingSpec)
-    batching: BatchingSpec | None = None
-    update_strategy: UpdateStrategySpec = Field(default_factory=UpdateStrategySpec)
-    networking: NetworkingSpec = Field(default_factory=NetworkingSpec)
-
-    @field_validator("name")
-    @classmethod
-    def _dns(cls, v: str) -> str:
-        if not _DNS_LABEL.match(v):
-            raise ValueError(
-                f"{v!r} is not a DNS label: lowercase letters, digits and '-', starting with a letter, at most 40 characters"
-            )
-        return v
-
-    @model_validator(mode="after")
-    def _batches_can_fill(self) -> "ApiSpec":
-        if self.batching is not None:
-            per_process = self.serving.per_process(self.serving.max_concurrency)
-            if per_process < self.batching.max_batch_size:
-                procs = self.serving.processes
-                raise ValueError(
-                    f"serving.max_concurrency ({self.serving.max_concurrency}"
-                    + (f", i.e. {per_process} per process with {procs} processes" if procs > 1 else "")
-                    + f") is less than batching.max_batch_size ({self.batching.max_batch_size}): requests in a "
-                    "running batch count against max_concurrency, so batches could never fill; set "
-                    f"serving.max_concurrency to at least max_batch_size{' × processes' if procs > 1 else ''}"
-                )
-        return self
-
-    @property
-    def endpoint(self) -> str:
-        return self.networking.endpoint or f"/{self.name}"
-
-    @property
-    def target_in_flight(self) -> float:
-        return self.autoscaling.target_in_flight or float(self.serving.max_concurrency)
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif item in ("function-after", "function-before") or str(item).startswith("function-"):
-            continue
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts)
-
-
-def validation_problems(err: ValidationError) -> list[tuple[str, str]]:
-    problems = []
-    for e in err.errors():
-        msg = e["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see the api.yaml reference in README.md)"
-        problems.append((_format_loc(tuple(e["loc"])), msg))
-    return problems
-
-
-def spec_from_dict(data: Any, source: str) -> ApiSpec:
-    if not isinstance(data, Mapping):
-        raise SpecError(source, [("", f"must be a mapping of fields, got {type(data).__name__}")])
-    try:
-        return ApiSpec.model_validate(dict(data))
-    except ValidationError as err:
-        raise SpecError(source, validation_problems(err)) from None
-
-
-def read_spec_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(str(path), [("", "file not found: every API folder needs an api.yaml")]) from None
-    except UnicodeDecodeError as err:
-        raise SpecError(str(path), [("", f"not valid UTF-8 text: {err}")]) from None
-    except OSError as err:
-        raise SpecError(str(path), [("", f"cannot be read: {err}")]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise SpecError(str(path), [("", f"{where}invalid YAML: {getattr(err, 'problem', err)}")]) from None
-    if data is None:
-        raise SpecError(str(path), [("", "file is empty: at least `name` is required")])
-    if not isinstance(data, dict):
-        raise SpecError(str(path), [("", f"must be a mapping of fields, got {type(data).__name__}")])
-    return data
-
-
-def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Overrides win; nested mappings merge key by key (so one field can be overridden alone)."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def load_api_spec(folder: str | Path, overrides: Mapping[str, Any] | None = None, overrides_source: str = "") -> ApiSpec:
-    """Parse `<folder>/api.yaml`, optionally with per-stack overrides merged on top.
-
-    Errors raise `SpecError` naming the file (and the overrides' source when they caused it).
-    """
-    folder = Path(folder)
-    path = folder / SPEC_FILE
-    data = read_spec_file(path)
-    source = str(path)
-    if overrides:
-        data = deep_merge(data, overrides)
-        source = f"{path} with overrides from {overrides_source or 'stack config'}"
-    spec = spec_from_dict(data, source)
-    check_predictor_file(folder, spec, source)
-    return spec
-
-
-def check_predictor_file(folder: Path, spec: ApiSpec, source: str) -> None:
-    """The spec's predictor.path must name a file in the API folder."""
-    predictor_file = Path(folder) / spec.predictor.path
-    if not predictor_file.is_file():
-        raise SpecError(source, [("predictor.path", f"file not found: {predictor_file}")])
-
-
-def discover_api_folders(root: str | Path) -> list[Path]:
-    """Every direct sub-folder of `root` that holds an api.yaml, sorted by name."""
-    root = Path(root)
-    if not root.is_dir():
-        raise SpecError(str(root), [("", "APIs folder not found")])
-    return sorted(p for p in root.iterdir() if p.is_dir() and (p / SPEC_FILE).is_file())
-
-
-def check_unique(specs: Mapping[Path, ApiSpec]) -> None:
-    """Names and endpoints must be unique across APIs that are served together."""
-    seen_names: dict[str, Path] = {}
-    seen_endpoints: dict[str, Path] = {}
-    for folder, spec in specs.items():
-        if spec.name in seen_names:
-            raise SpecError(
-                str(folder / SPEC_FILE), [("name", f"{spec.name!r} is already used by {seen_names[spec.name]}")]
-            )
-        if spec.endpoint in seen_endpoints:
-            raise SpecError(
-                str(folder / SPEC_FILE),
-                [("networking.endpoint", f"{spec.endpoint} is already served by {seen_endpoints[spec.endpoint]}")],
-            )
-        seen_names[spec.name] = folder
-        seen_endpoints[spec.endpoint] = folder

@@ -1,0 +1,111 @@
+"""The predict route's ASGI handler: the hot path of `POST <endpoint>`.
+
+Read the body (bounded), decode, run it through the API's `Invoker`, encode, respond; then one log
+line and the request metrics, after the response has been sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from typing import Any
+
+from starlette.datastructures import Headers, QueryParams
+from starlette.responses import Response
+
+from . import codec
+from .errors import HTTPError, PredictorError
+from .http_io import ClientGone, RequestHead, read_body, send_body, send_error, too_large
+from .runtime import ApiRuntime, State
+
+
+class _ServerFault(Exception):
+    pass
+
+
+def _extras(runtime: ApiRuntime, scope: dict) -> dict[str, Any]:
+    predictor = runtime.predictor
+    kwargs: dict[str, Any] = {}
+    if predictor.wants_query_params:
+        kwargs["query_params"] = QueryParams(scope.get("query_string", b""))
+    if predictor.wants_headers:
+        kwargs["headers"] = Headers(scope=scope)
+    return kwargs
+
+
+async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: Any) -> None:
+    start = time.perf_counter()
+    loop = runtime.loop
+    deadline = loop.time() + runtime.timeout if loop else 0.0
+    keys = runtime.api_keys
+    head = RequestHead(scope["headers"], keys.header if keys is not None else b"")
+    request_id = head.request_id
+    status = 500
+    error_type = None
+    counted = False
+    try:
+        if runtime.state is not State.READY:
+            raise runtime.not_ready()
+        # In flight from here, while the body is still arriving: a drain or reload waits for it.
+        runtime.enter()
+        counted = True
+        if keys is not None:
+            keys.check(head)
+        if head.content_length > runtime.max_body:
+            raise too_large(runtime.max_body)
+        body = await read_body(receive, runtime.max_body)
+        payload = await codec.decode(head.content_type, body)
+        predictor = runtime.predictor
+        kwargs = _extras(runtime, scope) if predictor.wants_query_params or predictor.wants_headers else {}
+        result = await runtime.invoker.invoke(payload, kwargs, deadline)
+        if isinstance(result, Response):
+            result.headers.setdefault("x-request-id", request_id)
+            await result(scope, receive, send)
+            status = result.status_code
+        else:
+            try:
+                body_out, ctype = codec.encode(result)
+            except TypeError as err:
+                raise _ServerFault(str(err)) from None
+            await send_body(send, 200, body_out, ctype, request_id)
+            status = 200
+    except HTTPError as err:
+        status, error_type = err.status_code, err.error_type
+        await send_error(send, status, error_type, err.message, request_id, err.headers)
+    except PredictorError as err:
+        status, error_type = err.status_code, err.error_type
+        await send_error(send, status, error_type, err.message, request_id)
+    except _ServerFault as err:
+        status, error_type = 500, "internal"
+        runtime.log.event("error", "result could not be encoded", api=runtime.name, request_id=request_id,
+                          error=str(err))
+        await send_error(send, 500, "internal", "the predictor's result could not be encoded; see the server log",
+                         request_id)
+    except ClientGone:
+        if scope.get("myelin.read_timeout"):  # the body stalled; protection.py answered 408
+            status, error_type = 408, "request_timeout"
+        else:
+            status, error_type = 499, "client_disconnected"
+    except asyncio.CancelledError:
+        # Cancelled by the server's shutdown: answer in the contract's shape if nothing was sent yet.
+        status, error_type = 503, "shutting_down"
+        try:
+            await send_error(send, 503, "shutting_down", "the server shut down before the prediction finished",
+                             request_id, [(b"retry-after", b"1"), (b"connection", b"close")])
+        except Exception:  # noqa: BLE001 - a response had already started, or the connection is gone
+            status = 499
+        raise
+    except Exception as err:  # noqa: BLE001 - predictor failure: details to the log, not the client
+        status, error_type = 500, "predictor_failure"
+        runtime.log.event(
+            "error", "predict raised", api=runtime.name, request_id=request_id, error=f"{type(err).__name__}: {err}",
+            traceback="".join(traceback.format_exception(err)),
+        )
+        await send_error(send, 500, "predictor_failure", "the predictor failed; see the server log", request_id)
+    finally:
+        if counted:
+            runtime.leave()
+        latency = time.perf_counter() - start
+        runtime.metrics.observe(status, latency)
+        runtime.log.request(runtime.name, request_id, "POST", scope["path"], status, latency, error_type)

@@ -1,0 +1,144 @@
+"""Reading requests and writing responses over raw ASGI: the pieces every front door shares.
+
+Bounded body reads, API-key checks, the contract's JSON error responses, request ids, and a
+`ResponseWriter` that remembers whether the response has started (after that an error can only
+end the stream, never replace the status line).
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import os
+from typing import Awaitable, Callable
+
+from .errors import HTTPError, error_body
+
+Send = Callable[[dict], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict]]
+
+MAX_REQUEST_ID = 128
+
+_ids = itertools.count(1)
+_ID_PREFIX = os.urandom(4).hex()
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}-{next(_ids):x}"
+
+
+class ClientGone(Exception):
+    """The client disconnected (or its body stalled) before the request was read."""
+
+
+class RequestHead:
+    """What the predict path needs from the request headers, found in one pass."""
+
+    __slots__ = ("content_type", "content_length", "request_id", "api_key", "authorization")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]], auth_header: bytes = b""):
+        self.content_type = b""
+        self.content_length = -1
+        self.request_id = ""
+        self.api_key = b""
+        self.authorization = b""
+        for key, value in headers:
+            if key == b"content-type":
+                self.content_type = value
+            elif key == b"content-length":
+                try:
+                    self.content_length = int(value)
+                except ValueError:
+                    self.content_length = -1
+            elif key == b"x-request-id":
+                self.request_id = value.decode("latin-1")[:MAX_REQUEST_ID]
+            elif key == auth_header:
+                self.api_key = value
+            elif key == b"authorization":
+                self.authorization = value
+        if not self.request_id:
+            self.request_id = new_request_id()
+
+
+class ApiKeys:
+    """Accepted API keys, checked in constant time against every key."""
+
+    def __init__(self, keys: list[str], header: str):
+        self.keys = [k.encode() for k in keys]
+        self.header = header.encode()
+
+    def check(self, head: RequestHead) -> None:
+        presented = head.api_key or head.authorization
+        if presented[:7].lower() == b"bearer ":  # `Authorization: Bearer <key>`, or a custom header holding the same
+            presented = presented[7:].strip()
+        ok = False
+        for key in self.keys:  # compare against every key, so timing reveals nothing about which matched
+            ok |= hmac.compare_digest(presented, key)
+        if not ok:
+            raise HTTPError(401, "unauthorized", "missing or invalid API key", [(b"www-authenticate", b"ApiKey")])
+
+
+def too_large(limit: int) -> HTTPError:
+    return HTTPError(413, "payload_too_large", f"request body exceeds the {limit} byte limit (serving.max_body_size)",
+                     [(b"connection", b"close")])
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The whole body, never holding more than `limit` bytes (413 beyond); ClientGone on disconnect."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientGone()
+    body = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise too_large(limit)
+        return body
+    chunks = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:  # stop reading: never hold more than the limit in memory
+            raise too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def send_error(send: Send, status: int, error_type: str, message: str, request_id: str,
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """The contract's JSON error: `{"error": {"type", "message", "request_id"}}`."""
+    body = error_body(error_type, message, request_id)
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode("latin-1")), *(headers or []),
+    ]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_body(send: Send, status: int, body: bytes, content_type: bytes, request_id: str) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", content_type), (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode("latin-1")),
+    ]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ResponseWriter:
+    """Wraps `send`, remembering whether the response has started and its status."""
+
+    __slots__ = ("_send", "started", "status")
+
+    def __init__(self, send: Send):
+        self._send = send
+        self.started = False
+        self.status = 0
+
+    async def __call__(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.status = message["status"]
+        await self._send(message)

@@ -1,0 +1,76 @@
+"""Server settings from the environment, read once at start-up into one frozen object.
+
+Like uvicorn's `Config`, the object is built by the command line and passed down (to the app, the
+HTTP protocol, the supervisor's workers); nothing reads `MYELIN_*` variables per connection or per
+request. A bad value is an error that names the variable, not a silent default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping
+
+
+class SettingsError(ValueError):
+    """A `MYELIN_*` (or `PORT`) environment variable with a value that cannot be used."""
+
+
+def _positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a number of seconds, like 10 or 2.5") from None
+    if not value > 0:
+        raise SettingsError(f"{name}={raw!r}: must be greater than 0")
+    return value
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a whole number") from None
+    if value <= 0:
+        raise SettingsError(f"{name}={raw!r}: must be greater than 0")
+    return value
+
+
+def _log_level(name: str, raw: str) -> str:
+    levels = ("critical", "error", "warning", "info", "debug", "trace")
+    if raw.lower() not in levels:
+        raise SettingsError(f"{name}={raw!r}: use one of {', '.join(levels)}")
+    return raw.lower()
+
+
+#: field name -> (environment variable, parser). Documented in the README's server settings table.
+ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "header_timeout": ("MYELIN_HEADER_TIMEOUT", _positive_float),
+    "body_timeout": ("MYELIN_BODY_TIMEOUT", _positive_float),
+    "keep_alive_timeout": ("MYELIN_KEEP_ALIVE_TIMEOUT", _positive_int),
+    "uvicorn_log_level": ("MYELIN_UVICORN_LOG_LEVEL", _log_level),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Seconds a client may take to send a request's headers (then 408 and close).
+    header_timeout: float = 10.0
+    #: Seconds a client may take to send a request's body once the headers are in.
+    body_timeout: float = 60.0
+    #: Idle keep-alive seconds: longer than the load balancer's idle timeout (the cluster sets it), or the
+    #: balancer reuses connections the server just closed (sporadic 502s).
+    keep_alive_timeout: int = 75
+    #: uvicorn's own log level (request logs are Myelin's JSON lines either way).
+    uvicorn_log_level: str = "warning"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
+        """Read every variable once; raise SettingsError naming the first bad one."""
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            var, parse = ENVIRONMENT[field.name]
+            raw = environ.get(var, "").strip()
+            if raw:
+                values[field.name] = parse(var, raw)
+        return cls(**values)
