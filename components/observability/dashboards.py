@@ -64,7 +64,7 @@ def api_dashboard() -> dict[str, Any]:
          "short", False),
         ("Queued requests", [p["queue_length"]], "short", False),
         ("503s by reason (admission, not ready, draining)", [p["admission_rejections"]], "reqps", True),
-        ("Batch size", [p["batch_size_p50"], p["batch_size_mean"]], "short", False),
+        ("Batching: mean batch size and batches/s", [p["batch_size_mean"], p["batches_per_second"]], "short", False),
         ("Replicas: desired, ready, serving", [p["replicas_desired"], p["replicas_ready"], p["ready_pods"]],
          "short", False),
     ]

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 from myelin import contract as c
 
+from .. import labels
+from ..labels import ksm_label
+
 API = c.LABEL_API
 NS = c.LABEL_NAMESPACE
 
@@ -63,7 +66,6 @@ def api_panels(api: str = API_VAR, window: str = RATE_WINDOW_VAR, namespace: str
     s = _sel(**{API: api})
     s5xx = _sel(**{API: api, c.LABEL_STATUS: "~5.."})
     lat = f"sum by (le) (rate({c.REQUEST_DURATION}_bucket{s}[{window}]))"
-    batch = f"sum by (le) (rate({c.BATCH_SIZE}_bucket{s}[{window}]))"
     deploy = _sel(**{NS: namespace, "deployment": api})
     return [
         Panel("requests_by_status", "Requests/s by status",
@@ -84,7 +86,7 @@ def api_panels(api: str = API_VAR, window: str = RATE_WINDOW_VAR, namespace: str
         Panel("admission_rejections", "503s by reason",
               f"sum by ({c.LABEL_REASON}) (rate({c.REJECTED_TOTAL}{s}[{window}]))", "{{reason}}", "reqps",
               labels=(c.LABEL_REASON,)),
-        Panel("batch_size_p50", "Batch size p50", f"histogram_quantile(0.5, {batch})", "p50"),
+        Panel("batches_per_second", "Batches/s", f"sum(rate({c.BATCH_SIZE}_count{s}[{window}]))", "batches/s", "ops"),
         Panel("batch_size_mean", "Batch size mean",
               f"sum(rate({c.BATCH_SIZE}_sum{s}[{window}])) / sum(rate({c.BATCH_SIZE}_count{s}[{window}]))", "mean"),
         Panel("ready_pods", "Pods serving (from the runtime)",
@@ -97,9 +99,9 @@ def api_panels(api: str = API_VAR, window: str = RATE_WINDOW_VAR, namespace: str
 
 
 # ----------------------------------------------------------------------------------------------- cluster
-POOL_LABEL = "label_myelin_dev_pool"  # kube-state-metrics' name for the node label myelin.dev/pool
-CAPACITY_LABEL = "label_myelin_dev_capacity"  # ... for myelin.dev/capacity (spot | on_demand)
-POD_API_LABEL = "label_app_kubernetes_io_name"  # ... for the pod label app.kubernetes.io/name (= the API)
+POOL_LABEL = ksm_label(labels.POOL_LABEL)  # label_myelin_dev_pool
+CAPACITY_LABEL = ksm_label(labels.CAPACITY_LABEL)  # label_myelin_dev_capacity: spot | on_demand
+POD_API_LABEL = ksm_label(labels.API_POD_LABEL)  # label_app_kubernetes_io_name: the API
 
 
 def cluster_panels(window: str = RATE_WINDOW_VAR, namespace: str = "apis") -> list[Panel]:

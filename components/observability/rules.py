@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from myelin import contract as c
 
@@ -44,9 +44,13 @@ class ReceiverConfig(BaseModel):
             raise ValueError("must be an https:// URL (alerts carry API names and error rates)")
         return v
 
-    def model_post_init(self, _: Any) -> None:
+    @model_validator(mode="after")
+    def _one(self) -> "ReceiverConfig":
         if self.webhook_url and self.sns_topic_arn:
             raise ValueError("set webhook_url or sns_topic_arn, not both")
+        if not (self.webhook_url or self.sns_topic_arn):
+            raise ValueError("set webhook_url or sns_topic_arn (or leave out receiver)")
+        return self
 
 
 class AlertsConfig(BaseModel):

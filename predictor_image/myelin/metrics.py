@@ -77,7 +77,12 @@ class ApiMetrics:
         self._metrics = metrics
         self._api = api
         self._status: dict[int, object] = {}
-        self._rejected: dict[str, object] = {}
+        # Every reason exists from the start at 0, so rate() sees the first refusal (a counter series that
+        # appears already at 1 has no increase to show).
+        self._rejected: dict[str, object] = {
+            reason: metrics.rejected.labels(api, reason)
+            for reason in (c.REJECT_OVERLOADED, c.REJECT_NOT_READY, c.REJECT_SHUTTING_DOWN)
+        }
         if target_in_flight is not None:
             metrics.target_in_flight.labels(api).set(target_in_flight)
         self.latency = metrics.latency.labels(api)
