@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8888
 
-.PHONY: local test deps deps-full validate clean
+.PHONY: local test deps deps-full validate clean dashboard-png
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ local: $(VENV)/.deps
 
 test: $(VENV)/.deps-full
 	$(BIN)/python -m pytest
+
+# Redraw docs/dashboard-api.png from the observability end-to-end test's real Prometheus data.
+dashboard-png: $(VENV)/.deps
+	MYELIN_DASHBOARD_PNG=docs/dashboard-api.png $(BIN)/python -m pytest -q tests/observability
 
 validate: $(VENV)/.deps
 	$(BIN)/myelin validate apis

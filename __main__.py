@@ -28,7 +28,7 @@ cluster = Cluster(cluster_name, cfg.cluster, network, stack)
 existing = cfg.cluster.existing
 vpc_id = existing.vpc_id if existing else network.vpc_id
 vpc_cidr = existing.vpc_cidr if existing else network.vpc_cidr
-addons = Addons(cluster_name, cfg, cluster, vpc_id)
+addons = Addons(cluster_name, cfg, cluster, vpc_id, [d.spec.name for d in settings.apis])
 k8s_opts = pulumi.ResourceOptions(provider=cluster.provider)
 namespace = ApiNamespace(f"{cluster_name}-apis", API_NAMESPACE, opts=k8s_opts)
 
@@ -71,3 +71,6 @@ pulumi.export("cluster_name", cluster.cluster_name)
 pulumi.export("kubeconfig", pulumi.Output.secret(cluster.kubeconfig))
 if generated_keys:
     pulumi.export("api_keys", pulumi.Output.secret(generated_keys))
+if addons.grafana_admin_password is not None:
+    # `kubectl -n monitoring port-forward svc/grafana 3000:80`, user admin, this password.
+    pulumi.export("grafana_admin_password", addons.grafana_admin_password)

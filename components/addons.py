@@ -11,16 +11,24 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
 from . import versions
-from .cluster import GPU_TAINT_KEY, GPU_NODE_SELECTOR, SYSTEM_NODE_SELECTOR, Cluster
+from .cluster import GPU_NODE_SELECTOR, GPU_TAINT_KEY, SYSTEM_NODE_SELECTOR, Cluster
 from .config import StackConfig
 from .irsa import irsa_role
+from .labels import API_POD_LABEL, CAPACITY_LABEL, POOL_LABEL
+from .observability import dashboards as dashboard_files
+from .observability.dashboards import DATASOURCE_UID
+from .observability.rules import alert_rules, alertmanager_config
 from .versions import Chart
 
 MONITORING_NAMESPACE = "monitoring"
 KEDA_NAMESPACE = "keda"
 LOGGING_NAMESPACE = "logging"
+GPU_MONITORING_NAMESPACE = "gpu-monitoring"
+GRAFANA_SERVICE = "grafana"  # `kubectl -n monitoring port-forward svc/grafana 3000:80`
+GRAFANA_ADMIN_SECRET = "grafana-admin"
 PROMETHEUS_URL = f"http://prometheus-server.{MONITORING_NAMESPACE}.svc.cluster.local:80"
 PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}
 
@@ -42,9 +50,12 @@ class Addons(pulumi.ComponentResource):
     prometheus_url: str = PROMETHEUS_URL
     monitoring_namespace: str = MONITORING_NAMESPACE
 
+    grafana_admin_password: pulumi.Output[str] | None = None
+
     def __init__(self, name: str, config: StackConfig, cluster: Cluster, vpc_id: pulumi.Input[str],
-                 opts: pulumi.ResourceOptions | None = None):
+                 api_names: list[str], opts: pulumi.ResourceOptions | None = None):
         super().__init__("myelin:infra:Addons", name, None, opts)
+        self._api_names = sorted(api_names)
         self._name = name
         self._cluster = cluster
         self._config = config
@@ -58,6 +69,11 @@ class Addons(pulumi.ComponentResource):
                 LOGGING_NAMESPACE, "privileged", "Fluent Bit reads container logs from host paths on every node"
             ),
         }
+        if config.cluster.gpu_nodes is not None:
+            self._namespaces[GPU_MONITORING_NAMESPACE] = self._namespace(
+                GPU_MONITORING_NAMESPACE, "privileged",
+                "the DCGM exporter runs as root with SYS_ADMIN to read GPU counters on GPU nodes",
+            )
         self.releases: dict[str, k8s.helm.v3.Release] = {}
         gpu = config.cluster.gpu_nodes
         if gpu is None or gpu.ami_type == "AL2023_x86_64_NVIDIA":
@@ -68,6 +84,10 @@ class Addons(pulumi.ComponentResource):
         self._load_balancer_controller(vpc_id)
         self._keda()
         self._prometheus()
+        if config.observability.grafana.enabled:
+            self._grafana()
+        if gpu is not None:
+            self._dcgm_exporter()
         self._fluent_bit()
         self.register_outputs({"prometheus_url": PROMETHEUS_URL})
 
@@ -383,6 +403,22 @@ class Addons(pulumi.ComponentResource):
         self._release("keda", versions.KEDA, KEDA_NAMESPACE, {"nodeSelector": SYSTEM_NODE_SELECTOR})
 
     def _prometheus(self) -> None:
+        obs = self._config.observability
+        receiver = obs.alerts.receiver
+        alertmanager: dict[str, Any] = {
+            "enabled": True,
+            "persistence": {"enabled": False},  # silences do not outlive a restart: no EBS volume needed
+            "config": alertmanager_config(receiver, self._config.region),
+            "nodeSelector": SYSTEM_NODE_SELECTOR,
+        }
+        if receiver is not None and receiver.sns_topic_arn:
+            sa = "alertmanager"
+            role = self._irsa("alertmanager", MONITORING_NAMESPACE, sa, {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "sns:Publish", "Resource": receiver.sns_topic_arn}],
+            })
+            alertmanager["serviceAccount"] = {"create": True, "name": sa,
+                                              "annotations": {"eks.amazonaws.com/role-arn": role.arn}}
         self._release(
             "prometheus",
             versions.PROMETHEUS,
@@ -396,10 +432,77 @@ class Addons(pulumi.ComponentResource):
                     "global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
                     "nodeSelector": SYSTEM_NODE_SELECTOR,
                 },
-                "alertmanager": {"enabled": False},
+                # Alert rules built from the same metric names as the dashboards and the KEDA trigger.
+                "serverFiles": {"alerting_rules.yml": alert_rules(obs.alerts, self._api_names)},
+                "alertmanager": alertmanager,
                 "prometheus-pushgateway": {"enabled": False},
                 "prometheus-node-exporter": {"enabled": False},
-                "kube-state-metrics": {"enabled": False},
+                # Replicas, pending pods and node pools for the dashboards and alerts; only the labels they use.
+                "kube-state-metrics": {
+                    "enabled": True,
+                    "metricLabelsAllowlist": [
+                        f"nodes=[{POOL_LABEL},{CAPACITY_LABEL}]",
+                        f"pods=[{API_POD_LABEL}]",
+                    ],
+                    "nodeSelector": SYSTEM_NODE_SELECTOR,
+                },
+            },
+        )
+
+    def _grafana(self) -> None:
+        password = random.RandomPassword(f"{self._name}-grafana-admin", length=32, special=False,
+                                         opts=pulumi.ResourceOptions(parent=self))
+        self.grafana_admin_password = pulumi.Output.secret(password.result)
+        secret = k8s.core.v1.Secret(
+            f"{self._name}-grafana-admin",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=GRAFANA_ADMIN_SECRET, namespace=MONITORING_NAMESPACE),
+            string_data={"admin-user": "admin", "admin-password": self.grafana_admin_password},
+            opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(
+                depends_on=[self._namespaces[MONITORING_NAMESPACE]])),
+        )
+        provider = "myelin"
+        self._release(
+            "grafana",
+            versions.GRAFANA,
+            MONITORING_NAMESPACE,
+            {
+                "fullnameOverride": GRAFANA_SERVICE,
+                "admin": {"existingSecret": GRAFANA_ADMIN_SECRET, "userKey": "admin-user",
+                          "passwordKey": "admin-password"},
+                "datasources": {"datasources.yaml": {"apiVersion": 1, "datasources": [{
+                    "name": "Prometheus", "type": "prometheus", "uid": DATASOURCE_UID, "url": PROMETHEUS_URL,
+                    "access": "proxy", "isDefault": True, "editable": False,
+                }]}},
+                "dashboardProviders": {"dashboardproviders.yaml": {"apiVersion": 1, "providers": [{
+                    "name": provider, "orgId": 1, "folder": "Myelin", "type": "file", "disableDeletion": True,
+                    "editable": False, "options": {"path": f"/var/lib/grafana/dashboards/{provider}"},
+                }]}},
+                # The committed dashboard files, as they are in the repository.
+                "dashboards": {provider: {
+                    name.removesuffix(".json"): {"json": text} for name, text in dashboard_files.load_all().items()
+                }},
+                # No internet access assumed: no plugins, no update checks, no phoning home.
+                "plugins": [],
+                "grafana.ini": {"analytics": {"check_for_updates": False, "reporting_enabled": False},
+                                "users": {"allow_sign_up": False}, "auth.anonymous": {"enabled": False}},
+                "persistence": {"enabled": False},  # dashboards are provisioned from files: nothing to keep
+                "testFramework": {"enabled": False},
+                "nodeSelector": SYSTEM_NODE_SELECTOR,
+            },
+            depends_on=[secret],
+        )
+
+    def _dcgm_exporter(self) -> None:
+        self._release(
+            "dcgm-exporter",
+            versions.DCGM_EXPORTER,
+            GPU_MONITORING_NAMESPACE,
+            {
+                "nodeSelector": GPU_NODE_SELECTOR,
+                "tolerations": [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+                # No prometheus-operator here: Prometheus finds the exporter through the Service annotations.
+                "serviceMonitor": {"enabled": False},
+                "service": {"annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "9400"}},
             },
         )
 
@@ -451,5 +554,8 @@ class Addons(pulumi.ComponentResource):
                 "elasticsearch": {"enabled": False},
                 # Logs from every node, GPU nodes included.
                 "tolerations": [{"operator": "Exists"}],
+                # Prometheus scrapes Fluent Bit's own metrics (output errors and retries feed an alert).
+                "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "2020",
+                                "prometheus.io/path": "/api/v1/metrics/prometheus"},
             },
         )

@@ -17,10 +17,10 @@ import pulumi_eks as eks
 import pulumi_kubernetes as k8s
 
 from .config import ClusterConfig, NodePoolConfig
+from .labels import CAPACITY_LABEL, POOL_LABEL
 from .network import Network
 
 GPU_TAINT_KEY = "nvidia.com/gpu"
-POOL_LABEL = "myelin.dev/pool"
 GPU_NODE_SELECTOR = {POOL_LABEL: "gpu"}
 CPU_NODE_SELECTOR = {POOL_LABEL: "cpu"}
 SYSTEM_NODE_SELECTOR = {POOL_LABEL: "system"}
@@ -159,7 +159,7 @@ class Cluster(pulumi.ComponentResource):
         def node_group(group: str, pool: str, *, capacity: str, instance_types: list[str], min_size: int,
                        max_size: int, template: aws.ec2.LaunchTemplate, ami_type: str,
                        gpu: bool = False, fixed: bool = False) -> None:
-            labels = {POOL_LABEL: pool, "myelin.dev/capacity": capacity.lower()}
+            labels = {POOL_LABEL: pool, CAPACITY_LABEL: capacity.lower()}
             taints = []
             if gpu:
                 labels["nvidia.com/gpu.present"] = "true"

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from myelin.spec import ApiSpec, SpecError, check_unique, load_api_spec, validation_problems
 
+from .observability.rules import AlertsConfig
 from .versions import KUBERNETES_VERSION
 
 NAMESPACE = "myelin"
@@ -161,9 +162,15 @@ class ApiSelection(_Strict):
     overrides: dict[str, Any] = Field(default_factory=dict, description="api.yaml fields to replace for this stack.")
 
 
+class GrafanaConfig(_Strict):
+    enabled: bool = Field(True, description="Install Grafana with Myelin's dashboards (reach it by port-forward).")
+
+
 class ObservabilityConfig(_Strict):
     log_retention_days: Literal[1, 3, 5, 7, 14, 30, 60, 90, 180, 365] = 14
     prometheus_retention: str = Field("2d", pattern=r"^\d+[hdw]$")
+    grafana: GrafanaConfig = Field(default_factory=GrafanaConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Alert thresholds and receiver.")
 
 
 class PodConfig(_Strict):
@@ -253,6 +260,12 @@ def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) 
             raise SpecError(f"{folder / 'api.yaml'} (stack {config.stack})", problems)
         deployed.append(DeployedApi(folder=folder, spec=spec))
     check_unique({d.folder: d.spec for d in deployed})
+    names = {d.spec.name for d in deployed}
+    unknown = sorted(set(config.observability.alerts.latency_p99_seconds_by_api) - names)
+    if unknown:
+        raise StackConfigError(source, [
+            (f"{NAMESPACE}:observability.alerts.latency_p99_seconds_by_api.{name}",
+             f"no deployed API is named {name!r} (deployed: {', '.join(sorted(names))})") for name in unknown])
     return tuple(deployed)
 
 

@@ -22,6 +22,7 @@ from myelin.spec import ApiSpec
 from .cluster import CPU_NODE_SELECTOR, GPU_NODE_SELECTOR, GPU_TAINT_KEY
 from .config import IngressConfig, PodConfig
 from .image import PredictorImage
+from .observability import queries
 from .versions import CPU_BASE_IMAGE, GPU_BASE_IMAGE
 
 PORT = contract.CONTAINER_PORT
@@ -63,9 +64,7 @@ def grace_period(spec: ApiSpec, pods: PodConfig) -> int:
 
 
 def in_flight_query(spec: ApiSpec, namespace: str) -> str:
-    window = int(spec.autoscaling.window.seconds)
-    selector = f'{contract.LABEL_API}="{spec.name}",{contract.LABEL_NAMESPACE}="{namespace}"'
-    return f"sum(avg_over_time({contract.IN_FLIGHT}{{{selector}}}[{window}s]))"
+    return queries.in_flight_autoscaling(spec.name, namespace, int(spec.autoscaling.window.seconds))
 
 
 def hpa_behavior(spec: ApiSpec) -> dict[str, Any]:

@@ -26,6 +26,10 @@ AWS_LOAD_BALANCER_CONTROLLER = Chart("aws-load-balancer-controller", "https://aw
 KEDA = Chart("keda", "https://kedacore.github.io/charts", "2.18.0")
 PROMETHEUS = Chart("prometheus", "https://prometheus-community.github.io/helm-charts", "27.41.0")
 AWS_FOR_FLUENT_BIT = Chart("aws-for-fluent-bit", "https://aws.github.io/eks-charts", "0.1.35")
+# Grafana 12.3.1 (chart values checked at grafana/helm-charts tag grafana-10.5.15).
+GRAFANA = Chart("grafana", "https://grafana.github.io/helm-charts", "10.5.15")
+# DCGM exporter 4.5.3-4.8.2 (chart in NVIDIA/dcgm-exporter deployment/, tag 4.5.3-4.8.2).
+DCGM_EXPORTER = Chart("dcgm-exporter", "https://nvidia.github.io/dcgm-exporter/helm-charts", "4.8.2")
 
 ALL_CHARTS = (
     NVIDIA_DEVICE_PLUGIN,
@@ -35,6 +39,8 @@ ALL_CHARTS = (
     KEDA,
     PROMETHEUS,
     AWS_FOR_FLUENT_BIT,
+    GRAFANA,
+    DCGM_EXPORTER,
 )
 
 #: Base images of the predictor image (build arg BASE_IMAGE). The GPU one carries CUDA and cuDNN runtimes.

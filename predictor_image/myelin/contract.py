@@ -32,10 +32,18 @@ IN_FLIGHT = "myelin_in_flight_requests"  # gauge {api}: the autoscaling signal
 QUEUE_LENGTH = "myelin_queue_length"  # gauge {api}
 BATCH_SIZE = "myelin_batch_size"  # histogram {api}
 READY_PROCESSES = "myelin_ready_processes"  # gauge {api}
+TARGET_IN_FLIGHT = "myelin_target_in_flight"  # gauge {api}: autoscaling.target_in_flight, for dashboards and alerts
+REJECTED = "myelin_rejected_requests"  # exposed as myelin_rejected_requests_total{api,reason}
+REJECTED_TOTAL = "myelin_rejected_requests_total"
+#: `reason` values of REJECTED: refused by admission control, API not (yet) ready, replica draining.
+REJECT_OVERLOADED = "overloaded"
+REJECT_NOT_READY = "not_ready"
+REJECT_SHUTTING_DOWN = "shutting_down"
 
 # -- labels ------------------------------------------------------------------------------------
 LABEL_API = "api"
 LABEL_STATUS = "status"
+LABEL_REASON = "reason"
 #: Labels the cluster's scrape job adds to every sample of an API pod.
 LABEL_NAMESPACE = "namespace"
 LABEL_POD = "pod"

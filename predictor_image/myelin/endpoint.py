@@ -72,6 +72,8 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
             status = 200
     except HTTPError as err:
         status, error_type = err.status_code, err.error_type
+        if status == 503:  # refused before running: overloaded, not_ready or shutting_down
+            runtime.metrics.reject(error_type)
         await send_error(send, status, error_type, err.message, request_id, err.headers)
     except PredictorError as err:
         status, error_type = err.status_code, err.error_type

@@ -50,9 +50,17 @@ class Metrics:
         )
         self.queue_length = Gauge(c.QUEUE_LENGTH, "Requests waiting for the predictor.", [c.LABEL_API], registry=reg, **gauge_mode)
         self.ready = Gauge(c.READY_PROCESSES, "Server processes whose predictor is loaded and serving.", [c.LABEL_API], registry=reg, **gauge_mode)
+        self.target_in_flight = Gauge(
+            c.TARGET_IN_FLIGHT, "autoscaling.target_in_flight: in-flight requests per replica the autoscaler aims for.",
+            [c.LABEL_API], registry=reg, multiprocess_mode="livemax",
+        )
+        self.rejected = Counter(
+            c.REJECTED, "Prediction requests refused with 503 before running, by reason (overloaded, not_ready, "
+            "shutting_down).", [c.LABEL_API, c.LABEL_REASON], registry=reg,
+        )
 
-    def for_api(self, api: str) -> "ApiMetrics":
-        return ApiMetrics(self, api)
+    def for_api(self, api: str, target_in_flight: float | None = None) -> "ApiMetrics":
+        return ApiMetrics(self, api, target_in_flight)
 
     def exposition(self) -> bytes:
         if self.multiprocess:
@@ -65,10 +73,18 @@ class Metrics:
 class ApiMetrics:
     """Label children resolved once, so a request costs a dict lookup, not a label resolution."""
 
-    def __init__(self, metrics: Metrics, api: str):
+    def __init__(self, metrics: Metrics, api: str, target_in_flight: float | None = None):
         self._metrics = metrics
         self._api = api
         self._status: dict[int, object] = {}
+        # Every reason exists from the start at 0, so rate() sees the first refusal (a counter series that
+        # appears already at 1 has no increase to show).
+        self._rejected: dict[str, object] = {
+            reason: metrics.rejected.labels(api, reason)
+            for reason in (c.REJECT_OVERLOADED, c.REJECT_NOT_READY, c.REJECT_SHUTTING_DOWN)
+        }
+        if target_in_flight is not None:
+            metrics.target_in_flight.labels(api).set(target_in_flight)
         self.latency = metrics.latency.labels(api)
         self.batch_size = metrics.batch_size.labels(api)
         self.in_flight = metrics.in_flight.labels(api)
@@ -81,6 +97,12 @@ class ApiMetrics:
             counter = self._status[status] = self._metrics.requests.labels(self._api, str(status))
         counter.inc()
         self.latency.observe(seconds)
+
+    def reject(self, reason: str) -> None:
+        counter = self._rejected.get(reason)
+        if counter is None:
+            counter = self._rejected[reason] = self._metrics.rejected.labels(self._api, reason)
+        counter.inc()
 
     def sample(self, in_flight: int, queued: int, ready: bool) -> None:
         self.in_flight.set(in_flight)

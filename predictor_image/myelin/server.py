@@ -60,7 +60,7 @@ class MyelinApp:
         self.control = self._control_app()
 
     def new_runtime(self, folder: Path, spec: ApiSpec) -> ApiRuntime:
-        return ApiRuntime(folder, spec, self.metrics.for_api(spec.name), self.log, self.processes)
+        return ApiRuntime(folder, spec, self.metrics.for_api(spec.name, spec.target_in_flight), self.log, self.processes)
 
     # ------------------------------------------------------------------ ASGI
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:

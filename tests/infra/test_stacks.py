@@ -413,7 +413,7 @@ def test_api_keys_come_from_a_secret(prod):
     assert spec.networking.auth is not None
     env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     ref = env[spec.networking.auth.api_keys_env]["valueFrom"]["secretKeyRef"]
-    (secret,) = prod.k8s("Secret")
+    (secret,) = [s for s in prod.k8s("Secret") if s.inputs["metadata"].get("namespace") == "apis"]
     assert ref == {"name": secret.inputs["metadata"]["name"], "key": "keys"}
     assert is_secret(secret.inputs["stringData"])  # never stored in plain text in the state
     assert unwrap_secrets(secret.inputs["stringData"])["keys"]

@@ -1,0 +1,120 @@
+"""Grafana dashboards built from `queries`, committed as JSON under `dashboards/` and provisioned from there.
+
+`python -m components.observability.dashboards` rewrites the JSON files; a test fails when they differ
+from what this module builds (so a query changed here is never left out of a committed dashboard).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from myelin import contract as c
+
+from .queries import Panel, api_panels, cluster_panels
+
+DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboards"
+DATASOURCE_UID = "prometheus"  # the uid the Grafana add-on gives its Prometheus data source
+DATASOURCE = {"type": "prometheus", "uid": DATASOURCE_UID}
+SCHEMA_VERSION = 41  # Grafana 12's dashboard schema
+
+
+def _timeseries(panel_id: int, x: int, y: int, w: int, h: int, title: str, targets: list[Panel],
+                unit: str, stack: bool = False) -> dict[str, Any]:
+    return {
+        "id": panel_id, "type": "timeseries", "title": title, "datasource": DATASOURCE,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "fieldConfig": {"defaults": {"unit": unit, "custom": {"stacking": {"mode": "normal" if stack else "none"}}},
+                        "overrides": []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom"}, "tooltip": {"mode": "multi"}},
+        "targets": [
+            {"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": p.expr, "legendFormat": p.legend or p.title}
+            for i, p in enumerate(targets)
+        ],
+    }
+
+
+def _layout(groups: list[tuple[str, list[Panel], str, bool]]) -> list[dict[str, Any]]:
+    """Two panels per row, each group of queries one panel."""
+    panels = []
+    for i, (title, targets, unit, stack) in enumerate(groups):
+        panels.append(_timeseries(i + 1, (i % 2) * 12, (i // 2) * 8, 12, 8, title, targets, unit, stack))
+    return panels
+
+
+def _dashboard(uid: str, title: str, panels: list[dict[str, Any]], variables: list[dict[str, Any]],
+               description: str) -> dict[str, Any]:
+    return {
+        "uid": uid, "title": title, "description": description, "tags": ["myelin"], "editable": False,
+        "schemaVersion": SCHEMA_VERSION, "version": 1, "refresh": "30s", "timezone": "browser",
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {"list": variables}, "annotations": {"list": []}, "panels": panels,
+    }
+
+
+def api_dashboard() -> dict[str, Any]:
+    p = {panel.key: panel for panel in api_panels()}
+    groups = [
+        ("Requests/s by status", [p["requests_by_status"]], "reqps", True),
+        ("5xx ratio", [p["error_ratio"]], "percentunit", False),
+        ("Latency", [p["latency_p50"], p["latency_p95"], p["latency_p99"]], "s", False),
+        ("In flight per replica vs autoscaling target", [p["in_flight_per_replica"], p["target_in_flight"]],
+         "short", False),
+        ("Queued requests", [p["queue_length"]], "short", False),
+        ("503s by reason (admission, not ready, draining)", [p["admission_rejections"]], "reqps", True),
+        ("Batching: mean batch size and batches/s", [p["batch_size_mean"], p["batches_per_second"]], "short", False),
+        ("Replicas: desired, ready, serving", [p["replicas_desired"], p["replicas_ready"], p["ready_pods"]],
+         "short", False),
+    ]
+    variable = {
+        "name": "api", "label": "API", "type": "query", "datasource": DATASOURCE, "refresh": 2, "sort": 1,
+        "query": {"query": f"label_values({c.REQUESTS_TOTAL}, {c.LABEL_API})", "refId": "api"},
+        "definition": f"label_values({c.REQUESTS_TOTAL}, {c.LABEL_API})",
+        "includeAll": False, "multi": False, "current": {},
+    }
+    return _dashboard("myelin-api", "Myelin / API", _layout(groups), [variable],
+                      "One API: traffic, errors, latency, in-flight against the autoscaling target, queue, "
+                      "admission refusals, batching and replicas.")
+
+
+def cluster_dashboard() -> dict[str, Any]:
+    p = {panel.key: panel for panel in cluster_panels()}
+    groups = [
+        ("Nodes by pool and capacity type", [p["nodes_by_pool"]], "short", True),
+        ("Pending pods", [p["pending_pods"]], "short", True),
+        ("GPU utilisation by node", [p["gpu_util_by_node"]], "percent", False),
+        ("GPU memory used by node", [p["gpu_mem_by_node"]], "percentunit", False),
+        ("GPU utilisation by API", [p["gpu_util_by_api"]], "percent", False),
+        ("Log delivery errors (Fluent Bit → CloudWatch)", [p["log_delivery_errors"]], "ops", False),
+    ]
+    return _dashboard("myelin-cluster", "Myelin / Cluster", _layout(groups), [],
+                      "Capacity (node pools, spot/on-demand, pending pods), GPUs (DCGM exporter) and log delivery.")
+
+
+DASHBOARDS = {"myelin-api.json": api_dashboard, "myelin-cluster.json": cluster_dashboard}
+
+
+def render(name: str) -> str:
+    return json.dumps(DASHBOARDS[name](), indent=2, ensure_ascii=False) + "\n"
+
+
+def write_all(folder: Path = DASHBOARD_DIR) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in DASHBOARDS:
+        path = folder / name
+        path.write_text(render(name), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def load_all(folder: Path = DASHBOARD_DIR) -> dict[str, str]:
+    """The committed dashboards (file name -> JSON text), as the Grafana add-on provisions them."""
+    return {path.name: path.read_text(encoding="utf-8") for path in sorted(folder.glob("*.json"))}
+
+
+if __name__ == "__main__":
+    for path in write_all():
+        print(f"wrote {path}", file=sys.stderr)

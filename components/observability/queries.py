@@ -1,0 +1,131 @@
+"""Every PromQL expression Myelin ships, built from the names in `myelin.contract`.
+
+The KEDA trigger, the Grafana dashboards and the alert rules all take their queries from here, so a
+metric or label renamed in the runtime changes every consumer at once, and the end-to-end test
+(tests/observability) proves each expression against a real Prometheus scraping a real server.
+
+Labels as the cluster's scrape jobs attach them (prometheus chart, job `kubernetes-pods`): the runtime
+sets `api` (and `status`/`reason`), Prometheus adds `namespace`, `pod`, `node` and the pod's labels
+(`app_kubernetes_io_name`, ...). kube-state-metrics series carry `namespace` plus the object's name
+(`deployment`, `horizontalpodautoscaler`, `pod`, `node`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from myelin import contract as c
+
+from .. import labels
+from ..labels import ksm_label
+
+API = c.LABEL_API
+NS = c.LABEL_NAMESPACE
+
+#: The dashboards' variables, substituted by Grafana (and by the tests, with concrete values).
+API_VAR = "$api"
+RATE_WINDOW_VAR = "$__rate_interval"
+
+
+def _sel(**labels: str) -> str:
+    """`{a="x",b=~"y"}` from keyword labels; a value starting with `~` is a regex match."""
+    parts = []
+    for key, value in labels.items():
+        op = "=~" if value.startswith("~") else "="
+        parts.append(f'{key}{op}"{value.lstrip("~")}"')
+    return "{" + ",".join(parts) + "}"
+
+
+# ----------------------------------------------------------------------------------------------- autoscaling
+def in_flight_autoscaling(api: str, namespace: str, window_s: int) -> str:
+    """KEDA's trigger: in-flight requests of the API summed over its pods, averaged over the window.
+
+    KEDA divides it by the target (metricType AverageValue) to get the replica count.
+    """
+    return f"sum(avg_over_time({c.IN_FLIGHT}{_sel(**{API: api, NS: namespace})}[{window_s}s]))"
+
+
+# ----------------------------------------------------------------------------------------------- per API
+@dataclass(frozen=True)
+class Panel:
+    """One dashboard panel's query: what it answers, the PromQL, the legend and the unit."""
+
+    key: str
+    title: str
+    expr: str
+    legend: str = ""
+    unit: str = "short"
+    #: Where the series comes from: "myelin" (the runtime), "kube-state-metrics", "dcgm", "fluent-bit".
+    source: str = "myelin"
+    #: Labels every series of this query must carry (checked by the end-to-end test).
+    labels: tuple[str, ...] = ()
+
+
+def api_panels(api: str = API_VAR, window: str = RATE_WINDOW_VAR, namespace: str = "apis") -> list[Panel]:
+    """The per-API dashboard, in display order."""
+    s = _sel(**{API: api})
+    s5xx = _sel(**{API: api, c.LABEL_STATUS: "~5.."})
+    lat = f"sum by (le) (rate({c.REQUEST_DURATION}_bucket{s}[{window}]))"
+    deploy = _sel(**{NS: namespace, "deployment": api})
+    return [
+        Panel("requests_by_status", "Requests/s by status",
+              f"sum by ({c.LABEL_STATUS}) (rate({c.REQUESTS_TOTAL}{s}[{window}]))", "{{status}}", "reqps",
+              labels=(c.LABEL_STATUS,)),
+        Panel("error_ratio", "5xx ratio",
+              f"(sum(rate({c.REQUESTS_TOTAL}{s5xx}[{window}])) or vector(0)) / sum(rate({c.REQUESTS_TOTAL}{s}[{window}]))",
+              "5xx / all", "percentunit"),
+        Panel("latency_p50", "Latency p50", f"histogram_quantile(0.5, {lat})", "p50", "s"),
+        Panel("latency_p95", "Latency p95", f"histogram_quantile(0.95, {lat})", "p95", "s"),
+        Panel("latency_p99", "Latency p99", f"histogram_quantile(0.99, {lat})", "p99", "s"),
+        Panel("in_flight_per_replica", "In flight per replica",
+              f"sum({c.IN_FLIGHT}{s}) / count(count by ({c.LABEL_POD}) ({c.READY_PROCESSES}{s} > 0))",
+              "in flight / ready replica"),
+        Panel("target_in_flight", "Autoscaling target (in flight per replica)", f"max({c.TARGET_IN_FLIGHT}{s})",
+              "target"),
+        Panel("queue_length", "Queued requests", f"sum({c.QUEUE_LENGTH}{s})", "queued"),
+        Panel("admission_rejections", "503s by reason",
+              f"sum by ({c.LABEL_REASON}) (rate({c.REJECTED_TOTAL}{s}[{window}]))", "{{reason}}", "reqps",
+              labels=(c.LABEL_REASON,)),
+        Panel("batches_per_second", "Batches/s", f"sum(rate({c.BATCH_SIZE}_count{s}[{window}]))", "batches/s", "ops"),
+        Panel("batch_size_mean", "Batch size mean",
+              f"sum(rate({c.BATCH_SIZE}_sum{s}[{window}])) / sum(rate({c.BATCH_SIZE}_count{s}[{window}]))", "mean"),
+        Panel("ready_pods", "Pods serving (from the runtime)",
+              f"count(count by ({c.LABEL_POD}) ({c.READY_PROCESSES}{s} > 0))", "ready pods"),
+        Panel("replicas_desired", "Replicas desired", f"max(kube_deployment_spec_replicas{deploy})", "desired",
+              source="kube-state-metrics"),
+        Panel("replicas_ready", "Replicas ready", f"max(kube_deployment_status_replicas_ready{deploy})", "ready",
+              source="kube-state-metrics"),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------- cluster
+POOL_LABEL = ksm_label(labels.POOL_LABEL)  # label_myelin_dev_pool
+CAPACITY_LABEL = ksm_label(labels.CAPACITY_LABEL)  # label_myelin_dev_capacity: spot | on_demand
+POD_API_LABEL = ksm_label(labels.API_POD_LABEL)  # label_app_kubernetes_io_name: the API
+
+
+def cluster_panels(window: str = RATE_WINDOW_VAR, namespace: str = "apis") -> list[Panel]:
+    """The cluster dashboard, in display order."""
+    gpu_by_api = (
+        f"avg by ({POD_API_LABEL}) (DCGM_FI_DEV_GPU_UTIL{_sel(**{NS: namespace})} "
+        f"* on ({NS}, {c.LABEL_POD}) group_left ({POD_API_LABEL}) kube_pod_labels{_sel(**{NS: namespace})})"
+    )
+    return [
+        Panel("nodes_by_pool", "Nodes by pool and capacity type",
+              f"count by ({POOL_LABEL}, {CAPACITY_LABEL}) (kube_node_labels)",
+              "{{%s}} {{%s}}" % (POOL_LABEL, CAPACITY_LABEL), source="kube-state-metrics",
+              labels=(POOL_LABEL, CAPACITY_LABEL)),
+        Panel("pending_pods", "Pending pods by namespace",
+              f'sum by ({NS}) (kube_pod_status_phase{{phase="Pending"}})', "{{namespace}}",
+              source="kube-state-metrics", labels=(NS,)),
+        Panel("gpu_util_by_node", "GPU utilisation by node", "avg by (node) (DCGM_FI_DEV_GPU_UTIL)", "{{node}}",
+              "percent", source="dcgm", labels=("node",)),
+        Panel("gpu_mem_by_node", "GPU memory used by node",
+              "sum by (node) (DCGM_FI_DEV_FB_USED) / sum by (node) (DCGM_FI_DEV_FB_USED + DCGM_FI_DEV_FB_FREE)",
+              "{{node}}", "percentunit", source="dcgm", labels=("node",)),
+        Panel("gpu_util_by_api", "GPU utilisation by API", gpu_by_api, "{{%s}}" % POD_API_LABEL, "percent",
+              source="dcgm", labels=(POD_API_LABEL,)),
+        Panel("log_delivery_errors", "Log delivery errors/s (Fluent Bit to CloudWatch)",
+              f"sum(rate(fluentbit_output_errors_total[{window}])) + sum(rate(fluentbit_output_retries_failed_total[{window}]))",
+              "errors + failed retries", "ops", source="fluent-bit"),
+    ]
