@@ -19,7 +19,7 @@ import asyncio
 from collections import deque
 from typing import Any, Callable
 
-from .errors import HTTPError, PredictorError, overloaded
+from .errors import PredictorError, overloaded
 
 
 class _Item:
@@ -32,8 +32,8 @@ class _Item:
         self.enqueued = enqueued
 
 
-class BatchResultError(HTTPError):
-    pass
+class BatchResultError(Exception):
+    """predict broke the batching contract (not a list, wrong length): a 500 whose details go to the log only."""
 
 
 class Batcher:
@@ -47,6 +47,7 @@ class Batcher:
         max_batches: int = 1,
         extra_names: tuple[str, ...] = (),
         on_batch: Callable[[int], None] | None = None,
+        on_finish: Callable[[], None] | None = None,
     ):
         self._call = call
         self.max_batch_size = max_batch_size
@@ -56,7 +57,9 @@ class Batcher:
         self.max_batches = max_batches
         self._extra_names = extra_names
         self._on_batch = on_batch
+        self._on_finish = on_finish
         self._queue: deque[_Item] = deque()
+        self._running: dict[int, list[_Item]] = {}  # batches inside predict, by id
         self.running = 0  # batches inside predict
         self.running_requests = 0  # requests inside those batches
         self._last_batch = 1  # size of the previous batch: how many requests to expect
@@ -87,6 +90,16 @@ class Batcher:
             self._scheduled = True
             loop.call_soon(self._dispatch)
         return fut
+
+    @property
+    def stuck_requests(self) -> int:
+        """Requests of running batches whose deadline passed (answered 504; their batch still runs)."""
+        return sum(1 for items in self._running.values() for item in items if item.future.done())
+
+    @property
+    def stuck_batches(self) -> int:
+        """Running batches every request of which is past its deadline."""
+        return sum(1 for items in self._running.values() if all(item.future.done() for item in items))
 
     def forget(self, fut: asyncio.Future) -> None:
         """Drop a request that gave up while queued (deadline, cancellation), so it stops counting as waiting."""
@@ -134,6 +147,7 @@ class Batcher:
     def _start(self, items: list[_Item]) -> None:
         self.running += 1
         self.running_requests += len(items)
+        self._running[id(items)] = items
         if self._on_batch is not None:
             self._on_batch(len(items))
         kwargs = {name: [item.extras[name] for item in items] for name in self._extra_names}
@@ -155,17 +169,15 @@ class Batcher:
     def _finish(self, items: list[_Item], results: Any, error: BaseException | None) -> None:
         self.running -= 1
         self.running_requests -= len(items)
+        self._running.pop(id(items), None)
         if error is None:
             n = len(items)
             if isinstance(results, (str, bytes, dict)) or not hasattr(results, "__len__"):
                 error = BatchResultError(
-                    500, "bad_batch_result",
-                    f"with batching on, predict must return a list of {n} results, got {type(results).__name__}",
+                    f"with batching on, predict must return a list of {n} results, got {type(results).__name__}"
                 )
             elif len(results) != n:
-                error = BatchResultError(
-                    500, "bad_batch_result", f"predict returned {len(results)} results for a batch of {n} payloads"
-                )
+                error = BatchResultError(f"predict returned {len(results)} results for a batch of {n} payloads")
         if error is not None:
             for item in items:
                 if not item.future.done():
@@ -178,6 +190,8 @@ class Batcher:
                     item.future.set_exception(result)
                 else:
                     item.future.set_result(result)
+        if self._on_finish is not None:
+            self._on_finish()
         if self._queue and not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._dispatch)

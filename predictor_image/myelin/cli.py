@@ -49,12 +49,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .process import Supervisor
 
         return Supervisor(folder, spec, args.host, port, settings).run()
-    from .process import run_app
+    from .logs import separate_stdout
+    from .process import PortInUse, announce_loaded, bind, run_app
     from .server import MyelinApp
 
-    app = MyelinApp([(folder, spec)])
-    _err(f"myelin: serving {spec.name} at http://{args.host}:{port}{spec.endpoint}")
-    run_app(app, args.host, port, spec.serving.drain_timeout.seconds, settings)
+    try:
+        sock = bind(args.host, port)  # before anything loads: a busy port is the first and only error
+    except PortInUse as err:
+        _err(f"myelin serve: {err}")
+        return 2
+    separate_stdout()
+    app = MyelinApp([(folder, spec)], exit_on_load_failure=1, on_loaded=announce_loaded)
+    _err(f"myelin: serving {spec.name} at http://{args.host}:{sock.getsockname()[1]}{spec.endpoint}")
+    run_app(app, args.host, port, spec.serving.drain_timeout.seconds, settings, sockets=[sock])
     return 0
 
 

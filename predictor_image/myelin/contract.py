@@ -32,6 +32,7 @@ IN_FLIGHT = "myelin_in_flight_requests"  # gauge {api}: the autoscaling signal
 QUEUE_LENGTH = "myelin_queue_length"  # gauge {api}
 BATCH_SIZE = "myelin_batch_size"  # histogram {api}
 READY_PROCESSES = "myelin_ready_processes"  # gauge {api}
+STUCK = "myelin_stuck_predictions"  # gauge {api}: predicts still running past their request's deadline
 TARGET_IN_FLIGHT = "myelin_target_in_flight"  # gauge {api}: autoscaling.target_in_flight, for dashboards and alerts
 REJECTED = "myelin_rejected_requests"  # exposed as myelin_rejected_requests_total{api,reason}
 REJECTED_TOTAL = "myelin_rejected_requests_total"

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from . import codec
 from .errors import HTTPError, PredictorError
 from .http_io import ClientGone, RequestHead, read_body, send_body, send_error, too_large
+from .invoke import PredictorFailure
 from .runtime import ApiRuntime, State
 
 
@@ -45,13 +46,13 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
     error_type = None
     counted = False
     try:
+        if keys is not None:  # authentication first: an unauthenticated client learns nothing about the API
+            keys.check(head)
         if runtime.state is not State.READY:
-            raise runtime.not_ready()
+            raise runtime.not_ready(request_id)
         # In flight from here, while the body is still arriving: a drain or reload waits for it.
         runtime.enter()
         counted = True
-        if keys is not None:
-            keys.check(head)
         if head.content_length > runtime.max_body:
             raise too_large(runtime.max_body)
         body = await read_body(receive, runtime.max_body)
@@ -70,6 +71,9 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
                 raise _ServerFault(str(err)) from None
             await send_body(send, 200, body_out, ctype, request_id)
             status = 200
+            if ctype is codec.JSON and b"null" in body_out and codec.has_nonfinite(result):
+                runtime.log.event("warning", "result has NaN or Infinity, sent as null (JSON has neither)",
+                                  api=runtime.name, request_id=request_id)
     except HTTPError as err:
         status, error_type = err.status_code, err.error_type
         if status == 503:  # refused before running: overloaded, not_ready or shutting_down
@@ -100,9 +104,10 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
         raise
     except Exception as err:  # noqa: BLE001 - predictor failure: details to the log, not the client
         status, error_type = 500, "predictor_failure"
+        original = err.original if isinstance(err, PredictorFailure) else err
         runtime.log.event(
-            "error", "predict raised", api=runtime.name, request_id=request_id, error=f"{type(err).__name__}: {err}",
-            traceback="".join(traceback.format_exception(err)),
+            "error", "predict raised", api=runtime.name, request_id=request_id,
+            error=f"{type(original).__name__}: {original}", traceback="".join(traceback.format_exception(original)),
         )
         await send_error(send, 500, "predictor_failure", "the predictor failed; see the server log", request_id)
     finally:

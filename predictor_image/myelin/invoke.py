@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from .admission import AdmissionControl
 from .batching import Batcher
-from .errors import HTTPError
+from .errors import HTTPError, PredictorError
 from .loader import Predictor
 from .spec import ApiSpec
 
@@ -31,6 +31,49 @@ class Timeout(HTTPError):
 def _expire(fut: asyncio.Future, seconds: float) -> None:
     if not fut.done():  # the exception is built only when a deadline really passes
         fut.set_exception(Timeout(seconds))
+
+
+class PredictorFailure(Exception):
+    """Whatever predict raised, other than PredictorError, carried safely to its request.
+
+    Any BaseException qualifies (StopIteration, KeyboardInterrupt, SystemExit, a predictor's own
+    CancelledError...): delivered as is, some would break the future that carries it (StopIteration) or
+    the event loop itself (SystemExit, KeyboardInterrupt from an async predict). The original is kept
+    for the log.
+    """
+
+    def __init__(self, original: BaseException):
+        super().__init__(f"{type(original).__name__}: {original}")
+        self.original = original
+
+
+def failure(err: BaseException) -> BaseException:
+    """What a request gets for an exception from predict: PredictorError as is, anything else wrapped."""
+    return err if isinstance(err, (PredictorError, PredictorFailure)) else PredictorFailure(err)
+
+
+async def _guarded(coro: Any) -> Any:
+    """Await an async predict; whatever it raises reaches the request, never the event loop."""
+    try:
+        return await coro
+    except (PredictorError, PredictorFailure):
+        raise
+    except asyncio.CancelledError as err:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # cancelled by the server (deadline, shutdown): propagate
+            raise
+        raise PredictorFailure(err) from None  # raised by the predictor itself: a failure like any other
+    except BaseException as err:  # noqa: BLE001 - SystemExit/KeyboardInterrupt included, on purpose
+        raise PredictorFailure(err) from None
+
+
+class _Call:
+    """One running predict call (one request, or one batch): stuck once every request in it passed its deadline."""
+
+    __slots__ = ("stuck",)
+
+    def __init__(self) -> None:
+        self.stuck = False
 
 
 def deliver(fut: asyncio.Future, result: Any) -> None:
@@ -57,6 +100,16 @@ class Invoker:
         self.batcher: Batcher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = ThreadPoolExecutor(spec.serving.threads, thread_name_prefix=f"predict-{name}")
+        # Predicts still running past their request's deadline: their 504 is sent, their slot still held.
+        self._stuck_requests = 0
+        self._stuck_calls = 0
+        # Calls that can run at once; when that many are stuck, the replica cannot serve anything.
+        if spec.batching is not None:
+            self.call_capacity = max_concurrency if predictor.is_async else spec.serving.threads
+        else:
+            self.call_capacity = max_concurrency if predictor.is_async else min(max_concurrency, spec.serving.threads)
+        #: Loop time at which every call slot became stuck; None while the replica can serve.
+        self.wedged_since: float | None = None
         extras = tuple(n for n, want in (("query_params", predictor.wants_query_params),
                                          ("headers", predictor.wants_headers)) if want)
         if spec.batching is not None:
@@ -64,8 +117,7 @@ class Invoker:
                 self._call, spec.batching.max_batch_size, spec.batching.max_batch_delay.seconds,
                 max_concurrency, max_queue_length,
                 # a sync predict runs one batch per thread; async batches overlap on the loop
-                max_concurrency if predictor.is_async else spec.serving.threads,
-                extras, on_batch,
+                self.call_capacity, extras, on_batch, self._on_batch_change,
             )
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -75,6 +127,26 @@ class Invoker:
     @property
     def waiting(self) -> int:
         return self.batcher.waiting if self.batcher is not None else self.admission.waiting
+
+    @property
+    def stuck(self) -> int:
+        """Requests whose deadline passed while their predict still runs (answered 504, still holding a slot)."""
+        if self.batcher is not None:
+            return self.batcher.stuck_requests
+        return self._stuck_requests
+
+    def _stuck_calls_now(self) -> int:
+        return self.batcher.stuck_batches if self.batcher is not None else self._stuck_calls
+
+    def _update_wedged(self) -> None:
+        wedged = self._stuck_calls_now() >= self.call_capacity
+        if wedged and self.wedged_since is None:
+            self.wedged_since = self._loop.time()
+        elif not wedged:
+            self.wedged_since = None
+
+    def _on_batch_change(self) -> None:
+        self._update_wedged()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -89,15 +161,15 @@ class Invoker:
         predictor = self.predictor
         loop = self._loop
         if predictor.is_async:
-            return loop.create_task(predictor.predict(payload, **kwargs)), None
+            return loop.create_task(_guarded(predictor.predict(payload, **kwargs))), None
         fut = loop.create_future()
         predict = predictor.predict
 
         def run() -> None:
             try:
                 result = predict(payload, **kwargs)
-            except BaseException as err:  # noqa: BLE001 - delivered to the request
-                loop.call_soon_threadsafe(deliver_error, fut, err)
+            except BaseException as err:  # noqa: BLE001 - any type, delivered to the request (wrapped)
+                loop.call_soon_threadsafe(deliver_error, fut, failure(err))
             else:
                 loop.call_soon_threadsafe(deliver, fut, result)
 
@@ -111,8 +183,10 @@ class Invoker:
             timer = loop.call_at(deadline, _expire, fut, self.timeout)
             try:
                 return await fut
-            except BaseException:
+            except BaseException as err:
                 self.batcher.forget(fut)  # timed out or cancelled while queued: stop counting it as waiting
+                if isinstance(err, Timeout):
+                    self._update_wedged()  # its batch may still be running: now a stuck one
                 raise
             finally:
                 timer.cancel()
@@ -133,9 +207,14 @@ class Invoker:
             admission.release()
             raise
         out = loop.create_future()
+        call = _Call()
 
         def done(f: asyncio.Future) -> None:
             admission.release()  # the slot is held until predict really returns, even past a timeout
+            if call.stuck:
+                self._stuck_requests -= 1
+                self._stuck_calls -= 1
+                self._update_wedged()
             if out.done():
                 return
             if f.cancelled():  # not by us (we only cancel after `out` is done): a failure, as JSON
@@ -154,6 +233,11 @@ class Invoker:
                 inner.cancel()
             elif queued_work is not None and queued_work.cancel():
                 inner.cancel()  # never started (all threads were busy): it will not run; its slot is released now
+            if not inner.done():  # still running (a sync thread cannot be interrupted): stuck until it returns
+                call.stuck = True
+                self._stuck_requests += 1
+                self._stuck_calls += 1
+                self._update_wedged()
             raise
         finally:
             timer.cancel()

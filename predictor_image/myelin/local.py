@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from .spec import load_specs
-from .logs import RequestLog
+from .logs import RequestLog, separate_stdout
 from .process import run_app
 from .runtime import ApiRuntime, State
 from .settings import Settings
@@ -34,7 +34,9 @@ def serve_local(apis: str, host: str, port: int, settings: Settings, reload: boo
     def report(runtime: ApiRuntime) -> None:
         print(_status_line(runtime, base), file=sys.stderr, flush=True)
 
-    app = MyelinApp(list(specs.items()), processes=1, log=RequestLog(), on_loaded=report, watch=reload)
+    separate_stdout()
+    app = MyelinApp(list(specs.items()), processes=1, log=RequestLog(), on_loaded=report, watch=reload,
+                    expose_errors=True)
     drain = max(spec.serving.drain_timeout.seconds for spec in specs.values())
     run_app(app, host, port, drain, settings)
     return 0

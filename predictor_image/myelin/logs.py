@@ -4,18 +4,85 @@ Lines are appended to a buffer on the hot path and flushed once per event
 loop iteration, so a burst of requests costs one write, and a response is
 never held back by logging. Nothing is dropped: the buffer is flushed at
 shutdown too.
+
+stdout carries these JSON lines and nothing else: `separate_stdout()` (called
+when a server starts) points file descriptor 1 at stderr and keeps a private
+descriptor for the log, so whatever a predictor or a library prints (Python's
+print, C extensions writing to fd 1) goes to stderr as it is and can never
+split or corrupt a log line. Each write is whole lines, at most PIPE_BUF
+bytes, so lines from the processes of one replica never interleave either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
+import select
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from typing import IO, Any
 
 import orjson
+
+_log_fd: int | None = None
+_write_lock = threading.Lock()
+
+
+def separate_stdout() -> None:
+    """From now on fd 1 (print, C libraries) goes to stderr; the JSON log keeps the original stdout. Idempotent."""
+    global _log_fd
+    if _log_fd is not None:
+        return
+    try:
+        sys.stdout.flush()
+        _log_fd = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no usable stdout/stderr (closed): log where we can
+        _log_fd = None
+
+
+def _write_lines(data: bytes, stream: IO[str] | None) -> None:
+    if stream is not None:
+        stream.write(data.decode())
+        stream.flush()
+        return
+    fd = _log_fd if _log_fd is not None else 1
+    limit = getattr(select, "PIPE_BUF", 4096)
+    with _write_lock:
+        while data:
+            if len(data) <= limit:
+                chunk, data = data, b""
+            else:  # whole lines, each write at most PIPE_BUF bytes (atomic on a pipe)
+                cut = data.rfind(b"\n", 0, limit) + 1 or data.find(b"\n") + 1 or len(data)
+                chunk, data = data[:cut], data[cut:]
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+
+
+def _clean(value: Any) -> Any:
+    """Strings orjson refuses (lone surrogates) made printable; containers cleaned recursively."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_clean(str(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _line(entry: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(entry, default=str)
+    except (orjson.JSONEncodeError, TypeError):  # e.g. a lone surrogate in an exception message
+        try:
+            return orjson.dumps(_clean(entry), default=lambda o: _clean(str(o)))
+        except (orjson.JSONEncodeError, TypeError) as err:
+            return orjson.dumps({"time": entry.get("time"), "level": "error", "message": "unloggable log entry",
+                                 "error": _clean(repr(err))})
 
 
 _second_cache: tuple[int, str] = (-1, "")
@@ -71,10 +138,8 @@ class RequestLog:
         out = []
         for entry in pending:
             entry["time"] = _iso(entry["time"])
-            out.append(orjson.dumps(entry, default=str))
-        stream = self._stream or sys.stdout
+            out.append(_line(entry))
         try:
-            stream.write(b"\n".join(out).decode() + "\n")
-            stream.flush()
+            _write_lines(b"\n".join(out) + b"\n", self._stream)
         except (OSError, ValueError):
             pass  # stdout closed (e.g. the parent went away): serving matters more than logging

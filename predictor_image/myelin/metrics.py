@@ -50,6 +50,10 @@ class Metrics:
         )
         self.queue_length = Gauge(c.QUEUE_LENGTH, "Requests waiting for the predictor.", [c.LABEL_API], registry=reg, **gauge_mode)
         self.ready = Gauge(c.READY_PROCESSES, "Server processes whose predictor is loaded and serving.", [c.LABEL_API], registry=reg, **gauge_mode)
+        self.stuck = Gauge(
+            c.STUCK, "Predictions still running past their request's deadline (answered 504, still holding a slot).",
+            [c.LABEL_API], registry=reg, **gauge_mode,
+        )
         self.target_in_flight = Gauge(
             c.TARGET_IN_FLIGHT, "autoscaling.target_in_flight: in-flight requests per replica the autoscaler aims for.",
             [c.LABEL_API], registry=reg, multiprocess_mode="livemax",
@@ -90,6 +94,7 @@ class ApiMetrics:
         self.in_flight = metrics.in_flight.labels(api)
         self.queue_length = metrics.queue_length.labels(api)
         self.ready = metrics.ready.labels(api)
+        self.stuck = metrics.stuck.labels(api)
 
     def observe(self, status: int, seconds: float) -> None:
         counter = self._status.get(status)
@@ -104,7 +109,8 @@ class ApiMetrics:
             counter = self._rejected[reason] = self._metrics.rejected.labels(self._api, reason)
         counter.inc()
 
-    def sample(self, in_flight: int, queued: int, ready: bool) -> None:
+    def sample(self, in_flight: int, queued: int, ready: bool, stuck: int = 0) -> None:
         self.in_flight.set(in_flight)
         self.queue_length.set(queued)
         self.ready.set(1 if ready else 0)
+        self.stuck.set(stuck)

@@ -10,6 +10,8 @@ replica-wide through prometheus-client's multiprocess mode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import multiprocessing
 import os
 import shutil
@@ -17,10 +19,11 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
 import uvicorn
 
@@ -46,8 +49,35 @@ def uvicorn_config(app: Any, host: str, port: int, settings: Settings, **extra: 
     )
 
 
+#: Signals that start a drain: SIGHUP too (a closed terminal, or a process manager's reload), never an abrupt exit.
+DRAIN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Exit code of a worker whose predictor cannot load: its supervisor stops instead of restarting it forever.
+EXIT_LOAD_FAILED = 3
+
+
+class PortInUse(OSError):
+    pass
+
+
+def bind(host: str, port: int, backlog: int = 4096) -> socket.socket:
+    """The listening socket, bound before anything else starts, so a busy port is the first and only error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise PortInUse(f"port {port} is already in use on {host} (another server? pick one with --port)") from None
+        raise
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
 class DrainingServer(uvicorn.Server):
-    """uvicorn.Server whose first SIGTERM/SIGINT drains the app before shutting down, and exits 0."""
+    """uvicorn.Server whose first SIGTERM/SIGINT/SIGHUP drains the app before shutting down, and exits 0."""
 
     def __init__(self, config: uvicorn.Config, drain: Callable[[], Any], drain_timeout: float):
         super().__init__(config)
@@ -59,6 +89,19 @@ class DrainingServer(uvicorn.Server):
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """uvicorn's, with SIGHUP: a hang-up drains too instead of killing in-flight requests."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in DRAIN_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not recorded in _captured_signals: uvicorn would re-raise it after shutdown and the exit code
@@ -88,7 +131,7 @@ class DrainingServer(uvicorn.Server):
 
 def run_app(app: Any, host: str, port: int, drain_timeout: float, settings: Settings,
             sockets: list[socket.socket] | None = None) -> None:
-    """Serve `app` (a MyelinApp) until SIGTERM/SIGINT, draining first."""
+    """Serve `app` (a MyelinApp) until SIGTERM/SIGINT/SIGHUP, draining first."""
     config = uvicorn_config(app, host, port, settings)
     server = DrainingServer(config, lambda: app.drain(drain_timeout), drain_timeout)
     server.run(sockets=sockets)
@@ -106,13 +149,65 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """A worker never outlives its supervisor: the kernel sends it SIGTERM (a drain) when the parent dies.
+
+    Linux's parent-death signal; elsewhere (or if prctl is unavailable) a thread watches the parent pid.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    except (OSError, AttributeError):
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker_main(folder: str, spec_json: str, host: str, port: int, sock: socket.socket, processes: int,
-                 settings: Settings) -> None:
+                 settings: Settings, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
+    from .logs import separate_stdout
     from .server import MyelinApp  # imported in the child, after PROMETHEUS_MULTIPROC_DIR is set
 
+    separate_stdout()
     spec = ApiSpec.model_validate_json(spec_json)
-    app = MyelinApp([(Path(folder), spec)], processes=processes)
+    app = MyelinApp([(Path(folder), spec)], processes=processes, exit_when_stuck=True,
+                    exit_on_load_failure=EXIT_LOAD_FAILED, on_loaded=announce_loaded)
     run_app(app, host, port, spec.serving.drain_timeout.seconds, settings, sockets=[sock])
+
+
+METRICS_DIR_PREFIX = "myelin-metrics-"
+
+
+def _remove_stale_metrics_dirs() -> None:
+    """Metrics folders of supervisors that were killed (SIGKILL leaves no chance to clean up)."""
+    root = Path(tempfile.gettempdir())
+    for folder in root.glob(f"{METRICS_DIR_PREFIX}*-*"):
+        pid = folder.name[len(METRICS_DIR_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+def announce_loaded(runtime: Any) -> None:
+    """The one line `myelin serve` prints when a model is ready (stderr; the JSON log has it too)."""
+    state = runtime.state.value
+    if state == "ready":
+        print(f"myelin: {runtime.name} loaded in {runtime.load_seconds:.2f}s (pid {os.getpid()})",
+              file=sys.stderr, flush=True)
 
 
 class Supervisor:
@@ -137,20 +232,25 @@ class Supervisor:
     def _start_worker(self, sock: socket.socket) -> multiprocessing.Process:
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(str(self.folder), self.spec.model_dump_json(), self.host, self.port, sock, self.n, self.settings),
+            args=(str(self.folder), self.spec.model_dump_json(), self.host, self.port, sock, self.n, self.settings,
+                  os.getpid()),
             name=f"myelin-worker-{self.spec.name}",
         )
         proc.start()
         return proc
 
     def run(self) -> int:
-        metrics_dir = tempfile.mkdtemp(prefix="myelin-metrics-")
+        try:
+            sock = bind(self.host, self.port)
+        except PortInUse as err:
+            print(f"myelin serve: {err}", file=sys.stderr, flush=True)
+            return 2
+        _remove_stale_metrics_dirs()
+        metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         from prometheus_client import multiprocess
 
-        config = uvicorn_config(None, self.host, self.port, self.settings)
-        sock = config.bind_socket()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in DRAIN_SIGNALS:
             signal.signal(sig, self._on_signal)
         try:
             self.workers = [self._start_worker(sock) for _ in range(self.n)]
@@ -161,6 +261,12 @@ class Supervisor:
                 for i, worker in enumerate(self.workers):
                     if worker is not None and not worker.is_alive() and not self.stopping:
                         multiprocess.mark_process_dead(worker.pid)
+                        if worker.exitcode == EXIT_LOAD_FAILED:  # it can never serve: stop, do not loop
+                            self.log.event("error", "a worker's predictor failed to load; stopping", api=self.spec.name,
+                                           pid=worker.pid)
+                            self.stopping = True
+                            self._shutdown()
+                            return 1
                         self.log.event("error", "worker died; starting a replacement", api=self.spec.name,
                                        pid=worker.pid, exitcode=worker.exitcode)
                         self._backoff()

@@ -28,12 +28,16 @@ from .http_io import new_request_id
 from .settings import Settings
 
 
-def _timeout_response(what: str, seconds: float) -> bytes:
+def _error_response(status: bytes, error_type: str, message: str) -> bytes:
+    """A whole HTTP/1.1 error response (the contract's JSON body) that closes the connection."""
     request_id = new_request_id()
-    body = orjson.dumps({"error": {"type": "request_timeout",
-                                   "message": f"request {what} not received within {seconds:g}s", "request_id": request_id}})
-    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: "
+    body = orjson.dumps({"error": {"type": error_type, "message": message, "request_id": request_id}})
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
             + str(len(body)).encode() + b"\r\nx-request-id: " + request_id.encode() + b"\r\nconnection: close\r\n\r\n" + body)
+
+
+def _timeout_response(what: str, seconds: float) -> bytes:
+    return _error_response(b"408 Request Timeout", "request_timeout", f"request {what} not received within {seconds:g}s")
 
 
 class ProtectedHttpToolsProtocol(HttpToolsProtocol):
@@ -48,6 +52,11 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.header_timeout = self.settings.header_timeout
         self.body_timeout = self.settings.body_timeout
+        self.max_header_bytes = self.settings.max_header_bytes
+        self._in_headers = True
+        self._header_bytes = 0
+        self._refused = False
+        self._deferred: bytes | None = None  # an error to send once the earlier request's answer is complete
         self._read_timer: TimerHandle | None = None
         self._deadline: float | None = None
         self._what = ""
@@ -90,6 +99,11 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
             self._arm(seconds, what)
             return
         cycle = self.cycle
+        if what == "headers" and self._earlier_response_pending():
+            # The stalled request's headers never completed: `cycle` is the previous request's, still being
+            # answered. Its answer goes first; the 408 follows it, then the connection closes.
+            self._defer(_timeout_response(what, seconds))
+            return
         response_started = what == "body" and cycle is not None and cycle.response_started
         if self._request_begun and not response_started:
             if cycle is not None:
@@ -97,10 +111,46 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
             transport.write(_timeout_response(what, seconds))
         transport.close()
 
+    def _earlier_response_pending(self) -> bool:
+        cycle = self.cycle
+        return cycle is not None and not cycle.response_complete
+
+    def _defer(self, response: bytes) -> None:
+        """Stop reading; send `response` and close once the current answer is complete."""
+        self._refused = True
+        self._deferred = response
+        if self.flow is not None:
+            self.flow.pause_reading()
+
+    def _refuse(self, response: bytes) -> None:
+        self._refused = True
+        self._disarm()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._earlier_response_pending():
+            self._defer(response)
+            return
+        transport.write(response)
+        transport.close()
+
     # -------------------------------------------------------------- protocol hooks
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm(self.header_timeout, "headers")
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # an error is on its way; nothing more is read from this connection
+        if self._in_headers:
+            end = data.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else end + 4
+            if self._header_bytes > self.max_header_bytes:
+                self._refuse(_error_response(
+                    b"431 Request Header Fields Too Large", "headers_too_large",
+                    f"request line and headers exceed {self.max_header_bytes} bytes (MYELIN_MAX_HEADER_BYTES)"))
+                return
+        super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -115,6 +165,7 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
         self._arm(self.header_timeout, "headers")
 
     def on_headers_complete(self) -> None:
+        self._in_headers = False
         self._disarm()
         super().on_headers_complete()
         # The body deadline runs until on_message_complete (at once for a request without a body).
@@ -123,10 +174,19 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._disarm()
         self._request_begun = False
+        self._in_headers = True  # the next request on this connection starts counting from zero
+        self._header_bytes = 0
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self._deferred is not None and not self._earlier_response_pending():
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(self._deferred)
+                transport.close()
+            self._deferred = None
+            return
         # Idle keep-alive connections are uvicorn's keep-alive timer's business; a new request re-arms ours.
         if not self._request_begun:
             self._disarm()

@@ -11,6 +11,7 @@ import asyncio
 import enum
 import os
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -52,23 +53,30 @@ class ApiRuntime:
         self.timeout = serving.timeout.seconds
         self.max_body = serving.max_body_bytes
         self.in_flight = 0
+        self.load_seconds = 0.0
         self.loop: asyncio.AbstractEventLoop | None = None
         self._idle: asyncio.Event | None = None
+        self.stuck_timeout = serving.stuck_timeout.seconds
+        # Keys are read before anything else, so requests are authenticated even while loading or failed.
+        self._keys_error: LoadError | None = None
+        auth = spec.networking.auth
+        if auth is not None:
+            raw = os.environ.get(auth.api_keys_env, "")
+            keys = [k.strip() for k in raw.split(",") if k.strip()]
+            if keys:
+                self.api_keys = ApiKeys(keys, auth.header)
+            else:
+                self._keys_error = LoadError(
+                    self.name, f"{self.folder / 'api.yaml'} networking.auth.api_keys_env",
+                    f"environment variable {auth.api_keys_env} is empty or unset; refusing to serve without keys",
+                )
 
     # ---------------------------------------------------------------- lifecycle
     def load(self) -> None:
         """Blocking: import and construct the predictor (called in a thread; the loop keeps answering probes)."""
         try:
-            auth = self.spec.networking.auth
-            if auth is not None:
-                raw = os.environ.get(auth.api_keys_env, "")
-                keys = [k.strip() for k in raw.split(",") if k.strip()]
-                if not keys:
-                    raise LoadError(
-                        self.name, f"{self.folder / 'api.yaml'} networking.auth.api_keys_env",
-                        f"environment variable {auth.api_keys_env} is empty or unset; refusing to serve without keys",
-                    )
-                self.api_keys = ApiKeys(keys, auth.header)
+            if self._keys_error is not None:
+                raise self._keys_error
             predictor = load_predictor(self.folder, self.spec)
         except LoadError as err:
             self.load_error = err
@@ -105,8 +113,10 @@ class ApiRuntime:
                 except RuntimeError:  # the loop closed while loading: the process is exiting
                     pass
 
+        started = time.perf_counter()
         threading.Thread(target=load_in_thread, name=f"load-{self.name}", daemon=True).start()
         await loaded
+        self.load_seconds = time.perf_counter() - started
         if self.state is State.FAILED and self.load_error is not None:
             self.log.event(
                 "error", "predictor failed to load", api=self.name, where=self.load_error.where,
@@ -143,11 +153,11 @@ class ApiRuntime:
         if self.in_flight == 0:
             self._idle.set()
 
-    def not_ready(self) -> HTTPError:
-        """The error a request gets while this API cannot serve."""
-        if self.state is State.FAILED and self.load_error is not None:
-            return HTTPError(503, "not_ready", f"API {self.name} failed to load: {self.load_error}",
-                             [(b"retry-after", b"30")])
+    def not_ready(self, request_id: str) -> HTTPError:
+        """The error a request gets while this API cannot serve (never the load error itself: that is logged)."""
+        if self.state is State.FAILED:
+            return HTTPError(503, "not_ready", f"API {self.name} is not available: its predictor failed to load; the "
+                             f"server log has the details (request id {request_id})", [(b"retry-after", b"30")])
         if self.state is State.DRAINING:
             err = overloaded(f"API {self.name} is shutting down; retry on another replica")
             err.error_type = "shutting_down"
@@ -160,8 +170,25 @@ class ApiRuntime:
     def waiting(self) -> int:
         return self.invoker.waiting if self.invoker is not None else 0
 
+    @property
+    def stuck(self) -> int:
+        return self.invoker.stuck if self.invoker is not None else 0
+
+    @property
+    def wedged(self) -> bool:
+        """Every prediction slot is held by a predict running past its request's deadline."""
+        return self.invoker is not None and self.invoker.wedged_since is not None
+
+    def stuck_for(self) -> float:
+        """Seconds this API has been wedged (0 when it is not)."""
+        since = self.invoker.wedged_since if self.invoker is not None else None
+        return self.loop.time() - since if since is not None and self.loop is not None else 0.0
+
     def sample_metrics(self) -> None:
-        self.metrics.sample(self.in_flight, self.waiting, self.state is State.READY)
+        # A stuck predict's request was answered (504) but its slot is still taken: it stays "in flight"
+        # for the autoscaler, or a wedged replica would look idle and be scaled down.
+        stuck = self.stuck
+        self.metrics.sample(self.in_flight + stuck, self.waiting, self.state is State.READY and not self.wedged, stuck)
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"name": self.name, "endpoint": self.endpoint, "state": self.state.value,

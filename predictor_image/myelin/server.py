@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -23,7 +25,7 @@ from .errors import error_body
 from .logs import RequestLog
 from .metrics import CONTENT_TYPE, Metrics
 from .endpoint import handle_predict
-from .http_io import new_request_id
+from .http_io import MAX_REQUEST_ID, new_request_id
 from .runtime import ApiRuntime, State
 from .spec import ApiSpec
 
@@ -36,17 +38,67 @@ def _json(data: Any, status: int = 200) -> Response:
 
 def _error_response(request: Request, status: int, kind: str, message: str,
                     headers: dict[str, str] | None = None) -> Response:
-    """The contract's JSON error body from a control route, with the request id echoed or made."""
-    rid = request.headers.get("x-request-id") or new_request_id()
+    """The contract's JSON error body from a control route, with the request's id (see `with_request_id`)."""
+    rid = request.scope.get("myelin.request_id") or new_request_id()
     return Response(error_body(kind, message, rid), status_code=status, media_type="application/json",
-                    headers={"x-request-id": rid, **(headers or {})})
+                    headers=dict(headers or {}))
+
+
+def with_request_id(app: Any) -> Any:
+    """Every response of `app` carries X-Request-ID: the client's (at most 128 characters) or a new one."""
+
+    async def wrapped(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        rid = b""
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                rid = value[:MAX_REQUEST_ID]
+                break
+        rid = rid or new_request_id().encode()
+        scope["myelin.request_id"] = rid.decode("latin-1")
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", rid)]}
+            await send(message)
+
+        await app(scope, receive, send_with_id)
+
+    return wrapped
+
+
+REDACTED = "<redacted>"
+
+
+def public_spec(spec: ApiSpec) -> dict[str, Any]:
+    """The effective spec for /info: names of predictor.env and predictor.config, never their values."""
+    data = spec.model_dump(mode="json")
+    predictor = data.get("predictor", {})
+    for section in ("env", "config"):
+        if isinstance(predictor.get(section), dict):
+            predictor[section] = {key: REDACTED for key in predictor[section]}
+    return data
 
 
 class MyelinApp:
     def __init__(self, apis: Iterable[tuple[Path, ApiSpec]], *, processes: int | None = None,
                  log: RequestLog | None = None, metrics: Metrics | None = None,
-                 on_loaded: Callable[[ApiRuntime], None] | None = None, watch: bool = False):
+                 on_loaded: Callable[[ApiRuntime], None] | None = None, watch: bool = False,
+                 expose_errors: bool = False, exit_when_stuck: bool = False,
+                 exit_on_load_failure: int | None = None):
         self.log = log or RequestLog()
+        # Load errors in /info: on a developer's machine (`myelin local`) yes; from a container, never
+        # (they can carry connection strings and secrets; the log has them).
+        self.expose_errors = expose_errors
+        # A worker of a multi-process replica exits once stuck past serving.stuck_timeout (the supervisor
+        # starts a fresh one); a single process fails /healthz instead and Kubernetes restarts the container.
+        self.exit_when_stuck = exit_when_stuck
+        # `myelin serve` (one API per container) exits with this code when its predictor cannot load, so
+        # Kubernetes shows a crash loop with the reason instead of a pod that is never ready.
+        self.exit_on_load_failure = exit_on_load_failure
         self.metrics = metrics or Metrics()
         self.processes = processes
         self.on_loaded = on_loaded
@@ -57,7 +109,7 @@ class MyelinApp:
         self.draining = False
         self.started = False
         self._tasks: set[asyncio.Task] = set()
-        self.control = self._control_app()
+        self.control = with_request_id(self._control_app())
 
     def new_runtime(self, folder: Path, spec: ApiSpec) -> ApiRuntime:
         return ApiRuntime(folder, spec, self.metrics.for_api(spec.name, spec.target_in_flight), self.log, self.processes)
@@ -104,6 +156,11 @@ class MyelinApp:
 
     async def _start_runtime(self, runtime: ApiRuntime) -> None:
         await runtime.start()
+        if runtime.state is State.FAILED and self.exit_on_load_failure is not None:
+            err = runtime.load_error
+            print(f"myelin serve: {runtime.name} failed to load: {err}", file=sys.stderr, flush=True)
+            self.log.flush()
+            os._exit(self.exit_on_load_failure)
         # Move the model's (long-lived) objects out of the collector's reach: full collections then
         # scan only per-request garbage, which keeps them from stalling requests for tens of ms.
         gc.collect()
@@ -122,7 +179,21 @@ class MyelinApp:
     async def _sample_forever(self) -> None:
         while True:
             self.sample_metrics()
+            runtime = self.stuck_too_long() if self.exit_when_stuck else None
+            if runtime is not None:
+                self.log.event("error", "every prediction slot has been stuck past serving.stuck_timeout; this "
+                               "worker exits and the supervisor starts a fresh one", api=runtime.name,
+                               stuck_seconds=round(runtime.stuck_for(), 1))
+                self.log.flush()
+                os._exit(70)
             await asyncio.sleep(SAMPLE_INTERVAL_S)
+
+    def stuck_too_long(self) -> ApiRuntime | None:
+        """An API whose every slot has been held by predicts past their deadline for longer than its stuck_timeout."""
+        for runtime in self.runtimes.values():
+            if runtime.wedged and runtime.stuck_for() > runtime.stuck_timeout:
+                return runtime
+        return None
 
     def sample_metrics(self) -> None:
         for runtime in self.runtimes.values():
@@ -144,26 +215,45 @@ class MyelinApp:
     def ready(self) -> bool:
         if self.draining or not self.runtimes:
             return False
-        states = [r.state for r in self.runtimes.values()]
-        if any(s is State.LOADING for s in states):
+        runtimes = list(self.runtimes.values())
+        if any(r.state is State.LOADING for r in runtimes):
             return False
-        # Serving one API (a container): ready only if it loaded. Serving several (myelin local):
-        # ready once all have finished loading and at least one serves.
-        return any(s is State.READY for s in states) if len(states) > 1 else states[0] is State.READY
+        # Serving one API (a container): ready only if it loaded and is not wedged by stuck predicts.
+        # Serving several (myelin local): ready once all have finished loading and at least one serves.
+        serving = [r.state is State.READY and not r.wedged for r in runtimes]
+        return any(serving) if len(serving) > 1 else serving[0]
 
     # ------------------------------------------------------------------ control routes
     def _control_app(self) -> FastAPI:
-        app = FastAPI(title="Myelin", version="1", docs_url="/docs", redoc_url=None)
+        # No redirect for a trailing slash: Starlette would build it from the client's Host header.
+        app = FastAPI(title="Myelin", version="1", docs_url="/docs", redoc_url=None, redirect_slashes=False)
 
-        @app.get("/healthz", summary="Liveness: the server process answers.")
-        async def healthz() -> Response:
+        @app.get("/healthz", summary="Liveness: 200 while the server can serve; 503 once every prediction slot "
+                 "has been held by predicts past their deadline for longer than serving.stuck_timeout.")
+        async def healthz(request: Request) -> Response:
+            stuck = self.stuck_too_long()
+            if stuck is not None:
+                return _error_response(
+                    request, 503, "stuck",
+                    f"API {stuck.name}: every prediction slot has been held by predicts running past their "
+                    f"timeout for {stuck.stuck_for():.0f}s (serving.stuck_timeout: {stuck.spec.serving.stuck_timeout}); "
+                    "restart the process")
             return _json({"status": "ok"})
 
-        @app.get("/readyz", summary="Readiness: 200 once the predictor(s) loaded, 503 while loading or draining.")
+        @app.get("/readyz", summary="Readiness: 200 once the predictor(s) loaded; 503 while loading, draining, or "
+                 "while every prediction slot is held by predicts past their deadline.")
         async def readyz() -> Response:
             ready = self.ready
-            body = {"status": "ready" if ready else ("draining" if self.draining else "not_ready"),
-                    "apis": {r.name: r.state.value for r in self.runtimes.values()}}
+            if ready:
+                status = "ready"
+            elif self.draining:
+                status = "draining"
+            elif any(r.wedged for r in self.runtimes.values()):
+                status = "stuck"
+            else:
+                status = "not_ready"
+            body = {"status": status,
+                    "apis": {r.name: ("stuck" if r.wedged else r.state.value) for r in self.runtimes.values()}}
             return _json(body, 200 if ready else 503)
 
         @app.get("/metrics", summary="Prometheus metrics (text format).")
@@ -173,14 +263,21 @@ class MyelinApp:
 
         @app.get("/info", summary="The APIs served here, their state and effective spec.")
         async def info() -> Response:
-            return _json({"apis": [dict(r.describe(), spec=r.spec.model_dump(mode="json")) for r in self.runtimes.values()]})
+            apis = []
+            for r in self.runtimes.values():
+                described = r.describe()
+                if not self.expose_errors:
+                    described.pop("error", None)
+                apis.append(dict(described, spec=public_spec(r.spec)))
+            return _json({"apis": apis})
 
         for runtime in self.runtimes.values():
             self._document_endpoint(app, runtime)
 
         async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
             kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-            message = {404: f"no API at {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}.get(
+            path = request.url.path[:200]
+            message = {404: f"no API at {path}", 405: f"{request.method} is not allowed on {path}"}.get(
                 exc.status_code, str(exc.detail))
             return _error_response(request, exc.status_code, kind, message, exc.headers)
 

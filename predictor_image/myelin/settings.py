@@ -49,6 +49,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "body_timeout": ("MYELIN_BODY_TIMEOUT", _positive_float),
     "keep_alive_timeout": ("MYELIN_KEEP_ALIVE_TIMEOUT", _positive_int),
     "uvicorn_log_level": ("MYELIN_UVICORN_LOG_LEVEL", _log_level),
+    "max_header_bytes": ("MYELIN_MAX_HEADER_BYTES", _positive_int),
 }
 
 
@@ -63,6 +64,8 @@ class Settings:
     keep_alive_timeout: int = 75
     #: uvicorn's own log level (request logs are Myelin's JSON lines either way).
     uvicorn_log_level: str = "warning"
+    #: Largest request line + headers accepted; beyond it 431 and the connection is closed.
+    max_header_bytes: int = 64 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":

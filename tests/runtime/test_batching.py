@@ -2,10 +2,10 @@
 
 import concurrent.futures as cf
 import threading
+import time
 
 import httpx
 import pytest
-
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +61,18 @@ def test_single_request_batches_alone(batched):
     assert r.json()["i"] == 7 and r.json()["batch_size"] == 1
 
 
-def test_wrong_length_result_is_a_clear_500_for_that_batch(batched):
+def test_wrong_length_result_is_a_generic_500_with_the_details_in_the_log(batched):
     r = httpx.post(f"{batched.base}/batched", json={"i": 1, "short": True})
     assert r.status_code == 500
     error = r.json()["error"]
-    assert error["type"] == "bad_batch_result" and "0 results for a batch of 1" in error["message"]
+    assert error["type"] == "predictor_failure" and "results for a batch" not in error["message"]
+    assert error["request_id"] == r.headers["x-request-id"]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and error["request_id"] not in batched.stdout():
+        time.sleep(0.05)
+    (logged,) = [line for line in batched.log_lines()
+                 if line.get("request_id") == error["request_id"] and line.get("message") == "predict raised"]
+    assert "predict returned 0 results for a batch of 1 payloads" in logged["error"]
     # the server is unharmed
     assert httpx.post(f"{batched.base}/batched", json={"i": 2}).status_code == 200
 

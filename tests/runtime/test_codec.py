@@ -36,8 +36,8 @@ def test_multipart_form():
 
 @pytest.mark.parametrize("ctype, body", [
     (b"application/json", b"{bad"), (b"application/json", b""), (b"application/json", b"[" * 5000 + b"]" * 5000),
-    (b"text/plain", b"\xff\xfe\xfa"), (b"text/plain; charset=nope", b"x"),
-    (b"text/plain; charset=punycode", b"abc-9999999999"),
+    (b"text/plain", b"\xff\xfe\xfa"), (b"text/plain; charset=utf-16", b"\x00\xd8"),
+    (b"application/x-www-form-urlencoded", b'{"a": 1}'),
     (b"multipart/form-data", b"no boundary"),
     (b"multipart/form-data; boundary=XX", b"--XX\r\nContent-Disposition: form-data\r\n\r\nv\r\n--XX--\r\n"),
 ])
@@ -45,6 +45,40 @@ def test_bad_input_is_a_400(ctype, body):
     with pytest.raises(HTTPError) as info:
         decode(ctype, body)
     assert info.value.status_code == 400
+
+
+@pytest.mark.parametrize("charset", [b"nope", b"punycode", b"unicode_escape", b"rot13", b"idna", b"utf-7"])
+def test_unlisted_charsets_are_a_415(charset):
+    with pytest.raises(HTTPError) as info:
+        decode(b"text/plain; charset=" + charset, b"abc-9999999999")
+    assert info.value.status_code == 415 and info.value.error_type == "unsupported_media_type"
+
+
+def test_json_sent_as_a_form_says_which_header_to_add():
+    with pytest.raises(HTTPError) as info:
+        decode(b"application/x-www-form-urlencoded", b' {"features": [1, 2]}')
+    assert info.value.status_code == 400
+    assert "Content-Type: application/json" in info.value.message and "curl -d" in info.value.message
+
+
+def test_large_text_bodies_are_decoded_off_the_event_loop(monkeypatch):
+    import threading
+
+    from myelin import codec
+
+    seen = []
+    original = codec._decode_text
+    monkeypatch.setattr(codec, "_decode_text", lambda body, name: seen.append(threading.get_ident()) or original(body, name))
+
+    async def both() -> tuple[str, str]:
+        small = await codec.decode(b"text/plain", b"small")
+        large = await codec.decode(b"text/plain; charset=latin-1", b"\xe9" * (codec.OFF_LOOP_BYTES + 1))
+        return small, large
+
+    loop_thread = threading.get_ident()
+    small, large = asyncio.run(both())
+    assert small == "small" and large == "\xe9" * (codec.OFF_LOOP_BYTES + 1)
+    assert seen[0] == loop_thread and seen[1] != loop_thread
 
 
 def test_encoding_by_type():

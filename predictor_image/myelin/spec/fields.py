@@ -202,6 +202,11 @@ class ServingSpec(_Strict):
     threads: int = Field(1, ge=1, le=1000, description="Threads per process that run a sync predict.")
     max_body_size: str = Field("10Mi", description="Largest request body accepted (413 above it).")
     drain_timeout: Duration = Field(Duration("30s"), description="Grace period for in-flight requests on SIGTERM.")
+    stuck_timeout: Duration = Field(
+        Duration("5m"),
+        description="How long every prediction slot may be held by predicts still running past `timeout` before "
+        "/healthz fails (Kubernetes then restarts the container).",
+    )
 
     @field_validator("max_body_size", mode="before")
     @classmethod
