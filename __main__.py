@@ -56,13 +56,16 @@ for deployed in settings.apis:
             prometheus_pod_labels=PROMETHEUS_POD_LABELS,
             ingress=cfg.ingress,
             pods=cfg.pods,
-            load_balancer_cidrs={"public": network.public_cidrs, "internal": network.private_cidrs},
+            load_balancer_cidrs={"public": network.public_cidrs, "internal": network.internal_lb_cidrs},
+            load_balancer_subnets={"public": network.public_subnet_ids, "internal": network.internal_lb_subnet_ids},
             internal_source_cidrs=[vpc_cidr],
             api_keys=keys,
             node_pools=existing is None,
             force_delete_images=stack != "prod",
+            # Created after, deleted before, the controllers that act on them (and their IAM permissions).
+            after=[addons, namespace],
         ),
-        opts=pulumi.ResourceOptions(provider=cluster.provider, depends_on=[addons, namespace]),
+        opts=k8s_opts,
     )
     endpoints[spec.name] = api.url
 

@@ -1,11 +1,10 @@
 """Myelin's infrastructure: Pulumi ComponentResources wired together by `__main__.py`."""
 
 from .addons import Addons
-from .api_namespace import ApiNamespace
+from .apis import ApiNamespace, PredictorApi, PredictorApiArgs
 from .cluster import Cluster
 from .config import Settings, StackConfigError, load_settings, read_pulumi_config
 from .network import Network
-from .predictor_api import PredictorApi, PredictorApiArgs
 
 __all__ = [
     "Addons",

@@ -3,7 +3,12 @@
 Node groups are plain `aws.eks.NodeGroup`s (managed node groups) so their every setting is explicit and
 checked by the policy pack: private subnets, a launch template with IMDSv2 (hop limit 1) and encrypted
 volumes, no SSH. Spot groups are preferred by the cluster-autoscaler's priority expander; the on-demand
-group of the same pool is the fallback and carries the on-demand base.
+group of the same pool is the fallback and carries the on-demand base. GPU capacity is one pair of
+groups per GPU model, each labelled `k8s.amazonaws.com/accelerator` (see gpu.py).
+
+The Kubernetes provider depends on every node group: each Kubernetes object (Helm releases included) is
+created after the nodes exist and, on `pulumi destroy`, deleted while they still run (so the load balancer
+controller can still delete the ALBs of the Ingresses, and finalizers complete).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import pulumi_aws as aws
 import pulumi_eks as eks
 import pulumi_kubernetes as k8s
 
+from . import gpu
+from .irsa import irsa_role
 from .config import ClusterConfig, NodePoolConfig
 from .labels import CAPACITY_LABEL, POOL_LABEL
 from .network import Network
@@ -25,11 +32,20 @@ GPU_NODE_SELECTOR = {POOL_LABEL: "gpu"}
 CPU_NODE_SELECTOR = {POOL_LABEL: "cpu"}
 SYSTEM_NODE_SELECTOR = {POOL_LABEL: "system"}
 
+# No AmazonEKS_CNI_Policy here: the VPC CNI (aws-node) gets it through its own IRSA role, so no pod on a
+# node can borrow the node's permission to manage network interfaces.
 _NODE_POLICIES = (
     "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
     "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
-    "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
 )
+CNI_POLICY = "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy"
+ACCESS_POLICY = "arn:aws:eks::aws:cluster-access-policy/"
+#: Block devices per AMI family: (OS volume, or None when images share it; the volume that holds images).
+_VOLUMES = {
+    "AL2023": (None, "/dev/xvda"),
+    "BOTTLEROCKET": ("/dev/xvda", "/dev/xvdb"),  # Bottlerocket: OS on xvda, images and containers on xvdb
+}
+_BOTTLEROCKET_OS_GIB = 4
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,32 @@ class NodeGroupInfo:
     name: str  # node group name, matched by the autoscaler's priority expander
     pool: str  # system | cpu | gpu
     capacity_type: str  # SPOT | ON_DEMAND
+    accelerator: str | None = None  # GPU model label value, GPU groups only
+
+
+def _access_entry(arn: str, policy: str) -> eks.AccessEntryArgs:
+    return eks.AccessEntryArgs(
+        principal_arn=arn,
+        access_policies={
+            policy: eks.AccessPolicyAssociationArgs(
+                policy_arn=ACCESS_POLICY + policy,
+                access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
+            )
+        },
+    )
+
+
+def access_entries(config: ClusterConfig) -> dict[str, eks.AccessEntryArgs]:
+    """Humans and the deploy role administer the cluster; the preview role reads everything (Helm's release
+    Secrets included, which `pulumi preview` of a Helm release needs) and changes nothing."""
+    entries = {f"admin-{i}": _access_entry(arn, "AmazonEKSClusterAdminPolicy")
+               for i, arn in enumerate(config.admin_principal_arns)}
+    ci = config.ci_access
+    if ci.deploy_role_arn:
+        entries["ci-deploy"] = _access_entry(ci.deploy_role_arn, "AmazonEKSClusterAdminPolicy")
+    if ci.preview_role_arn:
+        entries["ci-preview"] = _access_entry(ci.preview_role_arn, "AmazonEKSAdminViewPolicy")
+    return entries
 
 
 class Cluster(pulumi.ComponentResource):
@@ -73,18 +115,7 @@ class Cluster(pulumi.ComponentResource):
             opts=child,
         )
         public_access = bool(config.endpoint_public_access_cidrs)
-        access_entries = {
-            f"admin-{i}": eks.AccessEntryArgs(
-                principal_arn=arn,
-                access_policies={
-                    "admin": eks.AccessPolicyAssociationArgs(
-                        policy_arn="arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
-                        access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
-                    )
-                },
-            )
-            for i, arn in enumerate(config.admin_principal_arns)
-        }
+        entries = access_entries(config)
         self.eks = eks.Cluster(
             name,
             name=name,
@@ -96,15 +127,16 @@ class Cluster(pulumi.ComponentResource):
             skip_default_node_group=True,
             create_oidc_provider=True,
             authentication_mode=eks.AuthenticationMode.API,
-            access_entries=access_entries or None,
+            access_entries=entries or None,
             encryption_config_key_arn=key.arn,
             enabled_cluster_log_types=list(config.log_types),
             endpoint_private_access=True,
             endpoint_public_access=public_access,
             public_access_cidrs=list(config.endpoint_public_access_cidrs) if public_access else None,
             deletion_protection=config.deletion_protection,
-            # NetworkPolicies are enforced by the VPC CNI only with this switch on.
-            vpc_cni_options=eks.VpcCniOptionsArgs(enable_network_policy=True),
+            # The VPC CNI is the EKS add-on below, with its own IAM role (it needs the OIDC provider, so it
+            # cannot be passed in here without a cycle).
+            use_default_vpc_cni=True,
             tags={"myelin:stack": stack},
             opts=child,
         )
@@ -129,8 +161,33 @@ class Cluster(pulumi.ComponentResource):
                                          policy_arn=arn, opts=child)
             for arn in _NODE_POLICIES
         ]
+        cni_role = irsa_role(
+            f"{name}-vpc-cni",
+            oidc_provider_arn=self.oidc_provider_arn,
+            oidc_provider_url=self.oidc_provider_url,
+            namespace="kube-system",
+            service_account="aws-node",
+            managed_policy_arns=[CNI_POLICY],
+            parent=self,
+        )
+        # NetworkPolicies (ingress and egress) are enforced by the VPC CNI only with enableNetworkPolicy.
+        self.vpc_cni = aws.eks.Addon(
+            f"{name}-vpc-cni",
+            cluster_name=self.cluster_name,
+            addon_name="vpc-cni",
+            service_account_role_arn=cni_role.role.arn,
+            configuration_values=json.dumps({"enableNetworkPolicy": "true"}),
+            resolve_conflicts_on_create="OVERWRITE",
+            resolve_conflicts_on_update="OVERWRITE",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.eks, *cni_role.resources]),
+        )
+        self.node_group_resources: list[aws.eks.NodeGroup] = []
 
-        def launch_template(pool: str, disk_gib: int) -> aws.ec2.LaunchTemplate:
+        def launch_template(pool: str, disk_gib: int, ami_type: str) -> aws.ec2.LaunchTemplate:
+            os_device, image_device = _VOLUMES["BOTTLEROCKET" if ami_type.startswith("BOTTLEROCKET") else "AL2023"]
+            devices = [(image_device, disk_gib)]
+            if os_device is not None:
+                devices.insert(0, (os_device, _BOTTLEROCKET_OS_GIB))
             return aws.ec2.LaunchTemplate(
                 f"{name}-{pool}",
                 description=f"{name} {pool} nodes: IMDSv2 only, encrypted root volume, no SSH key",
@@ -140,13 +197,15 @@ class Cluster(pulumi.ComponentResource):
                     # 1 hop: pods cannot reach the node's credentials; controllers use IRSA instead.
                     http_put_response_hop_limit=1,
                 ),
+                # disk_size_gib sizes the volume that holds container images (on Bottlerocket the second one).
                 block_device_mappings=[
                     aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
-                        device_name="/dev/xvda",
+                        device_name=device,
                         ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
-                            volume_size=disk_gib, volume_type="gp3", encrypted="true", delete_on_termination="true"
+                            volume_size=size, volume_type="gp3", encrypted="true", delete_on_termination="true"
                         ),
                     )
+                    for device, size in devices
                 ],
                 tag_specifications=[
                     aws.ec2.LaunchTemplateTagSpecificationArgs(
@@ -158,13 +217,14 @@ class Cluster(pulumi.ComponentResource):
 
         def node_group(group: str, pool: str, *, capacity: str, instance_types: list[str], min_size: int,
                        max_size: int, template: aws.ec2.LaunchTemplate, ami_type: str,
-                       gpu: bool = False, fixed: bool = False) -> None:
+                       accelerator: str | None = None, fixed: bool = False) -> None:
             labels = {POOL_LABEL: pool, CAPACITY_LABEL: capacity.lower()}
             taints = []
-            if gpu:
+            if accelerator is not None:
                 labels["nvidia.com/gpu.present"] = "true"
+                labels[gpu.ACCELERATOR_LABEL] = accelerator
                 taints = [aws.eks.NodeGroupTaintArgs(key=GPU_TAINT_KEY, value="true", effect="NO_SCHEDULE")]
-            aws.eks.NodeGroup(
+            ng = aws.eks.NodeGroup(
                 group,
                 cluster_name=self.cluster_name,
                 node_group_name=group,
@@ -187,31 +247,47 @@ class Cluster(pulumi.ComponentResource):
                 },
                 opts=pulumi.ResourceOptions(
                     parent=self,
-                    depends_on=[self.eks, *attachments],
+                    # The CNI add-on (with its role) first: aws-node must have its permissions when nodes join.
+                    depends_on=[self.eks, *attachments, self.vpc_cni],
                     # The cluster-autoscaler owns the desired size: do not fight it on every `pulumi up`.
                     ignore_changes=["scalingConfig.desiredSize"],
                 ),
             )
-            self.node_groups.append(NodeGroupInfo(group, pool, capacity))
+            self.node_group_resources.append(ng)
+            self.node_groups.append(NodeGroupInfo(group, pool, capacity, accelerator))
 
         system = config.system_nodes
         node_group(f"{name}-system", "system", capacity="ON_DEMAND", instance_types=[system.instance_type],
-                   min_size=system.size, max_size=system.size, template=launch_template("system", 30),
+                   min_size=system.size, max_size=system.size,
+                   template=launch_template("system", 30, "AL2023_x86_64_STANDARD"),
                    ami_type="AL2023_x86_64_STANDARD", fixed=True)
 
-        def pool_groups(pool: str, cfg: NodePoolConfig, ami_type: str, gpu: bool) -> None:
-            template = launch_template(pool, cfg.disk_size_gib)
+        def pool_groups(pool: str, group: str, cfg: NodePoolConfig, ami_type: str, instance_types: list[str],
+                        template: aws.ec2.LaunchTemplate, accelerator: str | None = None) -> None:
             spot_min = max(cfg.min_size - cfg.on_demand_base, 0) if cfg.spot else 0
             if cfg.spot:
-                node_group(f"{name}-{pool}-spot", pool, capacity="SPOT", instance_types=cfg.instance_types,
-                           min_size=spot_min, max_size=cfg.max_size, template=template, ami_type=ami_type, gpu=gpu)
+                node_group(f"{name}-{group}-spot", pool, capacity="SPOT", instance_types=instance_types,
+                           min_size=spot_min, max_size=cfg.max_size, template=template, ami_type=ami_type,
+                           accelerator=accelerator)
             od_min = cfg.on_demand_base if cfg.spot else max(cfg.min_size, cfg.on_demand_base)
-            node_group(f"{name}-{pool}-ondemand", pool, capacity="ON_DEMAND", instance_types=cfg.instance_types,
-                       min_size=od_min, max_size=cfg.max_size, template=template, ami_type=ami_type, gpu=gpu)
+            node_group(f"{name}-{group}-ondemand", pool, capacity="ON_DEMAND", instance_types=instance_types,
+                       min_size=od_min, max_size=cfg.max_size, template=template, ami_type=ami_type,
+                       accelerator=accelerator)
 
-        pool_groups("cpu", config.cpu_nodes, "AL2023_x86_64_STANDARD", gpu=False)
+        cpu = config.cpu_nodes
+        pool_groups("cpu", "cpu", cpu, "AL2023_x86_64_STANDARD", cpu.instance_types,
+                    launch_template("cpu", cpu.disk_size_gib, "AL2023_x86_64_STANDARD"))
         if config.gpu_nodes:
-            pool_groups("gpu", config.gpu_nodes, config.gpu_nodes.ami_type, gpu=True)
+            gpu_cfg = config.gpu_nodes
+            template = launch_template("gpu", gpu_cfg.disk_size_gib, gpu_cfg.ami_type)
+            # One pair of groups per GPU model: a group's accelerator label is then true of every node it launches.
+            # Floors (min_size, on_demand_base) go to the first (most preferred) model; each group may reach max_size.
+            for i, (model, types) in enumerate(gpu.by_model(gpu_cfg.instance_types).items()):
+                cfg = gpu_cfg if i == 0 else gpu_cfg.model_copy(update={"min_size": 0, "on_demand_base": 0})
+                pool_groups("gpu", f"gpu-{gpu.short_name(model)}", cfg, gpu_cfg.ami_type, types, template,
+                            accelerator=model)
 
-        self.provider = k8s.Provider(f"{name}-k8s", kubeconfig=self.kubeconfig, opts=child)
+        # Every Kubernetes object goes through this provider: created after the nodes, deleted before them.
+        self.provider = k8s.Provider(f"{name}-k8s", kubeconfig=self.kubeconfig,
+                                     opts=pulumi.ResourceOptions(parent=self, depends_on=self.node_group_resources))
         self.register_outputs({"cluster_name": self.cluster_name, "kubeconfig": self.kubeconfig})

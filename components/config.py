@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from myelin.spec import ApiSpec, SpecError, check_unique, load_api_spec, validation_problems
 
+from . import gpu
 from .observability.rules import AlertsConfig
 from .versions import KUBERNETES_VERSION
 
@@ -45,13 +46,39 @@ def _cidr(value: str) -> str:
         raise ValueError(f"not a CIDR block: {err}") from None
 
 
+#: RFC 5737 documentation ranges: placeholders in examples, never anyone's network.
+DOCUMENTATION_RANGES = tuple(ipaddress.ip_network(c) for c in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
+
+
+def _not_documentation(cidrs: list[str], what: str) -> list[str]:
+    for c in cidrs:
+        net = ipaddress.ip_network(c)
+        if any(net.version == doc.version and net.subnet_of(doc) for doc in DOCUMENTATION_RANGES):
+            raise ValueError(
+                f"{c} is a documentation range (RFC 5737), a placeholder, not your network: put the egress CIDRs "
+                f"of {what} here (`curl -s https://checkip.amazonaws.com` prints this machine's address; add /32)"
+            )
+    return cidrs
+
+
 class ExistingVpc(_Strict):
     vpc_id: str = Field(..., pattern=r"^vpc-[0-9a-f]+$")
-    vpc_cidr: str = Field(..., description="The VPC's CIDR (NetworkPolicies admit the load balancers from it).")
-    public_subnet_ids: list[str] = Field(..., min_length=2)
-    private_subnet_ids: list[str] = Field(..., min_length=2)
+    vpc_cidr: str = Field(..., description="The VPC's CIDR (who may call internal APIs).")
+    public_subnet_ids: list[str] = Field(..., min_length=2, description="Internet-facing load balancers live here.")
+    public_subnet_cidrs: list[str] = Field(
+        ..., min_length=2, description="Their CIDRs: API pods admit public load balancers from these only.")
+    private_subnet_ids: list[str] = Field(..., min_length=2, description="Nodes live here.")
+    internal_lb_subnet_ids: list[str] = Field(
+        ..., min_length=2, description="Subnets that hold only internal load balancers (no nodes, no pods).")
+    internal_lb_subnet_cidrs: list[str] = Field(
+        ..., min_length=2, description="Their CIDRs: API pods admit internal load balancers from these only.")
 
     _cidr_ok = field_validator("vpc_cidr")(_cidr)
+
+    @field_validator("public_subnet_cidrs", "internal_lb_subnet_cidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        return [_cidr(c) for c in v]
 
 
 class NetworkConfig(_Strict):
@@ -93,7 +120,24 @@ class NodePoolConfig(_Strict):
 
 class GpuNodePoolConfig(NodePoolConfig):
     ami_type: Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"] = "AL2023_x86_64_NVIDIA"
-    disk_size_gib: int = Field(100, ge=40, le=16384)
+    disk_size_gib: int = Field(100, ge=40, le=16384, description="The volume that holds container images.")
+
+    @field_validator("instance_types")
+    @classmethod
+    def _nvidia(cls, v: list[str]) -> list[str]:
+        for itype in v:
+            gpu.accelerator(itype)  # ValueError naming the type and the known families
+        return v
+
+
+class CiAccessConfig(_Strict):
+    """The GitHub Actions roles (README, CI/CD) and what they may do in the cluster (EKS access entries)."""
+
+    deploy_role_arn: str | None = Field(
+        None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+", description="Runs `pulumi up`: cluster admin.")
+    preview_role_arn: str | None = Field(
+        None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+",
+        description="Runs `pulumi preview`: read-only, Secrets included (Helm keeps releases in Secrets).")
 
 
 class SystemNodesConfig(_Strict):
@@ -119,6 +163,7 @@ class ClusterConfig(_Strict):
         description="CIDRs allowed to reach the Kubernetes API; empty = private endpoint only.",
     )
     admin_principal_arns: list[str] = Field(default_factory=list, description="IAM roles/users given cluster admin.")
+    ci_access: CiAccessConfig = Field(default_factory=CiAccessConfig, description="Access entries for the CI roles.")
     log_types: list[Literal["api", "audit", "authenticator", "controllerManager", "scheduler"]] = Field(
         default_factory=lambda: ["api", "audit", "authenticator"]
     )
@@ -137,7 +182,8 @@ class ClusterConfig(_Strict):
         for c in out:
             if ipaddress.ip_network(c).prefixlen == 0:
                 raise ValueError("0.0.0.0/0 opens the Kubernetes API to the internet: list your office/VPN CIDRs")
-        return out
+        return _not_documentation(out, "the machines that run pulumi (your office or VPN, the CI runners: "
+                                       "README, CI/CD), or [] for a private endpoint reached from inside the VPC")
 
 
 class IngressConfig(_Strict):
@@ -150,6 +196,11 @@ class IngressConfig(_Strict):
     public_source_cidrs: list[str] = Field(
         default_factory=lambda: ["0.0.0.0/0"], description="Who may reach public APIs through the load balancer."
     )
+
+    @field_validator("public_source_cidrs")
+    @classmethod
+    def _sources(cls, v: list[str]) -> list[str]:
+        return _not_documentation([_cidr(c) for c in v], "the clients allowed to call public APIs, or 0.0.0.0/0 for all")
 
     @model_validator(mode="after")
     def _domain_needs_cert(self) -> "IngressConfig":
@@ -178,6 +229,19 @@ class PodConfig(_Strict):
         10, ge=0, le=120, description="Pause before SIGTERM so the load balancer deregisters the pod first."
     )
     startup_timeout_seconds: int = Field(600, ge=10, le=3600, description="Longest a model may take to load.")
+    cpu_node_wait_seconds: int = Field(300, ge=0, le=3600, description="Time for a new CPU node to join.")
+    gpu_node_wait_seconds: int = Field(600, ge=0, le=3600, description="Time for a new GPU node to join.")
+    cpu_image_pull_seconds: int = Field(300, ge=0, le=3600, description="Time to pull a CPU image.")
+    gpu_image_pull_seconds: int = Field(900, ge=0, le=3600, description="Time to pull a (multi-GB) CUDA image.")
+
+    def rollout_seconds(self, gpu: bool) -> int:
+        """How long `pulumi up` waits for a Deployment's new pods: a node, the image, the model load.
+
+        A GPU API gets at least 20 minutes: a GPU node from zero, a CUDA image and a model load add up.
+        """
+        if gpu:
+            return max(20 * 60, self.gpu_node_wait_seconds + self.gpu_image_pull_seconds + self.startup_timeout_seconds)
+        return self.cpu_node_wait_seconds + self.cpu_image_pull_seconds + self.startup_timeout_seconds
 
 
 class StackConfig(_Strict):

@@ -1,13 +1,18 @@
 """The predictor image: `predictor_image/Dockerfile` + the `myelin` package + one API folder.
 
-Build context: `predictor_image/` (the runtime package and the Dockerfile), plus a named build
-context `api` pointing at the API folder (`COPY --from=api`). By hand:
+What goes into the image is what git tracks: the runtime sources (`predictor_image/`) and the API folder are
+staged, their git-tracked files only, under `.myelin/build/<image>/` (git-ignored), and the build uses those
+staged copies as its contexts. A file git ignores or does not know (a model trained on a laptop, a virtualenv,
+caches, a file left with mode 0600) never enters the image, so the same commit gives the same build context and
+the same tag on a laptop and in CI. Outside a git checkout, every file is staged except the usual caches and
+what a `.dockerignore` in the folder lists. File modes are normalised (0644, 0755 for executables) so they do
+not depend on a machine's umask.
 
-    docker buildx build -f predictor_image/Dockerfile --build-context api=apis/iris-classifier \
-        --build-arg BASE_IMAGE=python:3.11-slim-bookworm predictor_image
+The tag is a content hash of the staged files (paths and bytes) plus the build args, so any change to the
+runtime, the Dockerfile or the API folder gives a new tag and rolls the pods (ECR tags are immutable). By hand:
 
-The tag is a content hash of every file that goes into the image plus the build args, so any change
-to the runtime, the Dockerfile or the API folder gives a new tag and rolls the pods (ECR tags are immutable).
+    docker buildx build -f predictor_image/Dockerfile --build-context api=.myelin/build/<image>/api \
+        --build-arg BASE_IMAGE=python:3.11-slim-bookworm .myelin/build/<image>/runtime
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Mapping
 
@@ -26,7 +33,9 @@ from .config import REPO_ROOT
 
 PREDICTOR_IMAGE_DIR = REPO_ROOT / "predictor_image"
 DOCKERFILE = PREDICTOR_IMAGE_DIR / "Dockerfile"
-_ALWAYS_IGNORED = ("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".mypy_cache", ".git", ".DS_Store")
+BUILD_DIR = REPO_ROOT / ".myelin" / "build"
+_ALWAYS_IGNORED = ("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".mypy_cache", ".git", ".DS_Store",
+                   ".venv", "node_modules")
 
 
 def _ignore_patterns(folder: Path) -> list[str]:
@@ -49,30 +58,69 @@ def _ignored(rel: str, patterns: list[str]) -> bool:
     return False
 
 
-def hash_tree(folder: Path, digest: "hashlib._Hash", label: str) -> None:
+def _git_tracked(folder: Path) -> list[str] | None:
+    """Paths (relative to `folder`) of the files git tracks there; None when `folder` is not in a git checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(folder), "ls-files", "-z", "--cached", "--", "."],
+                             capture_output=True, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    files = [p for p in out.stdout.decode().split("\0") if p]
+    # Tracked but deleted in the working tree: not part of what would be built.
+    return sorted(p for p in files if (folder / p).is_file())
+
+
+def context_files(folder: Path) -> list[str]:
+    """The files of `folder` that go into the image, as sorted relative paths."""
+    folder = Path(folder)
+    tracked = _git_tracked(folder)
     patterns = _ignore_patterns(folder)
+    if tracked is not None:
+        return [p for p in tracked if not _ignored(p, patterns)]
+    found = []
     for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for fname in sorted(files):
-            path = Path(root) / fname
-            rel = path.relative_to(folder).as_posix()
-            if _ignored(rel, patterns) or not path.is_file():
-                continue
-            digest.update(f"{label}/{rel}\0".encode())
-            with path.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-            digest.update(b"\0")
+        dirs[:] = sorted(d for d in dirs if not _ignored(d, patterns))
+        for fname in files:
+            rel = (Path(root) / fname).relative_to(folder).as_posix()
+            if not _ignored(rel, patterns) and (Path(root) / fname).is_file():
+                found.append(rel)
+    return sorted(found)
+
+
+def hash_tree(folder: Path, digest: "hashlib._Hash", label: str, files: list[str] | None = None) -> None:
+    for rel in files if files is not None else context_files(folder):
+        digest.update(f"{label}/{rel}\0".encode())
+        with (folder / rel).open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
 
 
 def content_tag(api_folder: Path, build_args: Mapping[str, str]) -> str:
     """Deterministic tag from the runtime sources, the Dockerfile, the API folder and the build args."""
     digest = hashlib.sha256()
     hash_tree(PREDICTOR_IMAGE_DIR, digest, "predictor_image")
-    hash_tree(api_folder, digest, "api")
+    hash_tree(Path(api_folder), digest, "api")
+    if not (Path(api_folder) / "requirements.txt").is_file():
+        digest.update(b"api/requirements.txt\0\0")  # staged as an empty file
     for key in sorted(build_args):
         digest.update(f"arg:{key}={build_args[key]}\0".encode())
     return digest.hexdigest()[:20]
+
+
+def stage(folder: Path, dest: Path, ensure: tuple[str, ...] = ()) -> Path:
+    """Copy the image's files of `folder` to `dest` (replaced), modes normalised; `ensure` files exist (empty)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for rel in context_files(folder):
+        src, out = folder / rel, dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, out)
+        os.chmod(out, 0o755 if os.access(src, os.X_OK) else 0o644)
+    for rel in ensure:
+        (dest / rel).touch()
+    return dest
 
 
 def _rel(path: Path) -> str:
@@ -86,12 +134,15 @@ class PredictorImage(pulumi.ComponentResource):
     ref: pulumi.Output[str]
     tag: str
 
-    def __init__(self, name: str, api_folder: Path, base_image: str, force_delete: bool,
+    def __init__(self, name: str, api_folder: Path, base_image: str, torch_index: str, force_delete: bool,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("myelin:infra:PredictorImage", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        build_args = {"BASE_IMAGE": base_image}
+        build_args = {"BASE_IMAGE": base_image, "TORCH_INDEX_URL": torch_index}
         self.tag = content_tag(api_folder, build_args)
+        staged = BUILD_DIR / name
+        runtime_context = stage(PREDICTOR_IMAGE_DIR, staged / "runtime")
+        api_context = stage(Path(api_folder), staged / "api", ensure=("requirements.txt",))
         repo = aws.ecr.Repository(
             name,
             image_tag_mutability="IMMUTABLE",
@@ -117,10 +168,10 @@ class PredictorImage(pulumi.ComponentResource):
             name,
             tags=[image_name],
             context=docker_build.BuildContextArgs(
-                location=_rel(PREDICTOR_IMAGE_DIR),
-                named={"api": docker_build.ContextArgs(location=_rel(api_folder))},
+                location=_rel(runtime_context),
+                named={"api": docker_build.ContextArgs(location=_rel(api_context))},
             ),
-            dockerfile=docker_build.DockerfileArgs(location=_rel(DOCKERFILE)),
+            dockerfile=docker_build.DockerfileArgs(location=_rel(runtime_context / "Dockerfile")),
             build_args=build_args,
             platforms=[docker_build.Platform.LINUX_AMD64],
             push=True,

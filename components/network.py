@@ -14,12 +14,21 @@ _INTERFACE_ENDPOINTS = ("ecr.api", "ecr.dkr", "sts", "logs", "ec2", "elasticload
 
 
 class Network(pulumi.ComponentResource):
+    """Public subnets (internet-facing load balancers and NAT gateways), private subnets (nodes and pods) and
+    internal load balancer subnets (internal ALBs only), per AZ.
+
+    Internal ALBs get subnets of their own so that API pods can admit them by address: in the private
+    subnets an ALB's address would be indistinguishable from any node's or pod's.
+    """
+
     vpc_id: pulumi.Output[str]
     public_subnet_ids: list[pulumi.Output[str]]
     private_subnet_ids: list[pulumi.Output[str]]
+    internal_lb_subnet_ids: list[pulumi.Output[str]]
     vpc_cidr: str
     public_cidrs: list[str]
     private_cidrs: list[str]
+    internal_lb_cidrs: list[str]
 
     def __init__(self, name: str, config: NetworkConfig, cluster_name: str, region: str,
                  opts: pulumi.ResourceOptions | None = None):
@@ -30,9 +39,10 @@ class Network(pulumi.ComponentResource):
             self.vpc_cidr = ex.vpc_cidr
             self.public_subnet_ids = [pulumi.Output.from_input(s) for s in ex.public_subnet_ids]
             self.private_subnet_ids = [pulumi.Output.from_input(s) for s in ex.private_subnet_ids]
-            # Load balancers live in these subnets; without their CIDRs the whole VPC is the source.
-            self.public_cidrs = [ex.vpc_cidr]
-            self.private_cidrs = [ex.vpc_cidr]
+            self.internal_lb_subnet_ids = [pulumi.Output.from_input(s) for s in ex.internal_lb_subnet_ids]
+            self.public_cidrs = list(ex.public_subnet_cidrs)
+            self.private_cidrs = []  # unknown and unused: nothing admits traffic by the node subnets' ranges
+            self.internal_lb_cidrs = list(ex.internal_lb_subnet_cidrs)
             self.register_outputs({"vpc_id": self.vpc_id})
             return
 
@@ -54,8 +64,12 @@ class Network(pulumi.ComponentResource):
         blocks = list(net.subnets(new_prefix=min(net.prefixlen + 4, 24)))
         public_blocks = blocks[: config.az_count]
         private_blocks = blocks[8 : 8 + config.az_count]
+        # Internal load balancer subnets: one block split per AZ (an ALB needs at least a /27 with 8 free addresses).
+        lb_block = blocks[7]
+        lb_blocks = list(lb_block.subnets(new_prefix=min(lb_block.prefixlen + 3, 27)))[: config.az_count]
         self.public_cidrs = [str(b) for b in public_blocks]
         self.private_cidrs = [str(b) for b in private_blocks]
+        self.internal_lb_cidrs = [str(b) for b in lb_blocks]
 
         igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags={"Name": f"{cluster_name}-igw"}, opts=child)
         public_rt = aws.ec2.RouteTable(
@@ -66,7 +80,7 @@ class Network(pulumi.ComponentResource):
             opts=child,
         )
         cluster_tag = {f"kubernetes.io/cluster/{cluster_name}": "shared"}
-        public_subnets, private_subnets, nats = [], [], []
+        public_subnets, private_subnets, internal_lb_subnets, nats = [], [], [], []
         for i in range(config.az_count):
             az = azs.names[i]
             pub = aws.ec2.Subnet(
@@ -108,11 +122,23 @@ class Network(pulumi.ComponentResource):
                 cidr_block=self.private_cidrs[i],
                 availability_zone=azs.names[i],
                 map_public_ip_on_launch=False,
-                tags={"Name": f"{cluster_name}-private-{i}", "kubernetes.io/role/internal-elb": "1", **cluster_tag},
+                # No load balancer role tag: internal ALBs go to the subnets below, never among the nodes.
+                tags={"Name": f"{cluster_name}-private-{i}", **cluster_tag},
                 opts=child,
             )
             aws.ec2.RouteTableAssociation(f"{name}-private-{i}", subnet_id=sub.id, route_table_id=rt.id, opts=child)
             private_subnets.append(sub)
+            lb = aws.ec2.Subnet(
+                f"{name}-internal-lb-{i}",
+                vpc_id=vpc.id,
+                cidr_block=self.internal_lb_cidrs[i],
+                availability_zone=azs.names[i],
+                map_public_ip_on_launch=False,
+                tags={"Name": f"{cluster_name}-internal-lb-{i}", "kubernetes.io/role/internal-elb": "1", **cluster_tag},
+                opts=child,
+            )
+            aws.ec2.RouteTableAssociation(f"{name}-internal-lb-{i}", subnet_id=lb.id, route_table_id=rt.id, opts=child)
+            internal_lb_subnets.append(lb)
 
         # S3 gateway endpoint: free, and ECR image layers come from S3.
         aws.ec2.VpcEndpoint(
@@ -146,4 +172,5 @@ class Network(pulumi.ComponentResource):
 
         self.public_subnet_ids = [s.id for s in public_subnets]
         self.private_subnet_ids = [s.id for s in private_subnets]
+        self.internal_lb_subnet_ids = [s.id for s in internal_lb_subnets]
         self.register_outputs({"vpc_id": self.vpc_id, "private_subnet_ids": self.private_subnet_ids})

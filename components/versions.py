@@ -1,6 +1,10 @@
-"""Every pinned version the infrastructure uses, in one place.
+"""Every pinned version the infrastructure uses, in one place, with the chart value keys the program sets.
 
-Bump a chart here and `pulumi preview` shows exactly which release changes.
+Bump a chart here and `pulumi preview` shows exactly which release changes. `values` lists every key path
+(dot-joined) the program sets in that chart's values; a path ending in a free-form map or list (a node
+selector, annotations, extra arguments, a rules file) is listed whole. tests/infra/test_cloud_path.py fails
+when the program sets a key not listed here: a new key must be checked against the chart's own values.yaml
+at the pinned version (and its templates, where the default is commented out) before it is added.
 """
 
 from __future__ import annotations
@@ -16,20 +20,66 @@ class Chart:
     chart: str
     repo: str
     version: str
+    #: Value paths the program sets, checked against the chart's values.yaml at `version`.
+    values: tuple[str, ...] = ()
+    #: Kubernetes minor versions the chart's controller supports (inclusive), where its project publishes them.
+    kubernetes: tuple[str, str] | None = None
 
 
-NVIDIA_DEVICE_PLUGIN = Chart("nvidia-device-plugin", "https://nvidia.github.io/k8s-device-plugin", "0.17.1")
-METRICS_SERVER = Chart("metrics-server", "https://kubernetes-sigs.github.io/metrics-server/", "3.13.0")
-# cluster-autoscaler minor follows the Kubernetes minor: chart 9.52.x ships CA 1.34.
-CLUSTER_AUTOSCALER = Chart("cluster-autoscaler", "https://kubernetes.github.io/autoscaler", "9.52.1")
-AWS_LOAD_BALANCER_CONTROLLER = Chart("aws-load-balancer-controller", "https://aws.github.io/eks-charts", "1.14.0")
-KEDA = Chart("keda", "https://kedacore.github.io/charts", "2.18.0")
-PROMETHEUS = Chart("prometheus", "https://prometheus-community.github.io/helm-charts", "27.41.0")
-AWS_FOR_FLUENT_BIT = Chart("aws-for-fluent-bit", "https://aws.github.io/eks-charts", "0.1.35")
-# Grafana 12.3.1 (chart values checked at grafana/helm-charts tag grafana-10.5.15).
-GRAFANA = Chart("grafana", "https://grafana.github.io/helm-charts", "10.5.15")
-# DCGM exporter 4.5.3-4.8.2 (chart in NVIDIA/dcgm-exporter deployment/, tag 4.5.3-4.8.2).
-DCGM_EXPORTER = Chart("dcgm-exporter", "https://nvidia.github.io/dcgm-exporter/helm-charts", "4.8.2")
+_SERVICE_ACCOUNT = ("serviceAccount.create", "serviceAccount.name", "serviceAccount.annotations")
+
+# nvidia/k8s-device-plugin v0.17.1 deployments/helm/nvidia-device-plugin/values.yaml
+NVIDIA_DEVICE_PLUGIN = Chart("nvidia-device-plugin", "https://nvidia.github.io/k8s-device-plugin", "0.17.1",
+                             ("nodeSelector", "tolerations", "priorityClassName"))
+# kubernetes-sigs/metrics-server tag metrics-server-helm-chart-3.13.0 charts/metrics-server/values.yaml
+METRICS_SERVER = Chart("metrics-server", "https://kubernetes-sigs.github.io/metrics-server/", "3.13.0",
+                       ("nodeSelector", "replicas"))
+# cluster-autoscaler minor follows the Kubernetes minor: chart 9.52.1 ships CA 1.34.1
+# (kubernetes/autoscaler tag cluster-autoscaler-chart-9.52.1, cluster-autoscaler/charts/cluster-autoscaler).
+CLUSTER_AUTOSCALER = Chart(
+    "cluster-autoscaler", "https://kubernetes.github.io/autoscaler", "9.52.1",
+    ("cloudProvider", "awsRegion", "autoDiscovery.clusterName", "rbac.serviceAccount.name",
+     "rbac.serviceAccount.annotations", "expanderPriorities", "extraArgs", "nodeSelector"),
+    kubernetes=("1.34", "1.34"),
+)
+# aws/eks-charts stable/aws-load-balancer-controller chart 1.14.0 (controller v2.14.0).
+AWS_LOAD_BALANCER_CONTROLLER = Chart(
+    "aws-load-balancer-controller", "https://aws.github.io/eks-charts", "1.14.0",
+    ("clusterName", "region", "vpcId", "replicaCount", *_SERVICE_ACCOUNT, "enableServiceMutatorWebhook",
+     "enableShield", "enableWaf", "enableWafv2", "nodeSelector"),
+)
+# kedacore/charts tag v2.20.2 keda/values.yaml; KEDA 2.20 supports Kubernetes 1.33-1.35
+# (kedacore/keda-docs content/docs/2.20/operate/cluster.md, "Kubernetes Compatibility").
+KEDA = Chart("keda", "https://kedacore.github.io/charts", "2.20.2", ("nodeSelector",), kubernetes=("1.33", "1.35"))
+# prometheus-community/helm-charts tag prometheus-27.41.0 charts/prometheus/values.yaml, with its subcharts
+# alertmanager 1.27.* and kube-state-metrics 6.3.* (their values under the subchart's key).
+PROMETHEUS = Chart(
+    "prometheus", "https://prometheus-community.github.io/helm-charts", "27.41.0",
+    ("server.fullnameOverride", "server.retention", "server.persistentVolume.enabled", "server.global.scrape_interval",
+     "server.global.evaluation_interval", "server.nodeSelector", "serverFiles.alerting_rules.yml",
+     "alertmanager.enabled", "alertmanager.persistence.enabled", "alertmanager.config", "alertmanager.nodeSelector",
+     "alertmanager.serviceAccount.create", "alertmanager.serviceAccount.name", "alertmanager.serviceAccount.annotations",
+     "prometheus-pushgateway.enabled", "prometheus-node-exporter.enabled", "kube-state-metrics.enabled",
+     "kube-state-metrics.metricLabelsAllowlist", "kube-state-metrics.nodeSelector"),
+)
+# aws/eks-charts stable/aws-for-fluent-bit chart 0.1.35 (commit 3eb7a62, Fluent Bit 2.32.2).
+AWS_FOR_FLUENT_BIT = Chart(
+    "aws-for-fluent-bit", "https://aws.github.io/eks-charts", "0.1.35",
+    (*_SERVICE_ACCOUNT, "cloudWatchLogs.enabled", "cloudWatchLogs.region", "cloudWatchLogs.logGroupName",
+     "cloudWatchLogs.logGroupTemplate", "cloudWatchLogs.logStreamPrefix", "cloudWatchLogs.autoCreateGroup",
+     "cloudWatch.enabled", "firehose.enabled", "kinesis.enabled", "elasticsearch.enabled", "tolerations",
+     "annotations"),
+)
+# Grafana 12.3.1 (grafana/helm-charts tag grafana-10.5.15 charts/grafana/values.yaml).
+GRAFANA = Chart(
+    "grafana", "https://grafana.github.io/helm-charts", "10.5.15",
+    ("fullnameOverride", "admin.existingSecret", "admin.userKey", "admin.passwordKey", "datasources",
+     "dashboardProviders", "dashboards", "plugins", "grafana.ini", "persistence.enabled", "testFramework.enabled",
+     "nodeSelector"),
+)
+# DCGM exporter 4.5.3-4.8.2 (NVIDIA/dcgm-exporter tag 4.5.3-4.8.2 deployment/values.yaml).
+DCGM_EXPORTER = Chart("dcgm-exporter", "https://nvidia.github.io/dcgm-exporter/helm-charts", "4.8.2",
+                      ("nodeSelector", "tolerations", "serviceMonitor.enabled", "service.annotations"))
 
 ALL_CHARTS = (
     NVIDIA_DEVICE_PLUGIN,
@@ -46,3 +96,7 @@ ALL_CHARTS = (
 #: Base images of the predictor image (build arg BASE_IMAGE). The GPU one carries CUDA and cuDNN runtimes.
 CPU_BASE_IMAGE = "python:3.11-slim-bookworm"
 GPU_BASE_IMAGE = "nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04"
+#: PyTorch wheel indexes matching each base image (build arg TORCH_INDEX_URL): CPU wheels for the CPU image,
+#: CUDA 12.6 wheels for the GPU image (its CUDA runtime; the AL2023/Bottlerocket NVIDIA AMIs' 570+ drivers run them).
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+GPU_TORCH_INDEX = "https://download.pytorch.org/whl/cu126"

@@ -124,6 +124,10 @@ def deployment(props: Props) -> list[str]:
         seccomp = _get(sc, "seccompProfile", "type") or _get(psc, "seccompProfile", "type")
         if seccomp not in ("RuntimeDefault", "Localhost"):
             out.append(f"{cname}: seccompProfile must be RuntimeDefault")
+        for env in c.get("env") or []:
+            if _get(env, "valueFrom", "secretKeyRef"):
+                out.append(f"{cname}: secret {env.get('name')} must be mounted as a file, not an environment "
+                           "variable (subprocesses inherit the environment)")
     return out
 
 
@@ -163,26 +167,45 @@ def ingress(props: Props) -> list[str]:
 # -- whole stack ----------------------------------------------------------------------------------
 
 
+LB_ROLE_TAGS = ("kubernetes.io/role/elb", "kubernetes.io/role/internal-elb")
+
+
 def network_policies(resources: Iterable[tuple[str, Props]]) -> list[str]:
-    """Every namespace with Deployments denies ingress by default and every Deployment has its own policy."""
-    deployments, policies = [], []
+    """Every namespace with Deployments denies ingress and egress by default; every Deployment has its own policy,
+    which admits addresses only from load balancer subnets (never from the subnets nodes and pods live in)."""
+    deployments, policies, node_subnets = [], [], []
     for typ, props in resources:
         if typ == "kubernetes:apps/v1:Deployment":
             deployments.append(props)
         elif typ == "kubernetes:networking.k8s.io/v1:NetworkPolicy":
             policies.append(props)
+        elif typ == "aws:ec2/subnet:Subnet" and isinstance(props.get("cidrBlock"), str):
+            if not any(tag in (props.get("tags") or {}) for tag in LB_ROLE_TAGS):
+                node_subnets.append(ipaddress.ip_network(props["cidrBlock"]))
     out = []
     for dep in deployments:
         ns = _get(dep, "metadata", "namespace")
         name = _get(dep, "metadata", "name")
         in_ns = [p for p in policies if _get(p, "metadata", "namespace") == ns]
-        if not any(_get(p, "spec", "podSelector") in ({}, None) and "Ingress" in (_get(p, "spec", "policyTypes") or [])
-                   and not _get(p, "spec", "ingress") for p in in_ns):
-            out.append(f"namespace {ns}: needs a default-deny ingress NetworkPolicy (Deployment {name} lives there)")
+        for direction, rules in (("Ingress", "ingress"), ("Egress", "egress")):
+            if not any(_get(p, "spec", "podSelector") in ({}, None)
+                       and direction in (_get(p, "spec", "policyTypes") or []) and not _get(p, "spec", rules)
+                       for p in in_ns):
+                out.append(f"namespace {ns}: needs a default-deny {rules} NetworkPolicy (Deployment {name} lives there)")
         labels = _get(dep, "spec", "selector", "matchLabels") or {}
-        if not any((_get(p, "spec", "podSelector", "matchLabels") or {}).items() <= labels.items()
-                   and _get(p, "spec", "podSelector", "matchLabels") for p in in_ns):
+        own = [p for p in in_ns if _get(p, "spec", "podSelector", "matchLabels")
+               and (_get(p, "spec", "podSelector", "matchLabels") or {}).items() <= labels.items()]
+        if not own:
             out.append(f"Deployment {ns}/{name}: no NetworkPolicy admits its traffic")
+        for pol in own:
+            for rule in _get(pol, "spec", "ingress") or []:
+                for peer in rule.get("from") or [{}]:
+                    cidr = _get(peer, "ipBlock", "cidr")
+                    if not peer:
+                        out.append(f"Deployment {ns}/{name}: a NetworkPolicy rule admits every source")
+                    elif isinstance(cidr, str) and any(ipaddress.ip_network(cidr).overlaps(n) for n in node_subnets):
+                        out.append(f"Deployment {ns}/{name}: NetworkPolicy admits {cidr}, which overlaps the subnets "
+                                   "nodes and pods live in (admit load balancer subnets only)")
     return out
 
 
@@ -242,7 +265,8 @@ POLICIES = [
                      "Ingresses route only API endpoints (never health/metrics) and redirect HTTP to HTTPS."),
     StackValidationPolicy(
         name="network-policies",
-        description="Namespaces with workloads deny ingress by default; each Deployment has its own policy.",
+        description="Namespaces with workloads deny ingress and egress by default; each Deployment has its own "
+                    "policy, admitting only load balancer subnets and Prometheus.",
         enforcement_level=EnforcementLevel.MANDATORY,
         validate=_stack_network_policies,
     ),

@@ -13,6 +13,14 @@ SPEC_ENV = "MYELIN_API_SPEC"
 #: Port the container listens on (the image's `PORT`).
 CONTAINER_PORT = 8080
 
+#: How often the cluster's Prometheus scrapes API pods (autoscaling windows must hold at least two scrapes).
+SCRAPE_INTERVAL_S = 15
+
+#: Where the cluster mounts an API's keys (a Secret volume), and the variable suffix naming such a file:
+#: with `networking.auth.api_keys_env: X`, the runtime reads the keys from the file named by `X_FILE`.
+API_KEYS_DIR = "/var/run/secrets/myelin/api-keys"
+API_KEYS_FILE_SUFFIX = "_FILE"
+
 # -- routes ------------------------------------------------------------------------------------
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"

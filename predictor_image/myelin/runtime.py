@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from .contract import API_KEYS_FILE_SUFFIX
 from .errors import HTTPError, overloaded
 from .http_io import ApiKeys
 from .invoke import Invoker, deliver
@@ -23,6 +24,19 @@ from .loader import LoadError, Predictor, load_predictor
 from .logs import RequestLog
 from .metrics import ApiMetrics
 from .spec import ApiSpec
+
+
+def _read_keys(env_name: str) -> str:
+    """The comma-separated keys: from the file named by `<env_name>_FILE` (the cluster mounts a Secret there, so
+    the keys are not in the environment that subprocesses inherit), else from `<env_name>` itself."""
+    path = os.environ.get(env_name + API_KEYS_FILE_SUFFIX, "")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().replace("\n", ",")
+        except OSError:
+            return ""
+    return os.environ.get(env_name, "")
 
 
 class State(str, enum.Enum):
@@ -61,14 +75,15 @@ class ApiRuntime:
         self._keys_error: LoadError | None = None
         auth = spec.networking.auth
         if auth is not None:
-            raw = os.environ.get(auth.api_keys_env, "")
+            raw = _read_keys(auth.api_keys_env)
             keys = [k.strip() for k in raw.split(",") if k.strip()]
             if keys:
                 self.api_keys = ApiKeys(keys, auth.header)
             else:
                 self._keys_error = LoadError(
                     self.name, f"{self.folder / 'api.yaml'} networking.auth.api_keys_env",
-                    f"environment variable {auth.api_keys_env} is empty or unset; refusing to serve without keys",
+                    f"environment variable {auth.api_keys_env} (or the file named by "
+                    f"{auth.api_keys_env}{API_KEYS_FILE_SUFFIX}) is empty or unset; refusing to serve without keys",
                 )
 
     # ---------------------------------------------------------------- lifecycle

@@ -2,14 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from .harness import StackRun, run_program, stack_config
+from .harness import StackRun, run_program, user_config
 
 STACKS = ("dev", "prod")
 
 
 @pytest.fixture(scope="session")
 def stack_runs() -> dict[str, StackRun]:
-    return {stack: run_program(stack, stack_config(stack)) for stack in STACKS}
+    return {stack: run_program(stack, user_config(stack)) for stack in STACKS}
 
 
 @pytest.fixture(scope="session", params=STACKS)

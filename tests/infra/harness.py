@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import runpy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,38 @@ MAIN = REPO / "__main__.py"
 
 
 @dataclass
+class Node:
+    """A registered resource (custom or component) with the options the engine would see."""
+
+    typ: str
+    name: str
+    custom: bool
+    remote: bool
+    parent: "Node | None" = field(repr=False)
+    depends_on: list["Node"] = field(repr=False)
+    provider: "Node | None" = field(repr=False)
+    custom_timeouts: Any = field(repr=False)
+    children: list["Node"] = field(repr=False)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.typ, self.name)
+
+    def descendants(self) -> list["Node"]:
+        out = []
+        for child in self.children:
+            out.append(child)
+            out.extend(child.descendants())
+        return out
+
+
+@dataclass
 class StackRun:
     stack: str
     config: dict[str, Any]
@@ -30,6 +62,43 @@ class StackRun:
     outputs: dict[str, Any]
     secret_outputs: set[str]
     ignore_changes: dict[str, list[str]]
+    nodes: list[Node]
+
+    def node(self, typ: str, name: str) -> Node:
+        matches = [n for n in self.nodes if n.typ == typ and n.name == name]
+        assert len(matches) == 1, f"expected one {typ} named {name}, got {len(matches)}"
+        return matches[0]
+
+    def nodes_of(self, typ_prefix: str) -> list[Node]:
+        return [n for n in self.nodes if n.typ.startswith(typ_prefix)]
+
+    def direct_deps(self, node: Node) -> set[Node]:
+        """What the engine orders `node` after: its depends_on (a local component expands to the custom and remote
+        resources below it, as the SDK's _expand_dependencies does), its provider, and its parent custom resource."""
+        deps: set[Node] = set()
+        todo = list(node.depends_on)
+        while todo:
+            dep = todo.pop()
+            if dep.custom or dep.remote:
+                deps.add(dep)
+            else:
+                todo.extend(dep.children)
+        if node.provider is not None:
+            deps.add(node.provider)
+        if node.parent is not None and node.parent.custom:
+            deps.add(node.parent)
+        return deps
+
+    def all_deps(self, node: Node) -> set[Node]:
+        """Everything `node` is created after (and, on destroy, deleted before)."""
+        seen: set[Node] = set()
+        todo = [node]
+        while todo:
+            for dep in self.direct_deps(todo.pop()):
+                if dep not in seen:
+                    seen.add(dep)
+                    todo.append(dep)
+        return seen
 
     def of_type(self, typ: str) -> list[Recorded]:
         return [r for r in self.resources if r.typ == typ]
@@ -61,8 +130,23 @@ def unwrap_secrets(value: Any) -> Any:
 
 
 def stack_config(stack: str, path: Path | None = None) -> dict[str, Any]:
+    """The committed stack file's config, as is (its CIDRs are documentation placeholders, refused on purpose)."""
     data = yaml.safe_load((path or REPO / f"Pulumi.{stack}.yaml").read_text()) or {}
     return dict(data.get("config") or {})
+
+
+#: What a user sets before the first `pulumi up` (README, Deploy to AWS): their network instead of the
+#: documentation placeholders, e.g. `pulumi config set --path 'myelin:cluster.endpoint_public_access_cidrs[0]' ...`.
+USER_CIDRS = {"dev": ["198.18.0.0/24"], "prod": ["198.18.10.0/24", "198.18.11.0/24"]}
+
+
+def user_config(stack: str) -> dict[str, Any]:
+    """The committed stack file with the user's own CIDRs in place of the placeholders."""
+    config = stack_config(stack)
+    cluster = dict(config["myelin:cluster"])
+    cluster["endpoint_public_access_cidrs"] = USER_CIDRS[stack]
+    config["myelin:cluster"] = cluster
+    return config
 
 
 def apply_config(config: dict[str, Any]) -> None:
@@ -95,6 +179,9 @@ def run_program(stack: str, config: dict[str, Any], main: Path = MAIN) -> StackR
     ignore_changes: dict[str, list[str]] = {}
 
     original_init = pulumi.CustomResource.__init__
+    original_resource_init = pulumi.Resource.__init__
+    by_object: dict[int, Node] = {}
+    nodes: list[Node] = []
 
     def recording_init(self, t, name, props=None, opts=None, *args, **kwargs):
         # Resource options never reach the mocks (and stack transforms do not run under them): note them here.
@@ -102,8 +189,26 @@ def run_program(stack: str, config: dict[str, Any], main: Path = MAIN) -> StackR
             ignore_changes[name] = list(opts.ignore_changes)
         original_init(self, t, name, props, opts, *args, **kwargs)
 
+    def recording_resource_init(self, t, name, custom=False, props=None, opts=None, remote=False, *args, **kwargs):
+        original_resource_init(self, t, name, custom, props, opts, remote, *args, **kwargs)
+        opts = opts or pulumi.ResourceOptions()
+        parent = by_object.get(id(opts.parent)) if opts.parent is not None else None
+        depends = opts.depends_on if isinstance(opts.depends_on, list) else ([opts.depends_on] if opts.depends_on else [])
+        node = Node(
+            typ=t, name=name, custom=custom, remote=remote, parent=parent,
+            depends_on=[by_object[id(d)] for d in depends if id(d) in by_object],
+            # The provider the SDK resolved (explicit, or inherited from the parent).
+            provider=by_object.get(id(getattr(self, "_provider", None) or opts.provider)),
+            custom_timeouts=opts.custom_timeouts, children=[],
+        )
+        if parent is not None:
+            parent.children.append(node)
+        by_object[id(self)] = node
+        nodes.append(node)
+
     def program() -> None:
         pulumi.CustomResource.__init__ = recording_init
+        pulumi.Resource.__init__ = recording_resource_init
         cwd = os.getcwd()
         os.chdir(REPO)
         pulumi.export = capture
@@ -112,6 +217,7 @@ def run_program(stack: str, config: dict[str, Any], main: Path = MAIN) -> StackR
         finally:
             pulumi.export = original_export
             pulumi.CustomResource.__init__ = original_init
+            pulumi.Resource.__init__ = original_resource_init
             os.chdir(cwd)
         resolved = _sync_await(pulumi.Output.from_input(exported).future())
         outputs.update(resolved or {})
@@ -121,4 +227,4 @@ def run_program(stack: str, config: dict[str, Any], main: Path = MAIN) -> StackR
 
     _sync_await(run_pulumi_func(program))
     return StackRun(stack=stack, config=config, resources=list(mocks.resources), calls=list(mocks.calls),
-                    outputs=outputs, secret_outputs=secret_outputs, ignore_changes=ignore_changes)
+                    outputs=outputs, secret_outputs=secret_outputs, ignore_changes=ignore_changes, nodes=nodes)

@@ -10,17 +10,40 @@ import pytest
 from components.config import REPO_ROOT, StackConfigError, load_settings
 from myelin.spec import SpecError
 
-from .harness import run_program, stack_config
+from .harness import run_program, stack_config, user_config
 
 
-def raw_of(stack: str) -> dict:
-    return {k.split(":", 1)[1]: v for k, v in stack_config(stack).items() if k.startswith("myelin:")}
+def raw_of(stack: str, config: dict | None = None) -> dict:
+    config = user_config(stack) if config is None else config
+    return {k.split(":", 1)[1]: v for k, v in config.items() if k.startswith("myelin:")}
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
-def test_committed_stacks_are_valid(stack):
+def test_committed_stacks_are_valid_once_the_user_sets_their_cidrs(stack):
     settings = load_settings(raw_of(stack), stack, stack_config(stack)["aws:region"])
     assert settings.apis
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_committed_placeholder_cidrs_stop_preview_with_what_to_put_there(stack):
+    """The committed stack files hold RFC 5737 documentation ranges; as they are, preview stops and says why."""
+    with pytest.raises(StackConfigError) as err:
+        load_settings(raw_of(stack, stack_config(stack)), stack, "us-west-2")
+    message = str(err.value)
+    assert f"Pulumi.{stack}.yaml: myelin:cluster.endpoint_public_access_cidrs" in message
+    assert "documentation range" in message and "the machines that run pulumi" in message
+
+
+@pytest.mark.parametrize("field, value", [
+    ("cluster", {"endpoint_public_access_cidrs": ["192.0.2.0/24"]}),
+    ("cluster", {"endpoint_public_access_cidrs": ["10.1.0.0/16", "198.51.100.7/32"]}),
+    ("ingress", {"public_source_cidrs": ["203.0.113.0/24"]}),
+])
+def test_documentation_ranges_are_refused_wherever_cidrs_go(field, value):
+    raw = raw_of("dev")
+    raw[field] = {**raw.get(field, {}), **value}
+    with pytest.raises(StackConfigError, match=f"myelin:{field}.*documentation range"):
+        load_settings(raw, "dev", "us-west-2")
 
 
 @pytest.mark.parametrize(
@@ -82,7 +105,7 @@ def test_bad_api_yaml_names_the_folder(tmp_path):
 
 
 def test_program_registers_nothing_when_config_is_bad():
-    config = stack_config("dev")
+    config = user_config("dev")
     config["myelin:network"] = {**config["myelin:network"], "nat": "sometimes"}
     with pytest.raises(StackConfigError, match=r"Pulumi.dev.yaml: myelin:network.nat"):
         run_program("dev", config)

@@ -16,7 +16,7 @@ from components.observability import dashboards, queries, rules
 from components.observability.rules import AlertsConfig
 from myelin import contract
 
-from .harness import REPO, stack_config, unwrap_secrets
+from .harness import REPO, unwrap_secrets, user_config
 
 PROMTOOL_TESTS = REPO / "tests" / "infra" / "promtool" / "myelin-alerts.test.yml"
 METRIC = re.compile(r"\b(myelin_[a-z_]+|kube_[a-z_]+|DCGM_FI_[A-Z_]+|fluentbit_[a-z_]+)\b")
@@ -123,7 +123,7 @@ def test_thresholds_come_from_the_stack_config():
 
 
 def test_bad_alert_config_names_the_stack_file_and_field():
-    raw = {k.removeprefix("myelin:"): v for k, v in stack_config("dev").items() if k.startswith("myelin:")}
+    raw = {k.removeprefix("myelin:"): v for k, v in user_config("dev").items() if k.startswith("myelin:")}
     bad = {**raw, "observability": {"alerts": {"latency_p99_seconds_by_api": {"no-such-api": 1.0}}}}
     with pytest.raises(StackConfigError, match=r"Pulumi.dev.yaml: myelin:observability.alerts.latency_p99_seconds_by_api.no-such-api: no deployed API"):
         load_settings(bad, "dev", "us-west-2")

@@ -126,6 +126,33 @@ def test_https_without_redirect_fails(policies, prod):
     assert any("redirect to HTTPS" in v for v in found)
 
 
+def test_api_key_as_environment_variable_fails(policies, prod):
+    def env_secret(p):
+        _container(p).setdefault("env", []).append(
+            {"name": "KEYS", "valueFrom": {"secretKeyRef": {"name": "x-api-keys", "key": "keys"}}})
+
+    found = violations(policies, _break(resources(prod), "kubernetes:apps/v1:Deployment", env_secret))
+    assert any("mounted as a file" in v for v in found), found
+
+
+def test_admitting_node_subnets_fails(policies, prod):
+    """The old internal-API policy admitted every private subnet, i.e. every node and pod."""
+    items = resources(prod)
+    node_cidr = next(p["cidrBlock"] for t, p in items if t == "aws:ec2/subnet:Subnet"
+                     and not any(tag in p["tags"] for tag in ("kubernetes.io/role/elb", "kubernetes.io/role/internal-elb")))
+    broken = _break(items, "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+                    lambda p: p["spec"]["ingress"][0]["from"].append({"ipBlock": {"cidr": node_cidr}}),
+                    pick=lambda p: p["metadata"]["name"] == "image-classifier")
+    found = violations(policies, broken)
+    assert any("overlaps the subnets nodes and pods live in" in v for v in found), found
+
+
+def test_no_default_deny_egress_fails(policies, dev):
+    broken = _break(resources(dev), "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+                    lambda p: p["spec"].update(policyTypes=["Ingress"]), pick=lambda p: p["metadata"]["name"] == "default-deny")
+    assert any("default-deny egress" in v for v in violations(policies, broken))
+
+
 def test_missing_network_policies_fail(policies, dev):
     items = [(t, p) for t, p in resources(dev) if t != "kubernetes:networking.k8s.io/v1:NetworkPolicy"]
     found = violations(policies, items)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 from components import versions
 from components.config import REPO_ROOT
 from myelin.spec import ApiSpec, load_api_spec
+
+from components.gpu import accelerator
 
 from .harness import is_secret, unwrap_secrets
 from .pulumi_mocks import _fake_id
@@ -48,8 +51,8 @@ def test_stacks_differ_where_teams_differ(dev, prod):
     prod_groups = {g.name: g.inputs for g in prod.of_type("aws:eks/nodeGroup:NodeGroup")}
     assert dev_groups["myelin-dev-cpu-ondemand"]["scalingConfig"]["minSize"] == 0  # spot-only base
     assert prod_groups["myelin-prod-cpu-ondemand"]["scalingConfig"]["minSize"] == 3  # on-demand base
-    assert "myelin-prod-gpu-spot" not in prod_groups and "myelin-dev-gpu-spot" in dev_groups
-    assert dev_groups["myelin-dev-gpu-spot"]["instanceTypes"] != prod_groups["myelin-prod-gpu-ondemand"]["instanceTypes"]
+    assert not [g for g in prod_groups if "-gpu-" in g and g.endswith("-spot")]  # prod GPUs on demand only
+    assert "myelin-dev-gpu-t4-spot" in dev_groups and "myelin-prod-gpu-l4-ondemand" in prod_groups
     assert set(selected(dev)) != set(selected(prod))
     assert "sentence-embedding" in selected(prod) and "sentence-embedding" not in selected(dev)
     assert spec_of(deployments(prod)["iris-classifier"]).autoscaling.min_replicas == 2
@@ -89,7 +92,19 @@ def test_eks_cluster_settings(run):
     assert c["endpointPrivateAccess"] is True
     assert c["nodeAssociatePublicIpAddress"] is False
     assert c["version"] == cfg["version"]
-    assert c["vpcCniOptions"]["enableNetworkPolicy"] is True
+    # The VPC CNI is an EKS add-on with its own IRSA role (not the node role), enforcing NetworkPolicies.
+    assert c["useDefaultVpcCni"] is True and "vpcCniOptions" not in c
+    (cni,) = [a.inputs for a in run.of_type("aws:eks/addon:Addon") if a.inputs["addonName"] == "vpc-cni"]
+    assert json.loads(cni["configurationValues"]) == {"enableNetworkPolicy": "true"}
+    role = next(r for r in run.of_type("aws:iam/role:Role") if r.outputs["arn"] == cni["serviceAccountRoleArn"])
+    trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]["Condition"]["StringEquals"]
+    assert "system:serviceaccount:kube-system:aws-node" in trust.values()
+    attached = {a.inputs["policyArn"] for a in run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+                if a.inputs["role"] == role.outputs["name"]}
+    assert attached == {"arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy"}
+    node_policies = {a.inputs["policyArn"] for a in run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+                     if a.name.startswith(f"myelin-{run.stack}-nodes-")}
+    assert "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy" not in node_policies
     key = run.of_type("aws:kms/key:Key")[0].inputs
     assert key["enableKeyRotation"] is True
     assert run.outputs["cluster_name"] == f"myelin-{run.stack}"
@@ -108,13 +123,16 @@ def test_node_groups(run):
         assert {"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"} in g["taints"]
         assert g["labels"]["myelin.dev/pool"] == "gpu" and g["labels"]["nvidia.com/gpu.present"] == "true"
         assert g["scalingConfig"]["minSize"] == 0  # GPU capacity scales to zero
+        # cluster-autoscaler knows a new node's GPUs are coming: one GPU model per group, labelled.
+        models = {accelerator(t) for t in g["instanceTypes"]}
+        assert models == {g["labels"]["k8s.amazonaws.com/accelerator"]}
     capacity = {(g["labels"]["myelin.dev/pool"], g["capacityType"]) for g in groups.values()}
     assert ("cpu", "ON_DEMAND") in capacity
     if run.config["myelin:cluster"]["cpu_nodes"]["spot"]:
         assert ("cpu", "SPOT") in capacity
     # nodes live only in private subnets (ids as the mocks derive them from the subnet resources)
     private = {"subnet-" + _fake_id(sn.typ, sn.name) for sn in run.of_type("aws:ec2/subnet:Subnet")
-               if "kubernetes.io/role/internal-elb" in sn.inputs.get("tags", {})}
+               if sn.name.startswith(f"myelin-{run.stack}-private-")}
     public = {"subnet-" + _fake_id(sn.typ, sn.name) for sn in run.of_type("aws:ec2/subnet:Subnet")
               if "kubernetes.io/role/elb" in sn.inputs.get("tags", {})}
     assert private and public and not private & public
@@ -172,7 +190,7 @@ def test_each_aws_controller_has_its_own_scoped_irsa_role(run):
     arns = {sa["annotations"]["eks.amazonaws.com/role-arn"] for sa in role_of.values()}
     assert len(arns) == 3  # one role each
     roles = [r.inputs for r in run.of_type("aws:iam/role:Role") if r.name.endswith("-irsa")]
-    assert len(roles) == 3
+    assert len(roles) == 4  # and the VPC CNI's
     subjects = set()
     for role in roles:
         trust = json.loads(role["assumeRolePolicy"])["Statement"][0]
@@ -184,6 +202,7 @@ def test_each_aws_controller_has_its_own_scoped_irsa_role(run):
         "system:serviceaccount:kube-system:cluster-autoscaler",
         "system:serviceaccount:kube-system:aws-load-balancer-controller",
         "system:serviceaccount:logging:aws-for-fluent-bit",
+        "system:serviceaccount:kube-system:aws-node",
     }
     for pol in run.of_type("aws:iam/rolePolicy:RolePolicy"):
         doc = json.loads(pol.inputs["policy"])
@@ -233,15 +252,62 @@ def test_images_built_from_the_dockerfile_with_content_tags(run):
     for name in selected(run):
         image = images[f"{run.stack}-{name}"]
         assert image["push"] is True
-        assert image["dockerfile"]["location"] == "predictor_image/Dockerfile"
-        assert image["context"]["location"] == "predictor_image"
-        assert image["context"]["named"]["api"]["location"] == f"apis/{name}"
+        staged = f".myelin/build/{run.stack}-{name}"
+        assert image["dockerfile"]["location"] == f"{staged}/runtime/Dockerfile"
+        assert image["context"]["location"] == f"{staged}/runtime"
+        assert image["context"]["named"]["api"]["location"] == f"{staged}/api"
         gpu = spec_of(deps[name]).compute.gpu > 0
         assert image["buildArgs"]["BASE_IMAGE"] == (versions.GPU_BASE_IMAGE if gpu else versions.CPU_BASE_IMAGE)
+        # torch from PyTorch's CPU index in the CPU image, CUDA 12.6 wheels (the base image's CUDA) in the GPU one.
+        assert image["buildArgs"]["TORCH_INDEX_URL"] == (versions.GPU_TORCH_INDEX if gpu else versions.CPU_TORCH_INDEX)
         (tag,) = image["tags"]
         container_image = deps[name]["spec"]["template"]["spec"]["containers"][0]["image"]
         assert container_image.startswith(tag + "@sha256:")
         assert len(tag.rsplit(":", 1)[1]) == 20
+
+
+def test_build_context_and_tag_are_the_files_git_tracks(tmp_path):
+    """A model trained on a laptop (untracked, mode 0600), caches and virtualenvs never enter the image: the same
+    commit gives the same staged context and the same tag wherever it is built."""
+    import os
+    import shutil
+    import subprocess
+
+    from components.image import content_tag, context_files, stage
+
+    repo = tmp_path / "repo"
+    api = repo / "apis" / "kmeans"
+    shutil.copytree(REPO_ROOT / "apis" / "kmeans", api, ignore=shutil.ignore_patterns("__pycache__", "model", "*.joblib"))
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "."], check=True)
+    clean_tag = content_tag(api, {"BASE_IMAGE": "x"})
+    clean_files = context_files(api)
+    assert "predictor.py" in clean_files and "api.yaml" in clean_files
+    (api / "model").mkdir()
+    (api / "model" / "kmeans.joblib").write_bytes(os.urandom(1024))
+    os.chmod(api / "model" / "kmeans.joblib", 0o600)
+    (api / "notes.txt").write_text("not committed")
+    (api / ".venv").mkdir()
+    (api / ".venv" / "x.py").write_text("x")
+    assert context_files(api) == clean_files
+    assert content_tag(api, {"BASE_IMAGE": "x"}) == clean_tag
+    staged = stage(api, tmp_path / "staged", ensure=("requirements.txt",))
+    assert sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()) == sorted(clean_files)
+    assert all(oct(p.stat().st_mode & 0o777) in ("0o644", "0o755") for p in staged.rglob("*") if p.is_file())
+    # A tracked file that changes does change the tag.
+    (api / "predictor.py").write_text((api / "predictor.py").read_text() + "\n# edited\n")
+    assert content_tag(api, {"BASE_IMAGE": "x"}) != clean_tag
+
+
+def test_an_api_without_requirements_txt_builds(tmp_path):
+    from components.image import stage
+
+    api = tmp_path / "api"
+    api.mkdir()
+    (api / "api.yaml").write_text("name: bare\n")
+    (api / "predictor.py").write_text("class Predictor:\n    def __init__(self, c): pass\n    def predict(self, p): return p\n")
+    staged = stage(api, tmp_path / "staged", ensure=("requirements.txt",))
+    assert (staged / "requirements.txt").read_text() == ""  # the Dockerfile installs it: nothing to install
 
 
 def test_content_tag_changes_with_any_input(tmp_path):
@@ -392,29 +458,46 @@ def test_namespaces_are_labelled_for_pod_security(run):
 
 def test_network_policies_admit_only_the_load_balancer_and_prometheus(run):
     pols = {p.inputs["metadata"]["name"]: p.inputs["spec"] for p in run.k8s("NetworkPolicy")}
-    assert pols["default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
-    subnets = [s.inputs for s in run.of_type("aws:ec2/subnet:Subnet")]
-    public = {s["cidrBlock"] for s in subnets if "kubernetes.io/role/elb" in s["tags"]}
-    private = {s["cidrBlock"] for s in subnets if "kubernetes.io/role/internal-elb" in s["tags"]}
+    assert pols["default-deny"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    subnets = {s.name: s.inputs for s in run.of_type("aws:ec2/subnet:Subnet")}
+    public = {s["cidrBlock"] for s in subnets.values() if "kubernetes.io/role/elb" in s["tags"]}
+    internal = {s["cidrBlock"] for s in subnets.values() if "kubernetes.io/role/internal-elb" in s["tags"]}
+    nodes = {s["cidrBlock"] for n, s in subnets.items() if n.startswith(f"myelin-{run.stack}-private-")}
+    # Internal load balancers have subnets of their own: no node or pod address is admitted as "the load balancer".
+    assert internal and nodes and not any(ipaddress.ip_network(a).overlaps(ipaddress.ip_network(b))
+                                          for a in internal for b in nodes)
     for name, dep in deployments(run).items():
         spec = spec_of(dep)
         pol = pols[name]
         assert pol["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+        assert pol["policyTypes"] == ["Ingress", "Egress"]
         lb, prom = pol["ingress"]
         cidrs = {p["ipBlock"]["cidr"] for p in lb["from"]}
-        assert cidrs == (public if spec.networking.visibility == "public" else private)
+        assert cidrs == (public if spec.networking.visibility == "public" else internal)
         assert prom["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
         assert all(p["ports"] == [{"port": 8080, "protocol": "TCP"}] for p in (lb, prom))
+        dns, *declared = pol["egress"]
+        assert dns["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+        assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+        assert [(d["to"][0]["ipBlock"]["cidr"], [p["port"] for p in d["ports"]]) for d in declared] == [
+            (rule.cidr, rule.ports) for rule in spec.networking.egress]
 
 
-def test_api_keys_come_from_a_secret(prod):
+def test_api_keys_come_from_a_secret_mounted_as_a_file(prod):
     dep = deployments(prod)["iris-classifier"]
     spec = spec_of(dep)
     assert spec.networking.auth is not None
-    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
-    ref = env[spec.networking.auth.api_keys_env]["valueFrom"]["secretKeyRef"]
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    # Not in the environment (subprocesses inherit it): a file in a Secret volume, named by <VAR>_FILE.
+    assert spec.networking.auth.api_keys_env not in env
+    path = env[spec.networking.auth.api_keys_env + "_FILE"]["value"]
     (secret,) = [s for s in prod.k8s("Secret") if s.inputs["metadata"].get("namespace") == "apis"]
-    assert ref == {"name": secret.inputs["metadata"]["name"], "key": "keys"}
+    (volume,) = [v for v in pod["volumes"] if "secret" in v]
+    assert volume["secret"] == {"secretName": secret.inputs["metadata"]["name"], "defaultMode": 0o440}
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True and path == mount["mountPath"] + "/keys"
     assert is_secret(secret.inputs["stringData"])  # never stored in plain text in the state
     assert unwrap_secrets(secret.inputs["stringData"])["keys"]
     assert "api_keys" in prod.secret_outputs and set(prod.outputs["api_keys"]) == {"iris-classifier"}

@@ -66,9 +66,9 @@ class Emitted:
 
 def emitted_for_test_api() -> Emitted:
     sys.path.insert(0, str(REPO / "tests"))
-    from infra.harness import run_program, stack_config, unwrap_secrets
+    from infra.harness import run_program, unwrap_secrets, user_config
 
-    config = stack_config("dev")
+    config = user_config("dev")
     config["myelin:apis_dir"] = "tests/observability/apis"
     config["myelin:apis"] = {API: {}}
     run = run_program("dev", config)

@@ -70,3 +70,19 @@ def test_unset_or_empty_key_variable_refuses_to_serve(start_server):
         assert ENV_VAR in server.stderr() and ENV_VAR in server.stdout()  # the failure names the variable
     print(f"api keys, variable unset/empty: exit codes = {outcomes}")
     assert outcomes == {"unset": 1, "empty": 1}
+
+
+def test_keys_from_a_mounted_file_and_not_the_environment(start_server, tmp_path):
+    """The cluster mounts the keys as a file and sets <VAR>_FILE (so subprocesses do not inherit them)."""
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEYS[0]},{KEYS[1]}\n")
+    saved = os.environ.pop(ENV_VAR, None)
+    try:
+        server = start_server("serve", str(APIS / "keyed"), env={ENV_VAR + "_FILE": str(keys)})
+    finally:
+        if saved is not None:
+            os.environ[ENV_VAR] = saved
+    with httpx.Client(timeout=5) as http:
+        ok = [http.post(f"{server.base}/keyed", json={}, headers={"x-api-key": k}).status_code for k in KEYS]
+        wrong = http.post(f"{server.base}/keyed", json={}, headers={"x-api-key": "nope"}).status_code
+    assert ok == [200, 200] and wrong == 401

@@ -1,5 +1,6 @@
 """ApiSpec: strict parsing, defaults, and errors that name the file and field."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,25 @@ def test_spec_round_trips_through_json():
                            "batching": {"max_batch_size": 3}}, "x")
     again = ApiSpec.model_validate_json(spec.model_dump_json())
     assert again == spec and again.serving.timeout.seconds == 2
+
+
+def test_autoscaling_window_holds_two_scrapes():
+    from myelin.spec import SpecError, spec_from_dict
+
+    with pytest.raises(SpecError) as err:
+        spec_from_dict({"name": "x", "autoscaling": {"window": "20s"}}, "apis/x/api.yaml")
+    message = str(err.value)
+    assert "apis/x/api.yaml: autoscaling: " in message and "at least 30s" in message and "never scales" in message
+    assert spec_from_dict({"name": "x", "autoscaling": {"window": "30s"}}, "s").autoscaling.window.seconds == 30
+
+
+def test_egress_rules_are_validated():
+    from myelin.spec import SpecError, spec_from_dict
+
+    spec = spec_from_dict({"name": "x", "networking": {"egress": [{"cidr": "10.0.0.0/8", "ports": [443, 5432]}]}}, "s")
+    assert spec.networking.egress[0].cidr == "10.0.0.0/8" and spec.networking.egress[0].ports == [443, 5432]
+    for bad, field in (({"cidr": "10.0.0.1/8", "ports": [443]}, "networking.egress[0].cidr"),
+                       ({"cidr": "10.0.0.0/8", "ports": [70000]}, "networking.egress[0].ports"),
+                       ({"cidr": "10.0.0.0/8", "ports": []}, "networking.egress[0].ports")):
+        with pytest.raises(SpecError, match=re.escape(field)):
+            spec_from_dict({"name": "x", "networking": {"egress": [bad]}}, "s")

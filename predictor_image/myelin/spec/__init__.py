@@ -15,6 +15,7 @@ from .fields import (
     BatchingSpec,
     ComputeSpec,
     Duration,
+    EgressRule,
     NetworkingSpec,
     PredictorSpec,
     ServingSpec,
@@ -41,7 +42,7 @@ from .load import (
 from .realtime import ApiSpec
 
 __all__ = [
-    "ApiSpec", "AuthSpec", "AutoscalingSpec", "BatchingSpec", "ComputeSpec", "Duration", "KINDS",
+    "ApiSpec", "AuthSpec", "AutoscalingSpec", "BatchingSpec", "ComputeSpec", "Duration", "EgressRule", "KINDS",
     "NetworkingSpec", "PredictorSpec", "SPEC_FILE", "ServingSpec", "SpecError", "UpdateStrategySpec",
     "check_predictor_file", "check_unique", "deep_merge", "discover_api_folders", "load_api_spec",
     "load_specs", "parse_cpu", "parse_duration", "parse_memory", "read_spec_file", "resolve_spec",

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic_core import core_schema
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..contract import RESERVED_PATHS
+from ..contract import RESERVED_PATHS, SCRAPE_INTERVAL_S
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
@@ -183,8 +183,11 @@ class AutoscalingSpec(_Strict):
                 f"init_replicas ({self.init_replicas}) must lie between min_replicas ({self.min_replicas}) "
                 f"and max_replicas ({self.max_replicas})"
             )
-        if self.window.seconds < 10:
-            raise ValueError("window must be at least 10s (the metric scrape interval)")
+        if self.window.seconds < 2 * SCRAPE_INTERVAL_S:
+            raise ValueError(
+                f"window must be at least {2 * SCRAPE_INTERVAL_S}s, two scrapes of the in-flight metric (Prometheus "
+                f"scrapes every {SCRAPE_INTERVAL_S}s): a window holding fewer samples can be empty, reads as 0 and the "
+                "API never scales up")
         return self
 
     @property
@@ -281,10 +284,39 @@ class AuthSpec(_Strict):
         return v.lower()
 
 
+class EgressRule(_Strict):
+    """A destination the API's pods may open connections to (in the cluster everything else is denied)."""
+
+    cidr: str = Field(..., description="Destination network, e.g. 10.0.0.0/8 or 0.0.0.0/0.")
+    ports: list[int] = Field(..., min_length=1, description="TCP ports, e.g. [443].")
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        import ipaddress
+
+        try:
+            return str(ipaddress.ip_network(v, strict=True))
+        except ValueError as err:
+            raise ValueError(f"not a CIDR block: {err}") from None
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: list[int]) -> list[int]:
+        for port in v:
+            if isinstance(port, bool) or not 1 <= port <= 65535:
+                raise ValueError(f"{port!r} is not a TCP port (1-65535)")
+        return v
+
+
 class NetworkingSpec(_Strict):
     endpoint: str | None = Field(None, description="Public path of the API; defaults to /<name>.")
     visibility: Literal["public", "internal"] = "public"
     auth: AuthSpec | None = None
+    egress: list[EgressRule] = Field(
+        default_factory=list,
+        description="Where the API may connect to in the cluster (DNS is always allowed; nothing else by default).",
+    )
 
     @field_validator("endpoint")
     @classmethod

@@ -1,0 +1,70 @@
+"""`Addons`: the cluster controllers, each an upstream Helm chart pinned in `versions.py`, one class per add-on.
+
+Controllers that call AWS get their own IRSA role with only the permissions they need; nothing relies on the
+node's instance role (IMDS hop limit 1 hides it).
+"""
+
+from __future__ import annotations
+
+import pulumi
+
+from ..cluster import Cluster
+from ..config import StackConfig
+from .base import (
+    GPU_MONITORING_NAMESPACE,
+    KEDA_NAMESPACE,
+    LOGGING_NAMESPACE,
+    MONITORING_NAMESPACE,
+    PROMETHEUS_POD_LABELS,
+    PROMETHEUS_URL,
+    AddonContext,
+    pss_labels,
+)
+from .cluster_autoscaler import ClusterAutoscaler
+from .dcgm_exporter import DcgmExporter
+from .fluent_bit import FluentBit
+from .grafana import Grafana
+from .keda import Keda
+from .load_balancer_controller import READINESS_GATE_LABEL, LoadBalancerController
+from .metrics_server import MetricsServer
+from .nvidia_device_plugin import NvidiaDevicePlugin
+from .prometheus import Prometheus
+
+__all__ = [
+    "Addons", "MONITORING_NAMESPACE", "KEDA_NAMESPACE", "LOGGING_NAMESPACE", "GPU_MONITORING_NAMESPACE",
+    "PROMETHEUS_URL", "PROMETHEUS_POD_LABELS", "READINESS_GATE_LABEL", "pss_labels",
+]
+
+
+class Addons(pulumi.ComponentResource):
+    prometheus_url: str = PROMETHEUS_URL
+    monitoring_namespace: str = MONITORING_NAMESPACE
+    grafana_admin_password: pulumi.Output[str] | None = None
+
+    def __init__(self, name: str, config: StackConfig, cluster: Cluster, vpc_id: pulumi.Input[str],
+                 api_names: list[str], opts: pulumi.ResourceOptions | None = None):
+        super().__init__("myelin:infra:Addons", name, None, opts)
+        ctx = AddonContext(self, name, config, cluster)
+        ctx.namespace(MONITORING_NAMESPACE, "baseline", "prometheus-server runs with the chart's baseline security context")
+        ctx.namespace(KEDA_NAMESPACE, "baseline", "KEDA operator and metrics adapter")
+        ctx.namespace(LOGGING_NAMESPACE, "privileged", "Fluent Bit reads container logs from host paths on every node")
+        gpu = config.cluster.gpu_nodes
+        if gpu is not None:
+            ctx.namespace(GPU_MONITORING_NAMESPACE, "privileged",
+                          "the DCGM exporter runs as root with SYS_ADMIN to read GPU counters on GPU nodes")
+        if gpu is None or gpu.ami_type == "AL2023_x86_64_NVIDIA":
+            # Bottlerocket NVIDIA AMIs ship the device plugin; installing a second one would double-register GPUs.
+            self.nvidia_device_plugin = NvidiaDevicePlugin(ctx)
+        self.metrics_server = MetricsServer(ctx)
+        self.cluster_autoscaler = ClusterAutoscaler(ctx)
+        self.load_balancer_controller = LoadBalancerController(ctx, vpc_id)
+        self.keda = Keda(ctx)
+        self.prometheus = Prometheus(ctx, api_names)
+        if config.observability.grafana.enabled:
+            self.grafana = Grafana(ctx)
+            self.grafana_admin_password = self.grafana.admin_password
+        if gpu is not None:
+            self.dcgm_exporter = DcgmExporter(ctx)
+        self.fluent_bit = FluentBit(ctx)
+        self.releases = ctx.releases
+        self.register_outputs({"prometheus_url": PROMETHEUS_URL})

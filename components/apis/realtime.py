@@ -1,0 +1,74 @@
+"""`PredictorApi` for `kind: RealtimeAPI`: one API folder served in the cluster.
+
+ECR image -> ServiceAccount, (Secret) -> Deployment -> Service -> KEDA ScaledObject -> PDB -> NetworkPolicy ->
+Ingress on the stack's shared ALB (IngressGroup per visibility). Every Kubernetes object comes after the add-ons
+and the namespace (`args.after`), so on `pulumi destroy` it goes before them: the load balancer controller
+is still there to delete the ALB of the Ingress, KEDA to release its ScaledObject.
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from ..image import PredictorImage
+from ..versions import CPU_BASE_IMAGE, CPU_TORCH_INDEX, GPU_BASE_IMAGE, GPU_TORCH_INDEX
+from .autoscaling import autoscaled, in_flight_trigger, plain, scaled_object
+from .shared import Parts, PredictorApiArgs, labels_for
+
+
+class PredictorApi(pulumi.ComponentResource):
+    url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: PredictorApiArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("myelin:apis:PredictorApi", name, None, opts)
+        spec = args.spec
+        parts = Parts(self, name, args)
+
+        self.image = PredictorImage(
+            f"{args.stack}-{spec.name}",
+            args.folder,
+            GPU_BASE_IMAGE if spec.compute.gpu > 0 else CPU_BASE_IMAGE,
+            GPU_TORCH_INDEX if spec.compute.gpu > 0 else CPU_TORCH_INDEX,
+            force_delete=args.force_delete_images,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        sa = parts.service_account()
+        self.secret = parts.api_keys_secret()
+
+        a = spec.autoscaling
+        rollout = args.pods.rollout_seconds(spec.compute.gpu > 0)
+        self.deployment = k8s.apps.v1.Deployment(
+            f"{name}-deployment",
+            metadata=parts.meta(),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                # Autoscaled: KEDA's HPA owns the replica count; a `replicas` field would fight it on every update.
+                replicas=None if autoscaled(spec) else a.min_replicas,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels_for(spec)),
+                revision_history_limit=5,
+                # The same budget as `pulumi up` waits: a node, the image, the model load.
+                progress_deadline_seconds=rollout,
+                strategy=k8s.apps.v1.DeploymentStrategyArgs(
+                    type="RollingUpdate",
+                    rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(
+                        max_surge=spec.update_strategy.max_surge,
+                        max_unavailable=spec.update_strategy.max_unavailable,
+                    ),
+                ),
+                template=parts.pod_template(self.image.ref, sa, self.secret),
+            ),
+            opts=parts.opts(self.secret, custom_timeouts=parts.rollout_timeouts()),
+        )
+        self.service = parts.service()
+        self.scaled_object = None
+        if autoscaled(spec):
+            self.scaled_object = scaled_object(
+                name, spec, parts.meta(), spec.name,
+                [in_flight_trigger(spec, plain(args.namespace), args.prometheus_url)],
+                parts.opts(self.deployment),
+            )
+        self.pdb = parts.pdb()
+        self.network_policy = parts.network_policy()
+        self.ingress = parts.ingress(self.service, self.deployment)
+        self.url = parts.url(self.ingress)
+        self.register_outputs({"url": self.url})

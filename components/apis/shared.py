@@ -1,0 +1,401 @@
+"""What every API kind shares in the cluster: labels, the pod template, the API-key Secret, the Service,
+the PodDisruptionBudget, the NetworkPolicy and the Ingress on the stack's shared ALB.
+
+One module per kind (realtime.py today) composes these; nothing here knows which kind it serves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from myelin import contract
+from myelin.contract import SPEC_ENV
+from myelin.spec import ApiSpec
+
+from ..cluster import CPU_NODE_SELECTOR, GPU_NODE_SELECTOR, GPU_TAINT_KEY
+from ..config import IngressConfig, PodConfig
+
+PORT = contract.CONTAINER_PORT
+RUN_AS_USER = 10001
+ALB = "alb.ingress.kubernetes.io/"
+API_KEYS_VOLUME = "api-keys"
+API_KEYS_FILE = "keys"
+
+
+@dataclass(frozen=True)
+class PredictorApiArgs:
+    spec: ApiSpec
+    folder: Path
+    stack: str
+    namespace: pulumi.Input[str]
+    prometheus_url: str
+    prometheus_namespace: str
+    prometheus_pod_labels: dict[str, str]
+    ingress: IngressConfig
+    pods: PodConfig
+    #: visibility -> CIDRs of the subnets its load balancers live in (the only sources API pods admit besides Prometheus)
+    load_balancer_cidrs: dict[str, list[str]]
+    #: visibility -> subnet ids its load balancers are placed in
+    load_balancer_subnets: dict[str, list[pulumi.Input[str]]]
+    internal_source_cidrs: list[str]  # who may call internal APIs (the VPC)
+    api_keys: pulumi.Input[str] | None = None  # comma-separated, secret
+    node_pools: bool = True  # False on an existing cluster: no pool labels to select
+    force_delete_images: bool = False
+    #: Every Kubernetes object of the API is created after these (and deleted before them): the add-ons whose
+    #: controllers act on the objects (load balancer controller, KEDA) and the namespace.
+    after: list[pulumi.Resource] = field(default_factory=list)
+
+
+def labels_for(spec: ApiSpec) -> dict[str, str]:
+    # No label named `api`: Prometheus copies pod labels onto samples and would clash with the metric's label.
+    return {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/instance": spec.name}
+
+
+def all_labels(spec: ApiSpec, component: str = "predictor") -> dict[str, str]:
+    return {**labels_for(spec), "app.kubernetes.io/part-of": "myelin", "app.kubernetes.io/component": component}
+
+
+def grace_period(spec: ApiSpec, pods: PodConfig) -> int:
+    """preStop pause + the runtime's drain timeout + a margin for process exit."""
+    return pods.pre_stop_seconds + math.ceil(spec.serving.drain_timeout.seconds) + 5
+
+
+class Parts:
+    """Builds one API's Kubernetes objects as children of its component, each after `args.after`."""
+
+    def __init__(self, component: pulumi.ComponentResource, name: str, args: PredictorApiArgs):
+        self.component = component
+        self.name = name
+        self.args = args
+        self.spec = args.spec
+
+    # ------------------------------------------------------------------ options and metadata
+    def opts(self, *depends_on: pulumi.Resource | None, **kwargs: Any) -> pulumi.ResourceOptions:
+        deps = [*self.args.after, *(d for d in depends_on if d is not None)]
+        return pulumi.ResourceOptions(parent=self.component, depends_on=deps, **kwargs)
+
+    def meta(self, suffix: str = "", **extra: Any) -> k8s.meta.v1.ObjectMetaArgs:
+        return k8s.meta.v1.ObjectMetaArgs(name=f"{self.spec.name}{suffix}", namespace=self.args.namespace,
+                                          labels=all_labels(self.spec), **extra)
+
+    # ------------------------------------------------------------------ identity and secrets
+    def service_account(self) -> k8s.core.v1.ServiceAccount:
+        return k8s.core.v1.ServiceAccount(f"{self.name}-sa", metadata=self.meta(),
+                                          automount_service_account_token=False, opts=self.opts())
+
+    def api_keys_secret(self) -> k8s.core.v1.Secret | None:
+        if self.spec.networking.auth is None:
+            return None
+        if self.args.api_keys is None:
+            raise ValueError(f"{self.spec.name}: networking.auth is set but no API keys were provided")
+        return k8s.core.v1.Secret(
+            f"{self.name}-api-keys",
+            metadata=self.meta("-api-keys"),
+            type="Opaque",
+            string_data={API_KEYS_FILE: pulumi.Output.secret(self.args.api_keys)},
+            opts=self.opts(),
+        )
+
+    # ------------------------------------------------------------------ pods
+    def pod_template(self, image: pulumi.Input[str], service_account: k8s.core.v1.ServiceAccount,
+                     secret: k8s.core.v1.Secret | None) -> k8s.core.v1.PodTemplateSpecArgs:
+        spec, args = self.spec, self.args
+        gpu = spec.compute.gpu > 0
+        env: list[k8s.core.v1.EnvVarArgs] = [
+            k8s.core.v1.EnvVarArgs(name=SPEC_ENV, value=spec.model_dump_json()),
+            k8s.core.v1.EnvVarArgs(name="PORT", value=str(PORT)),
+            # Libraries that cache (Hugging Face, torch) write under HOME: keep it on the writable /tmp.
+            k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp"),
+            k8s.core.v1.EnvVarArgs(name="PYTHONUNBUFFERED", value="1"),
+            # Keep idle connections open longer than the ALB does, or it reuses one the server just
+            # closed and answers 502 (the ALB's idle timeout is set on the Ingress below).
+            k8s.core.v1.EnvVarArgs(name="MYELIN_KEEP_ALIVE_TIMEOUT", value=str(args.ingress.idle_timeout_seconds + 5)),
+        ]
+        resources: dict[str, dict[str, str]] = {
+            "requests": {"cpu": spec.compute.cpu, "memory": spec.compute.mem},
+            "limits": {"memory": spec.compute.mem},
+        }
+        if gpu:
+            resources["requests"]["nvidia.com/gpu"] = str(spec.compute.gpu)
+            resources["limits"]["nvidia.com/gpu"] = str(spec.compute.gpu)
+
+        volumes = [k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="4Gi"))]
+        mounts = [k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp")]
+        if gpu:
+            # CUDA libraries and data loaders use shared memory; the default 64Mi /dev/shm is too small.
+            volumes.append(k8s.core.v1.VolumeArgs(
+                name="dshm", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(medium="Memory", size_limit="1Gi")))
+            mounts.append(k8s.core.v1.VolumeMountArgs(name="dshm", mount_path="/dev/shm"))
+        if secret is not None:
+            # API keys as a read-only file, not an environment variable (which subprocesses would inherit).
+            volumes.append(k8s.core.v1.VolumeArgs(
+                name=API_KEYS_VOLUME,
+                secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=f"{spec.name}-api-keys", default_mode=0o440)))
+            mounts.append(k8s.core.v1.VolumeMountArgs(name=API_KEYS_VOLUME, mount_path=contract.API_KEYS_DIR,
+                                                      read_only=True))
+            env.append(k8s.core.v1.EnvVarArgs(
+                name=spec.networking.auth.api_keys_env + contract.API_KEYS_FILE_SUFFIX,
+                value=f"{contract.API_KEYS_DIR}/{API_KEYS_FILE}"))
+
+        probe_period = 5
+        container = k8s.core.v1.ContainerArgs(
+            name="predictor",
+            image=image,
+            ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=PORT, protocol="TCP")],
+            env=env,
+            resources=k8s.core.v1.ResourceRequirementsArgs(**resources),
+            startup_probe=k8s.core.v1.ProbeArgs(
+                http_get=k8s.core.v1.HTTPGetActionArgs(path=contract.HEALTH_PATH, port="http"),
+                period_seconds=probe_period,
+                timeout_seconds=3,
+                failure_threshold=math.ceil(args.pods.startup_timeout_seconds / probe_period),
+            ),
+            readiness_probe=k8s.core.v1.ProbeArgs(
+                http_get=k8s.core.v1.HTTPGetActionArgs(path=contract.READY_PATH, port="http"),
+                period_seconds=probe_period,
+                timeout_seconds=3,
+                failure_threshold=2,
+            ),
+            liveness_probe=k8s.core.v1.ProbeArgs(
+                http_get=k8s.core.v1.HTTPGetActionArgs(path=contract.HEALTH_PATH, port="http"),
+                period_seconds=10,
+                timeout_seconds=5,
+                failure_threshold=3,
+            ),
+            lifecycle=k8s.core.v1.LifecycleArgs(
+                # Keep serving while the load balancer deregisters the pod, then SIGTERM starts the drain.
+                pre_stop=k8s.core.v1.LifecycleHandlerArgs(sleep=k8s.core.v1.SleepActionArgs(seconds=args.pods.pre_stop_seconds))
+            ) if args.pods.pre_stop_seconds else None,
+            security_context=k8s.core.v1.SecurityContextArgs(
+                allow_privilege_escalation=False,
+                read_only_root_filesystem=True,
+                run_as_non_root=True,
+                run_as_user=RUN_AS_USER,
+                run_as_group=RUN_AS_USER,
+                capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+                seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+            ),
+            volume_mounts=mounts,
+        )
+
+        node_selector = None
+        tolerations = None
+        if gpu:
+            tolerations = [k8s.core.v1.TolerationArgs(key=GPU_TAINT_KEY, operator="Exists", effect="NoSchedule")]
+            node_selector = GPU_NODE_SELECTOR if args.node_pools else None
+        elif args.node_pools:
+            node_selector = CPU_NODE_SELECTOR
+
+        labels = labels_for(spec)
+        return k8s.core.v1.PodTemplateSpecArgs(
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                labels=all_labels(spec),
+                annotations={
+                    "prometheus.io/scrape": "true",
+                    "prometheus.io/port": str(PORT),
+                    "prometheus.io/path": contract.METRICS_PATH,
+                },
+            ),
+            spec=k8s.core.v1.PodSpecArgs(
+                service_account_name=service_account.metadata.name,
+                automount_service_account_token=False,
+                enable_service_links=False,
+                termination_grace_period_seconds=grace_period(spec, args.pods),
+                security_context=k8s.core.v1.PodSecurityContextArgs(
+                    run_as_non_root=True,
+                    run_as_user=RUN_AS_USER,
+                    run_as_group=RUN_AS_USER,
+                    fs_group=RUN_AS_USER,
+                    seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+                ),
+                node_selector=node_selector,
+                tolerations=tolerations,
+                topology_spread_constraints=[
+                    k8s.core.v1.TopologySpreadConstraintArgs(
+                        max_skew=1,
+                        topology_key=key,
+                        when_unsatisfiable="ScheduleAnyway",
+                        label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
+                    )
+                    for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+                ],
+                containers=[container],
+                volumes=volumes,
+            ),
+        )
+
+    def rollout_timeouts(self) -> pulumi.CustomTimeouts:
+        """How long `pulumi up` waits for the Deployment: a node, the image pull, the model load (stack config)."""
+        seconds = self.args.pods.rollout_seconds(self.spec.compute.gpu > 0)
+        return pulumi.CustomTimeouts(create=f"{seconds}s", update=f"{seconds}s")
+
+    # ------------------------------------------------------------------ traffic
+    def service(self) -> k8s.core.v1.Service:
+        return k8s.core.v1.Service(
+            f"{self.name}-service",
+            metadata=self.meta(),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                type="ClusterIP",
+                selector=labels_for(self.spec),
+                ports=[k8s.core.v1.ServicePortArgs(name="http", port=80, target_port="http", protocol="TCP")],
+            ),
+            opts=self.opts(),
+        )
+
+    def pdb(self) -> k8s.policy.v1.PodDisruptionBudget:
+        return k8s.policy.v1.PodDisruptionBudget(
+            f"{self.name}-pdb",
+            metadata=self.meta(),
+            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+                # One pod at a time: node drains progress, capacity never drops by more than one replica.
+                max_unavailable=1,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels_for(self.spec)),
+                unhealthy_pod_eviction_policy="AlwaysAllow",
+            ),
+            opts=self.opts(),
+        )
+
+    def network_policy(self) -> k8s.networking.v1.NetworkPolicy:
+        """In: the API's load balancer (by the addresses of its subnets) and Prometheus, on the port. Out: DNS and
+        what `networking.egress` declares. The namespace denies everything else (ApiNamespace)."""
+        spec, args = self.spec, self.args
+        np = k8s.networking.v1
+        port = [np.NetworkPolicyPortArgs(port=PORT, protocol="TCP")]
+        lb_cidrs = args.load_balancer_cidrs[spec.networking.visibility]
+        egress = [
+            np.NetworkPolicyEgressRuleArgs(
+                to=[np.NetworkPolicyPeerArgs(
+                    namespace_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"kubernetes.io/metadata.name": "kube-system"}),
+                    pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"k8s-app": "kube-dns"}),
+                )],
+                ports=[np.NetworkPolicyPortArgs(port=53, protocol="UDP"), np.NetworkPolicyPortArgs(port=53, protocol="TCP")],
+            ),
+            *(
+                np.NetworkPolicyEgressRuleArgs(
+                    to=[np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr=rule.cidr))],
+                    ports=[np.NetworkPolicyPortArgs(port=p, protocol="TCP") for p in rule.ports],
+                )
+                for rule in spec.networking.egress
+            ),
+        ]
+        return np.NetworkPolicy(
+            f"{self.name}-netpol",
+            metadata=self.meta(),
+            spec=np.NetworkPolicySpecArgs(
+                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels_for(spec)),
+                policy_types=["Ingress", "Egress"],
+                ingress=[
+                    # The ALB (target type ip) reaches pods from its addresses in these subnets, which hold
+                    # nothing but load balancers (and NAT gateways for the public ones).
+                    np.NetworkPolicyIngressRuleArgs(
+                        from_=[np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr=c)) for c in lb_cidrs],
+                        ports=port,
+                    ),
+                    # Prometheus scrapes /metrics.
+                    np.NetworkPolicyIngressRuleArgs(
+                        from_=[np.NetworkPolicyPeerArgs(
+                            namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                                match_labels={"kubernetes.io/metadata.name": args.prometheus_namespace}),
+                            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=args.prometheus_pod_labels),
+                        )],
+                        ports=port,
+                    ),
+                ],
+                egress=egress,
+            ),
+            opts=self.opts(),
+        )
+
+    def ingress(self, service: k8s.core.v1.Service, *depends_on: pulumi.Resource) -> k8s.networking.v1.Ingress:
+        spec, args = self.spec, self.args
+        return k8s.networking.v1.Ingress(
+            f"{self.name}-ingress",
+            metadata=self.meta(annotations=ingress_annotations(spec, args)),
+            spec=k8s.networking.v1.IngressSpecArgs(
+                ingress_class_name="alb",
+                rules=[
+                    k8s.networking.v1.IngressRuleArgs(
+                        host=args.ingress.domain if spec.networking.visibility == "public" else None,
+                        http=k8s.networking.v1.HTTPIngressRuleValueArgs(
+                            paths=[
+                                # Only the prediction path: /healthz, /readyz and /metrics stay on the pod network.
+                                k8s.networking.v1.HTTPIngressPathArgs(
+                                    path=spec.endpoint,
+                                    path_type="Exact",
+                                    backend=k8s.networking.v1.IngressBackendArgs(
+                                        service=k8s.networking.v1.IngressServiceBackendArgs(
+                                            name=service.metadata.name,
+                                            port=k8s.networking.v1.ServiceBackendPortArgs(name="http"),
+                                        )
+                                    ),
+                                )
+                            ]
+                        ),
+                    )
+                ],
+            ),
+            opts=self.opts(*depends_on),
+        )
+
+    def url(self, ingress: k8s.networking.v1.Ingress) -> pulumi.Output[str]:
+        spec, args = self.spec, self.args
+        scheme = "https" if args.ingress.certificate_arn is not None else "http"
+        if args.ingress.domain and spec.networking.visibility == "public":
+            return pulumi.Output.from_input(f"https://{args.ingress.domain}{spec.endpoint}")
+        return ingress.status.apply(lambda s: f"{scheme}://{_hostname(s)}{spec.endpoint}")
+
+
+def ingress_annotations(spec: ApiSpec, args: PredictorApiArgs) -> dict[str, pulumi.Input[str]]:
+    visibility = spec.networking.visibility
+    ing = args.ingress
+    annotations: dict[str, pulumi.Input[str]] = {
+        # One ALB per stack and visibility, shared by every API's Ingress.
+        ALB + "group.name": f"myelin-{args.stack}-{visibility}",
+        ALB + "scheme": "internet-facing" if visibility == "public" else "internal",
+        ALB + "target-type": "ip",
+        # Pinned to the subnets the NetworkPolicies admit (identical for every Ingress of the group).
+        ALB + "subnets": pulumi.Output.all(*args.load_balancer_subnets[visibility]).apply(",".join),
+        ALB + "healthcheck-path": contract.READY_PATH,
+        ALB + "healthcheck-port": "traffic-port",
+        ALB + "healthcheck-interval-seconds": "10",
+        ALB + "healthy-threshold-count": "2",
+        ALB + "unhealthy-threshold-count": "2",
+        ALB + "success-codes": "200",
+        # Deregistration must outlast the pod's drain so no in-flight request is cut.
+        ALB + "target-group-attributes": f"deregistration_delay.timeout_seconds={grace_period(spec, args.pods)}",
+        ALB + "load-balancer-attributes": (
+            f"idle_timeout.timeout_seconds={ing.idle_timeout_seconds},"
+            "routing.http.drop_invalid_header_fields.enabled=true"
+        ),
+        ALB + "inbound-cidrs": ",".join(ing.public_source_cidrs if visibility == "public" else args.internal_source_cidrs),
+        ALB + "tags": f"myelin:stack={args.stack}",  # LB-level: must be identical across the group
+    }
+    if ing.certificate_arn:
+        annotations.update(
+            {
+                ALB + "listen-ports": json.dumps([{"HTTP": 80}, {"HTTPS": 443}]),
+                ALB + "certificate-arn": ing.certificate_arn,
+                ALB + "ssl-redirect": "443",
+                ALB + "ssl-policy": ing.ssl_policy,
+            }
+        )
+    else:
+        annotations[ALB + "listen-ports"] = json.dumps([{"HTTP": 80}])
+    return annotations
+
+
+def _hostname(status: Any) -> str:
+    try:
+        lb = status["load_balancer"] if isinstance(status, dict) else status.load_balancer
+        ingress = lb["ingress"] if isinstance(lb, dict) else lb.ingress
+        first = ingress[0]
+        return (first.get("hostname") if isinstance(first, dict) else first.hostname) or "pending"
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return "pending"
