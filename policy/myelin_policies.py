@@ -17,7 +17,7 @@ from pulumi_policy import (
 )
 
 Props = Mapping[str, Any]
-RESERVED_PATHS = ("/healthz", "/readyz", "/metrics", "/info", "/docs", "/openapi.json")
+RESERVED_PATHS = ("/healthz", "/readyz", "/metrics", "/info", "/docs", "/openapi.json", "/docs-assets")
 ALB = "alb.ingress.kubernetes.io/"
 
 

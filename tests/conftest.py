@@ -52,6 +52,20 @@ class ServerProcess:
             time.sleep(0.05)
         raise AssertionError(f"server not ready in {timeout}s:\n{self.stderr()}\n{self.stdout()}")
 
+    def wait_settled(self, timeout: float = 90.0) -> dict[str, str]:
+        """`myelin local`: wait until no API is loading any more; returns each API's state (ready or failed)."""
+        deadline = time.monotonic() + timeout
+        states: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            try:
+                states = {a["name"]: a["state"] for a in httpx.get(self.base + "/info", timeout=2).json()["apis"]}
+                if states and all(s in ("ready", "failed") for s in states.values()):
+                    return states
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"APIs still loading after {timeout}s: {states}\n{self.stderr()}\n{self.stdout()}")
+
     def wait_workers(self, api: str, n: int, timeout: float = 60.0) -> None:
         """With `processes > 1`, /readyz answers for one worker: wait until the replica's metrics count n ready."""
         want = f'myelin_ready_processes{{api="{api}"}} {float(n)}'
@@ -107,6 +121,8 @@ def start_server(tmp_path):
         servers.append(server)
         if wait:
             server.wait_ready(status=ready_status)
+            if args and args[0] == "local":
+                server.wait_settled()
         return server
 
     yield start

@@ -1,4 +1,4 @@
-"""`myelin` command line: `local`, `serve`, `validate`."""
+"""`myelin` command line: `local`, `serve`, `validate` (also `python -m myelin`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .settings import Settings, SettingsError
-from .spec import SpecError, load_specs, resolve_spec
+from .spec import SPEC_FILE, SpecError, load_specs, resolve_spec
 
 DEFAULT_PORT = 8888
 
@@ -48,27 +48,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if spec.serving.processes > 1:
         from .process import Supervisor
 
-        return Supervisor(folder, spec, args.host, port, settings).run()
+        return Supervisor(folder, spec, args.host, port, settings, uds=args.uds).run()
     from .logs import separate_stdout
     from .process import PortInUse, announce_loaded, bind, run_app
     from .server import MyelinApp
 
     try:
-        sock = bind(args.host, port)  # before anything loads: a busy port is the first and only error
+        sock = bind(args.host, port, uds=args.uds)  # before anything loads: a busy port is the first and only error
     except PortInUse as err:
         _err(f"myelin serve: {err}")
         return 2
     separate_stdout()
     app = MyelinApp([(folder, spec)], exit_on_load_failure=1, on_loaded=announce_loaded)
-    _err(f"myelin: serving {spec.name} at http://{args.host}:{sock.getsockname()[1]}{spec.endpoint}")
+    where = f"unix:{args.uds}" if args.uds else f"http://{args.host}:{sock.getsockname()[1]}"
+    _err(f"myelin: serving {spec.name} at {where}{spec.endpoint}")
     run_app(app, args.host, port, spec.serving.drain_timeout.seconds, settings, sockets=[sock])
     return 0
+
+
+def _validate_targets(paths: list[str]) -> tuple[list[str], list[str]]:
+    """Folders to validate from the command line: an api.yaml path means its folder; a misnamed spec file is
+    pointed out (did you mean api.yaml?)."""
+    targets, errors = [], []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            if path.name == SPEC_FILE:
+                targets.append(str(path.parent))
+            elif path.name in ("api.yml", "API.yaml", "Api.yaml", "api.yaml.txt"):
+                errors.append(f"{path}: the spec file must be named {SPEC_FILE} (did you mean {path.parent / SPEC_FILE}?)")
+            else:
+                errors.append(f"{path}: not an {SPEC_FILE} or a folder; give an API folder, its {SPEC_FILE}, "
+                              "or a folder of API folders")
+            continue
+        if path.is_dir() and not (path / SPEC_FILE).is_file() and (path / "api.yml").is_file():
+            errors.append(f"{path / 'api.yml'}: the spec file must be named {SPEC_FILE} (did you mean "
+                          f"{path / SPEC_FILE}?)")
+            continue
+        targets.append(raw)
+    return targets, errors
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .loader import LoadError, import_predictor_class
 
-    specs, errors = load_specs(args.paths or ["apis"])
+    targets, errors = _validate_targets(args.paths or ["apis"])
+    specs, spec_errors = load_specs(targets) if targets else ({}, [])
+    errors += spec_errors
     for err in errors:
         print(f"✗ {err}")
     for folder, spec in specs.items():
@@ -90,24 +116,42 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="myelin", description="Serve Python predictors as HTTP APIs.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
 
-    local = sub.add_parser("local", help="serve every API under an apis folder on one local port")
-    local.add_argument("apis", nargs="?", default="apis", help="folder of API folders (default: apis)")
-    local.add_argument("--port", type=int, default=None, help=f"port (default: $PORT or {DEFAULT_PORT})")
-    local.add_argument("--host", default="127.0.0.1")
-    local.add_argument("--no-reload", action="store_true", help="do not reload APIs when their files change")
+    parser = argparse.ArgumentParser(prog="myelin", description="Serve Python predictors as HTTP APIs, on a laptop "
+                                     "(myelin local) and in a container (myelin serve).")
+    parser.add_argument("--version", action="version", version=f"myelin {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{local,serve,validate}")
+
+    local = sub.add_parser("local", help="serve every API under an apis folder (or one API folder) on one local port",
+                           description="Serve every API under APIS (a folder of API folders, or one API folder) on "
+                           "one local port, each API in its own server process; edits reload without dropping requests.")
+    local.add_argument("apis", nargs="?", default="apis",
+                       help="a folder of API folders, or one API folder (default: apis)")
+    local.add_argument("--port", type=int, default=None, help=f"port to listen on (default: $PORT or {DEFAULT_PORT})")
+    local.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for your network)")
+    local.add_argument("--no-reload", action="store_true",
+                       help="do not watch the folders: no reload on edits, no new or removed APIs picked up")
     local.set_defaults(func=cmd_local)
 
-    serve = sub.add_parser("serve", help="serve one API folder (the container entrypoint)")
-    serve.add_argument("api", help="the API folder (with api.yaml)")
-    serve.add_argument("--port", type=int, default=None, help=f"port (default: $PORT or {DEFAULT_PORT})")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
+    serve = sub.add_parser("serve", help="serve one API folder (the container entrypoint)",
+                           description="Serve one API folder: the container's entrypoint. Honours serving.processes; "
+                           "exits 1 if the API cannot load, 2 if the port is busy or the spec is invalid.")
+    serve.add_argument("api", help="the API folder (with api.yaml; $MYELIN_API_SPEC replaces the file when set)")
+    serve.add_argument("--port", type=int, default=None, help=f"port to listen on (default: $PORT or {DEFAULT_PORT})")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1; 0.0.0.0 in a container)")
+    serve.add_argument("--uds", default=None, metavar="PATH",
+                       help="listen on this Unix domain socket instead of a TCP port (myelin local uses it)")
     serve.set_defaults(func=cmd_serve)
 
-    validate = sub.add_parser("validate", help="check api.yaml files and predictor imports without serving")
-    validate.add_argument("paths", nargs="*", help="API folders or apis folders (default: apis)")
+    validate = sub.add_parser("validate", help="check api.yaml files and predictor imports without serving",
+                              description="Check specs and that each predictor imports and declares parameters "
+                              "the runtime can call, without loading models. Exit 1 on any error.")
+    validate.add_argument("paths", nargs="*",
+                          help="API folders, their api.yaml files, or folders of API folders (default: apis)")
     validate.set_defaults(func=cmd_validate)
     return parser
 

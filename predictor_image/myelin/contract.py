@@ -28,8 +28,9 @@ METRICS_PATH = "/metrics"
 INFO_PATH = "/info"
 DOCS_PATH = "/docs"
 OPENAPI_PATH = "/openapi.json"
+DOCS_ASSETS_PATH = "/docs-assets"
 #: Paths an API's `networking.endpoint` may not take.
-RESERVED_PATHS = (HEALTH_PATH, READY_PATH, METRICS_PATH, INFO_PATH, DOCS_PATH, OPENAPI_PATH)
+RESERVED_PATHS = (HEALTH_PATH, READY_PATH, METRICS_PATH, INFO_PATH, DOCS_PATH, OPENAPI_PATH, DOCS_ASSETS_PATH)
 
 # -- metrics (Prometheus names as scraped; counters get `_total` in the exposition) -------------
 METRIC_PREFIX = "myelin_"
@@ -40,6 +41,7 @@ IN_FLIGHT = "myelin_in_flight_requests"  # gauge {api}: the autoscaling signal
 QUEUE_LENGTH = "myelin_queue_length"  # gauge {api}
 BATCH_SIZE = "myelin_batch_size"  # histogram {api}
 READY_PROCESSES = "myelin_ready_processes"  # gauge {api}
+MODEL_LOAD = "myelin_model_load_seconds"  # gauge {api}: how long the predictor took to load
 STUCK = "myelin_stuck_predictions"  # gauge {api}: predicts still running past their request's deadline
 TARGET_IN_FLIGHT = "myelin_target_in_flight"  # gauge {api}: autoscaling.target_in_flight, for dashboards and alerts
 REJECTED = "myelin_rejected_requests"  # exposed as myelin_rejected_requests_total{api,reason}

@@ -60,8 +60,11 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
         predictor = runtime.predictor
         kwargs = _extras(runtime, scope) if predictor.wants_query_params or predictor.wants_headers else {}
         result = await runtime.invoker.invoke(payload, kwargs, deadline)
+        draining = runtime.state is State.DRAINING
         if isinstance(result, Response):
             result.headers.setdefault("x-request-id", request_id)
+            if draining:
+                result.headers["connection"] = "close"
             await result(scope, receive, send)
             status = result.status_code
         else:
@@ -69,7 +72,7 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
                 body_out, ctype = codec.encode(result)
             except TypeError as err:
                 raise _ServerFault(str(err)) from None
-            await send_body(send, 200, body_out, ctype, request_id)
+            await send_body(send, 200, body_out, ctype, request_id, draining)
             status = 200
             if ctype is codec.JSON and b"null" in body_out and codec.has_nonfinite(result):
                 runtime.log.event("warning", "result has NaN or Infinity, sent as null (JSON has neither)",

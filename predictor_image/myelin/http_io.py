@@ -119,11 +119,15 @@ async def send_error(send: Send, status: int, error_type: str, message: str, req
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_body(send: Send, status: int, body: bytes, content_type: bytes, request_id: str) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", content_type), (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", request_id.encode("latin-1")),
-    ]})
+async def send_body(send: Send, status: int, body: bytes, content_type: bytes, request_id: str,
+                    close: bool = False) -> None:
+    """One whole response. `close` (the replica is draining) tells the client not to reuse the connection:
+    its next request opens a new one, which the load balancer sends to another replica."""
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
+               (b"x-request-id", request_id.encode("latin-1"))]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client import disable_created_metrics, multiprocess
 
 from . import contract as c
@@ -35,6 +35,8 @@ class Metrics:
         # In multiprocess mode values live in files; exposition reads them, so no registry is needed here.
         self.registry = None if self.multiprocess else CollectorRegistry()
         reg = self.registry
+        if reg is not None:
+            ProcessCollector(registry=reg)  # process_* (CPU seconds, resident memory, open fds, start time)
         self.requests = Counter(c.REQUESTS, "Prediction requests answered, by status code.", [c.LABEL_API, c.LABEL_STATUS], registry=reg)
         self.latency = Histogram(
             c.REQUEST_DURATION, "Prediction latency from arrival to response, seconds.", [c.LABEL_API],
@@ -54,6 +56,10 @@ class Metrics:
             c.STUCK, "Predictions still running past their request's deadline (answered 504, still holding a slot).",
             [c.LABEL_API], registry=reg, **gauge_mode,
         )
+        self.model_load = Gauge(
+            c.MODEL_LOAD, "Seconds the predictor took to load (import and __init__).", [c.LABEL_API], registry=reg,
+            multiprocess_mode="livemax",
+        )
         self.target_in_flight = Gauge(
             c.TARGET_IN_FLIGHT, "autoscaling.target_in_flight: in-flight requests per replica the autoscaler aims for.",
             [c.LABEL_API], registry=reg, multiprocess_mode="livemax",
@@ -70,6 +76,8 @@ class Metrics:
         if self.multiprocess:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
+            # process_* of the worker that answers this scrape (each worker is one process of the replica).
+            ProcessCollector(registry=registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
 
@@ -102,6 +110,9 @@ class ApiMetrics:
             counter = self._status[status] = self._metrics.requests.labels(self._api, str(status))
         counter.inc()
         self.latency.observe(seconds)
+
+    def loaded(self, seconds: float) -> None:
+        self._metrics.model_load.labels(self._api).set(seconds)
 
     def reject(self, reason: str) -> None:
         counter = self._rejected.get(reason)

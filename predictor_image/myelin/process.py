@@ -59,8 +59,20 @@ class PortInUse(OSError):
     pass
 
 
-def bind(host: str, port: int, backlog: int = 4096) -> socket.socket:
-    """The listening socket, bound before anything else starts, so a busy port is the first and only error."""
+def bind(host: str, port: int, backlog: int = 4096, uds: str | None = None) -> socket.socket:
+    """The listening socket, bound before anything else starts, so a busy port is the first and only error.
+
+    With `uds`, a Unix domain socket at that path instead (how `myelin local` reaches its per-API servers).
+    """
+    if uds:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(uds)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(uds)
+        os.chmod(uds, 0o600)
+        sock.listen(backlog)
+        sock.set_inheritable(True)
+        return sock
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -74,6 +86,11 @@ def bind(host: str, port: int, backlog: int = 4096) -> socket.socket:
     sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
+
+
+#: After a drain, how long connections already accepted get to deliver a request (and have it refused)
+#: before they are closed.
+ACCEPTED_GRACE_S = 0.2
 
 
 class DrainingServer(uvicorn.Server):
@@ -118,6 +135,18 @@ class DrainingServer(uvicorn.Server):
             return
         self._draining = True
         self._loop.call_soon_threadsafe(self._start_drain)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting first, then give requests already on accepted connections a moment to be read
+        and refused (503 shutting_down, connection close) before uvicorn closes every idle connection:
+        closing a connection that has an unread request on it would lose that request without an answer."""
+        if self._draining and not self.force_exit:
+            for server in self.servers:
+                server.close()
+            for sock in sockets or []:
+                sock.close()
+            await asyncio.sleep(ACCEPTED_GRACE_S)
+        await super().shutdown(sockets)
 
     def _start_drain(self) -> None:
         async def drain_then_exit() -> None:
@@ -216,9 +245,10 @@ class Supervisor:
     RESTART_BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 5.0)
 
     def __init__(self, folder: Path, spec: ApiSpec, host: str, port: int, settings: Settings,
-                 log: RequestLog | None = None):
+                 log: RequestLog | None = None, uds: str | None = None):
         self.folder = folder
         self.settings = settings
+        self.uds = uds
         self.spec = spec
         self.host = host
         self.port = port
@@ -241,7 +271,7 @@ class Supervisor:
 
     def run(self) -> int:
         try:
-            sock = bind(self.host, self.port)
+            sock = bind(self.host, self.port, uds=self.uds)
         except PortInUse as err:
             print(f"myelin serve: {err}", file=sys.stderr, flush=True)
             return 2

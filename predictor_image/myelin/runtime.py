@@ -132,6 +132,8 @@ class ApiRuntime:
         threading.Thread(target=load_in_thread, name=f"load-{self.name}", daemon=True).start()
         await loaded
         self.load_seconds = time.perf_counter() - started
+        if self.state is State.READY:
+            self.metrics.loaded(self.load_seconds)
         if self.state is State.FAILED and self.load_error is not None:
             self.log.event(
                 "error", "predictor failed to load", api=self.name, where=self.load_error.where,

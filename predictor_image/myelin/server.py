@@ -19,11 +19,13 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
+from starlette.staticfiles import StaticFiles
 
 from .errors import error_body
 from .logs import RequestLog
 from .metrics import CONTENT_TYPE, Metrics
+from .openapi_doc import DOCS_ASSETS_PATH, operation, swagger_assets, swagger_page
 from .endpoint import handle_predict
 from .http_io import MAX_REQUEST_ID, new_request_id
 from .runtime import ApiRuntime, State
@@ -86,7 +88,7 @@ def public_spec(spec: ApiSpec) -> dict[str, Any]:
 class MyelinApp:
     def __init__(self, apis: Iterable[tuple[Path, ApiSpec]], *, processes: int | None = None,
                  log: RequestLog | None = None, metrics: Metrics | None = None,
-                 on_loaded: Callable[[ApiRuntime], None] | None = None, watch: bool = False,
+                 on_loaded: Callable[[ApiRuntime], None] | None = None,
                  expose_errors: bool = False, exit_when_stuck: bool = False,
                  exit_on_load_failure: int | None = None):
         self.log = log or RequestLog()
@@ -102,7 +104,6 @@ class MyelinApp:
         self.metrics = metrics or Metrics()
         self.processes = processes
         self.on_loaded = on_loaded
-        self.watch = watch
         self.runtimes: dict[str, ApiRuntime] = {}
         for folder, spec in apis:
             self.runtimes[spec.endpoint] = self.new_runtime(folder, spec)
@@ -149,10 +150,6 @@ class MyelinApp:
         for runtime in self.runtimes.values():
             self.spawn(self._start_runtime(runtime))
         self.spawn(self._sample_forever())
-        if self.watch:
-            from .reload import Reloader
-
-            self.spawn(Reloader(self).run())
 
     async def _start_runtime(self, runtime: ApiRuntime) -> None:
         await runtime.start()
@@ -226,7 +223,13 @@ class MyelinApp:
     # ------------------------------------------------------------------ control routes
     def _control_app(self) -> FastAPI:
         # No redirect for a trailing slash: Starlette would build it from the client's Host header.
-        app = FastAPI(title="Myelin", version="1", docs_url="/docs", redoc_url=None, redirect_slashes=False)
+        app = FastAPI(title="Myelin", version="1", docs_url=None, redoc_url=None, redirect_slashes=False)
+        # Swagger UI from an installed package: /docs works offline.
+        app.mount(DOCS_ASSETS_PATH, StaticFiles(directory=str(swagger_assets())), name="docs-assets")
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs() -> Response:
+            return swagger_page("/openapi.json", "Myelin")
 
         @app.get("/healthz", summary="Liveness: 200 while the server can serve; 503 once every prediction slot "
                  "has been held by predicts past their deadline for longer than serving.stuck_timeout.")
@@ -256,7 +259,7 @@ class MyelinApp:
                     "apis": {r.name: ("stuck" if r.wedged else r.state.value) for r in self.runtimes.values()}}
             return _json(body, 200 if ready else 503)
 
-        @app.get("/metrics", summary="Prometheus metrics (text format).")
+        @app.get("/metrics", summary="Prometheus metrics (text format).", response_class=PlainTextResponse)
         async def metrics() -> Response:
             self.sample_metrics()
             return Response(self.metrics.exposition(), media_type=CONTENT_TYPE.decode())
@@ -290,18 +293,11 @@ class MyelinApp:
 
     def _document_endpoint(self, app: FastAPI, runtime: ApiRuntime) -> None:
         """Describe the predict route in OpenAPI. Requests never reach this route: MyelinApp answers them first."""
-        responses = {
-            "400": {"description": "Malformed input"}, "401": {"description": "Missing or invalid API key"},
-            "413": {"description": "Body too large"}, "500": {"description": "Predictor failure"},
-            "503": {"description": "Overloaded, loading or draining"}, "504": {"description": "Timed out"},
-        }
-        body_schema = {"content": {
-            "application/json": {"schema": {}}, "text/plain": {"schema": {"type": "string"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        }}
+        op = operation(runtime.spec, runtime.folder)
 
         async def documented(request: Request) -> Response:  # pragma: no cover - shadowed by the hot path
             return _json({})
 
-        app.add_api_route(runtime.endpoint, documented, methods=["POST"], summary=f"Predict with {runtime.name}",
-                          responses=responses, openapi_extra={"requestBody": body_schema}, name=runtime.name)
+        app.add_api_route(runtime.endpoint, documented, methods=["POST"], summary=op["summary"],
+                          responses=op["responses"], openapi_extra={"requestBody": op["requestBody"]},
+                          name=runtime.name, operation_id=op["operationId"])

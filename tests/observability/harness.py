@@ -8,7 +8,7 @@ relabelling rules and a target carrying the `__meta_kubernetes_*` labels Kuberne
 that pod, and an exporter of the kube-state-metrics, DCGM and Fluent Bit series (synthetic: no cluster or
 GPU here; names and labels as those exporters emit them) so every dashboard and alert query has data.
 
-Used by tests/observability/test_prometheus_e2e.py and by `make dashboard-png`.
+Used by tests/observability/test_prometheus_e2e.py and by `make docs-images`.
 """
 
 from __future__ import annotations

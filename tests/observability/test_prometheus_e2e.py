@@ -7,7 +7,7 @@ labels its consumers group by, the in-flight query must track the load, and Prom
 alert rule without error.
 
 `MYELIN_DASHBOARD_PNG=docs/dashboard-api.png` also renders the per-API dashboard's main panels from this
-run's data (`make dashboard-png`).
+run's data (`make docs-images`).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ def test_sigterm_under_a_stream(start_server):
     current: dict[int, float | None] = {}
     signalled_at: list[float] = []
     refusals: list[str] = []
+    finished_in_drain: list[str | None] = []  # Connection header of 200s for requests in flight at SIGTERM
     lock = threading.Lock()
 
     def client(i: int) -> None:
@@ -36,6 +37,10 @@ def test_sigterm_under_a_stream(start_server):
                 with lock:
                     current[i] = None
                 (before if pre else after).add(outcome)
+                if pre and outcome == 200:
+                    with lock:
+                        if signalled_at:
+                            finished_in_drain.append(response.headers.get("connection"))
                 if not pre:
                     if outcome == 503:
                         refusals.append((response.json()["error"]["type"], response.headers.get("retry-after")))
@@ -69,4 +74,7 @@ def test_sigterm_under_a_stream(start_server):
     assert set(after.counts) <= {503, "refused"}, after.counts            # later ones refused cleanly
     assert after.counts[503] + after.counts["refused"] >= CLIENTS
     assert set(refusals) <= {("shutting_down", "1")}, set(refusals)
+    # Answers given while draining close their connection, so no client reuses one the server is about to
+    # close (a request sent on it at that moment would be lost in transit, not refused).
+    assert finished_in_drain and set(finished_in_drain) == {"close"}, finished_in_drain
     assert code == 0 and exited_after < DRAIN_TIMEOUT_S + 3  # inside the grace period (+ uvicorn's final close)

@@ -77,7 +77,8 @@ def test_edits_reload_without_dropping_a_request(start_server, tmp_path):
         assert broken.splitlines()[6 - 1] == "class Predictor(:"
         marks = [len(s) for s in seen]
         _write(folder / "predictor.py", broken)
-        _wait_for(lambda: "reload failed" in server.stderr(), 20, "the failed reload reported")
+        _wait_for(lambda: any(e.get("message") == "reload refused" for e in server.log_lines()), 20,
+                  "the refused reload reported")
         time.sleep(1.0)
     finally:
         stop.set()
@@ -91,7 +92,11 @@ def test_edits_reload_without_dropping_a_request(start_server, tmp_path):
         assert s == sorted(s), "a client went back to an older version"
     after_broken = [v for i, s in enumerate(seen) for v in s[marks[i]:]]
     assert after_broken and set(after_broken) == {(2, "b")}  # the broken version never served
-    err = server.stderr()
-    line = next(l for l in err.splitlines() if "reload failed" in l)
-    assert "predictor.py, line 6" in line and "SyntaxError" in line, line
-    assert '"reload failed: keeping the previous version"' in server.stdout()  # and a JSON log event
+    # Not on a terminal: the console's lines are JSON events; the refused version names file, line and error,
+    # and /info says which version serves and why the newer one was refused.
+    (refused,) = [e for e in server.log_lines() if e.get("message") == "reload refused"]
+    assert "predictor.py, line 6" in refused["error"] and "SyntaxError" in refused["error"], refused
+    assert refused["previous_version_serving"] is True
+    (api,) = httpx.get(f"{server.base}/info").json()["apis"]
+    assert api["state"] == "ready" and api["version"] == 3 and api["refused"]["version"] == 4
+    assert "SyntaxError" in api["refused"]["error"]

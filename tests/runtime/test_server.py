@@ -144,7 +144,9 @@ def test_metrics_names_and_counts(echo):
     for name in ("myelin_in_flight_requests", "myelin_queue_length", "myelin_batch_size", "myelin_ready_processes"):
         assert name in text
     metric_lines = [l for l in text.splitlines() if l and not l.startswith("#")]
-    assert all(l.startswith("myelin_") for l in metric_lines), metric_lines
+    # Myelin's own series and the process collector's (memory, CPU, open files); no python_gc_* noise.
+    assert all(l.startswith(("myelin_", "process_")) for l in metric_lines), metric_lines
+    assert any(l.startswith("process_resident_memory_bytes") for l in metric_lines)
 
 
 def test_readyz_503_until_loaded(start_server):

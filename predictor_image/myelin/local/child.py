@@ -1,0 +1,162 @@
+"""One API's server process under `myelin local`: `myelin serve <folder> --uds <socket>`, its output and lifecycle.
+
+Each API runs in a process of its own, as in its container: its own modules (two APIs may both `import helper`),
+its own `predictor.env`, its own `serving.processes`. The router talks to it over a private Unix socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+from ..contract import READY_PATH
+
+_LOADED = "loaded in "
+_FAILED = "failed to load: "
+
+
+class ChildState(str, enum.Enum):
+    STARTING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """The child gets SIGTERM (a drain) when `myelin local` dies, however it dies (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class ApiProcess:
+    """A child server for one version (generation) of one API folder."""
+
+    def __init__(self, name: str, folder: Path, generation: int, socket_dir: Path,
+                 on_stdout: Callable[["ApiProcess", bytes], None], on_stderr: Callable[["ApiProcess", str], None],
+                 endpoint: str | None = None, max_body: int = 10 * 2**20):
+        self.name = name
+        self.endpoint = endpoint
+        self.max_body = max_body
+        self.folder = folder
+        self.generation = generation
+        self.uds = socket_dir / f"{name}-{generation}.sock"
+        self.state = ChildState.STARTING
+        self.error: str | None = None
+        self.traceback: str | None = None  # of a load failure, from the child's log
+        self.load_seconds: float | None = None
+        self.in_flight = 0  # requests the router is proxying to it
+        self._on_stdout = on_stdout
+        self._on_stderr = on_stderr
+        self._proc: asyncio.subprocess.Process | None = None
+        self._pumps: list[asyncio.Task] = []
+        self._stderr_tail: list[str] = []
+        self._started = 0.0
+        self.client: httpx.AsyncClient | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    # ------------------------------------------------------------------ start
+    async def start(self) -> bool:
+        """Start the server and wait until it is ready (True) or has failed (False, `error` says why)."""
+        self._started = time.monotonic()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("PORT", None)
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "myelin.cli", "serve", str(self.folder), "--uds", str(self.uds),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env, preexec_fn=_die_with_parent,
+        )
+        self._pumps = [asyncio.create_task(self._pump_stdout()), asyncio.create_task(self._pump_stderr())]
+        self.client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(self.uds)),
+                                        base_url="http://myelin-local", timeout=None)
+        while True:
+            if self._proc.returncode is not None:
+                await asyncio.gather(*self._pumps, return_exceptions=True)  # the last words on stderr
+                self.state = ChildState.FAILED
+                self.error = self.error or self._tail_error()
+                await self._close_client()
+                return False
+            if self.uds.exists():
+                try:
+                    r = await self.client.get(READY_PATH, timeout=2)
+                    if r.status_code == 200:
+                        self.state = ChildState.READY
+                        if self.load_seconds is None:
+                            self.load_seconds = time.monotonic() - self._started
+                        return True
+                except httpx.HTTPError:
+                    pass
+            await asyncio.sleep(0.05)
+
+    def _tail_error(self) -> str:
+        lines = [line for line in self._stderr_tail if line.strip()]
+        code = self._proc.returncode if self._proc else None
+        return lines[-1] if lines else f"the server exited with code {code} before it was ready"
+
+    async def _pump_stdout(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        async for line in self._proc.stdout:
+            self._on_stdout(self, line)
+
+    async def _pump_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        async for raw in self._proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if _FAILED in line and line.startswith("myelin serve: "):
+                self.error = line.split(_FAILED, 1)[1]
+                continue  # said once, by the router's console
+            if line.startswith("myelin: ") and (_LOADED in line or " at unix:" in line):
+                if _LOADED in line:
+                    with contextlib.suppress(ValueError):
+                        self.load_seconds = float(line.split(_LOADED, 1)[1].split("s", 1)[0])
+                continue
+            self._stderr_tail = (self._stderr_tail + [line])[-20:]
+            self._on_stderr(self, line)
+
+    # ------------------------------------------------------------------ stop
+    async def stop(self, drain_timeout: float) -> None:
+        """Drain (SIGTERM: in-flight requests finish), then make sure it is gone."""
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            self.state = ChildState.DRAINING
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), drain_timeout + 5)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if proc is not None:
+            await asyncio.gather(*self._pumps, return_exceptions=True)
+        self.state = ChildState.STOPPED if self.state is not ChildState.FAILED else self.state
+        await self._close_client()
+        with contextlib.suppress(FileNotFoundError):
+            self.uds.unlink()
+
+    def kill_now(self) -> None:
+        """Synchronous last resort (the router exits): no drain."""
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+
+    async def _close_client(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
