@@ -7,6 +7,7 @@ from components import (
     Addons,
     ApiNamespace,
     Cluster,
+    ColdStartResponder,
     Network,
     PredictorApi,
     PredictorApiArgs,
@@ -28,9 +29,17 @@ cluster = Cluster(cluster_name, cfg.cluster, network, stack)
 existing = cfg.cluster.existing
 vpc_id = existing.vpc_id if existing else network.vpc_id
 vpc_cidr = existing.vpc_cidr if existing else network.vpc_cidr
-addons = Addons(cluster_name, cfg, cluster, vpc_id, [d.spec.name for d in settings.apis])
+to_zero = [d.spec for d in settings.apis if d.spec.autoscaling.min_replicas == 0]
+addons = Addons(cluster_name, cfg, cluster, vpc_id, [d.spec.name for d in settings.apis], scale_to_zero=bool(to_zero))
 k8s_opts = pulumi.ResourceOptions(provider=cluster.provider)
 namespace = ApiNamespace(f"{cluster_name}-apis", API_NAMESPACE, opts=k8s_opts)
+if to_zero:
+    # Answers requests held past their deadline while an API scales from zero (503 + Retry-After).
+    ColdStartResponder(
+        f"{cluster_name}-cold-start", to_zero, namespace.name, stack, cfg.pods, PROMETHEUS_URL, MONITORING_NAMESPACE,
+        PROMETHEUS_POD_LABELS, node_pools=existing is None, force_delete_images=stack != "prod",
+        after=[addons, namespace], opts=k8s_opts,
+    )
 
 endpoints = {}
 generated_keys = {}

@@ -1,7 +1,7 @@
 """Myelin's infrastructure: Pulumi ComponentResources wired together by `__main__.py`."""
 
 from .addons import Addons
-from .apis import ApiNamespace, PredictorApi, PredictorApiArgs
+from .apis import ApiNamespace, ColdStartResponder, PredictorApi, PredictorApiArgs
 from .cluster import Cluster
 from .config import Settings, StackConfigError, load_settings, read_pulumi_config
 from .network import Network
@@ -10,6 +10,7 @@ __all__ = [
     "Addons",
     "ApiNamespace",
     "Cluster",
+    "ColdStartResponder",
     "Network",
     "PredictorApi",
     "PredictorApiArgs",

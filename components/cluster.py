@@ -28,6 +28,10 @@ from .labels import CAPACITY_LABEL, POOL_LABEL
 from .network import Network
 
 GPU_TAINT_KEY = "nvidia.com/gpu"
+#: cluster-autoscaler reads a node group's labels and taints from these ASG tags when the group has no node to
+#: look at (kubernetes/autoscaler cluster-autoscaler-1.34.1 cluster-autoscaler/cloudprovider/aws/README.md,
+#: "Auto-Discovery Setup" / scaling a node group to 0): a pending GPU pod then brings a GPU group back from zero.
+NODE_TEMPLATE_TAG = "k8s.io/cluster-autoscaler/node-template/"
 GPU_NODE_SELECTOR = {POOL_LABEL: "gpu"}
 CPU_NODE_SELECTOR = {POOL_LABEL: "cpu"}
 SYSTEM_NODE_SELECTOR = {POOL_LABEL: "system"}
@@ -253,6 +257,8 @@ class Cluster(pulumi.ComponentResource):
                     ignore_changes=["scalingConfig.desiredSize"],
                 ),
             )
+            if not fixed:
+                self._node_template_tags(group, ng, labels, accelerator is not None)
             self.node_group_resources.append(ng)
             self.node_groups.append(NodeGroupInfo(group, pool, capacity, accelerator))
 
@@ -291,3 +297,18 @@ class Cluster(pulumi.ComponentResource):
         self.provider = k8s.Provider(f"{name}-k8s", kubeconfig=self.kubeconfig,
                                      opts=pulumi.ResourceOptions(parent=self, depends_on=self.node_group_resources))
         self.register_outputs({"cluster_name": self.cluster_name, "kubeconfig": self.kubeconfig})
+
+    def _node_template_tags(self, group: str, ng: aws.eks.NodeGroup, labels: dict[str, str], gpu: bool) -> None:
+        """The group's labels (and GPU taint) as tags on its Auto Scaling group: EKS keeps node group tags on the
+        node group, while the autoscaler reads the ASG's."""
+        asg_name = ng.resources.apply(lambda r: r[0].autoscaling_groups[0].name)
+        tags = {f"{NODE_TEMPLATE_TAG}label/{k}": v for k, v in labels.items()}
+        if gpu:
+            tags[f"{NODE_TEMPLATE_TAG}taint/{GPU_TAINT_KEY}"] = "true:NoSchedule"
+        for i, (key, value) in enumerate(sorted(tags.items())):
+            aws.autoscaling.Tag(
+                f"{group}-template-{i}",
+                autoscaling_group_name=asg_name,
+                tag=aws.autoscaling.TagTagArgs(key=key, value=value, propagate_at_launch=False),
+                opts=pulumi.ResourceOptions(parent=ng),
+            )

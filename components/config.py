@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -299,6 +300,12 @@ def parse_stack_config(raw: Mapping[str, Any], stack: str, region: str, source: 
         raise StackConfigError(source, _problems(err)) from None
 
 
+#: HPA behavior's stabilizationWindowSeconds maximum (KEDA's ScaledObject CRD v2.20.2 carries the same bound).
+HPA_MAX_STABILIZATION_S = 3600
+#: For APIs scaled to zero: the interceptor's request deadline over serving.timeout (components/apis/scale_to_zero.py).
+SCALE_TO_ZERO_SLACK_S = 10
+
+
 def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) -> tuple[DeployedApi, ...]:
     root = (repo_root / config.apis_dir).resolve()
     deployed: list[DeployedApi] = []
@@ -312,14 +319,21 @@ def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) 
         problems = []
         if spec.compute.gpu and config.cluster.gpu_nodes is None and config.cluster.existing is None:
             problems.append(("compute.gpu", "the API needs GPUs but the stack has no myelin:cluster.gpu_nodes"))
-        if spec.autoscaling.min_replicas == 0 and spec.autoscaling.max_replicas > 0:
-            problems.append(
-                (
-                    "autoscaling.min_replicas",
-                    "0 is not supported in the cloud: with no pod there is no in-flight metric to wake the API up; "
-                    "override it to at least 1 in the stack's myelin:apis.<name>.overrides",
-                )
-            )
+        a = spec.autoscaling
+        for field_name in ("upscale_stabilization", "downscale_stabilization"):
+            if getattr(a, field_name).seconds > HPA_MAX_STABILIZATION_S:
+                problems.append((f"autoscaling.{field_name}", f"at most {HPA_MAX_STABILIZATION_S // 60}m in the cloud "
+                                 "(the HPA's stabilizationWindowSeconds limit)"))
+        if a.min_replicas == 0:
+            # Held by the interceptor for up to serving.timeout, then answered within what is left of it (or by
+            # the cold-start responder): the ALB must not time the idle connection out first.
+            need = math.ceil(spec.serving.timeout.seconds) + SCALE_TO_ZERO_SLACK_S
+            if config.ingress.idle_timeout_seconds < need:
+                problems.append(("serving.timeout", (
+                    f"{spec.serving.timeout} with autoscaling.min_replicas 0: a request is held while the API scales "
+                    f"from zero for up to serving.timeout, so {NAMESPACE}:ingress.idle_timeout_seconds must be at "
+                    f"least {need} (it is {config.ingress.idle_timeout_seconds}), or the load balancer answers 504 "
+                    "first")))
         if problems:
             raise SpecError(f"{folder / 'api.yaml'} (stack {config.stack})", problems)
         deployed.append(DeployedApi(folder=folder, spec=spec))

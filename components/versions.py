@@ -51,6 +51,26 @@ AWS_LOAD_BALANCER_CONTROLLER = Chart(
 # kedacore/charts tag v2.20.2 keda/values.yaml; KEDA 2.20 supports Kubernetes 1.33-1.35
 # (kedacore/keda-docs content/docs/2.20/operate/cluster.md, "Kubernetes Compatibility").
 KEDA = Chart("keda", "https://kedacore.github.io/charts", "2.20.2", ("nodeSelector",), kubernetes=("1.33", "1.35"))
+# kedacore/charts commit c4b92e9 ("release v0.15.0") http-add-on/values.yaml: the KEDA HTTP add-on v0.15.0, whose
+# interceptor holds requests while an API scales from zero (tested upstream with KEDA 2.20 on Kubernetes 1.34-1.36:
+# kedacore/http-add-on v0.15.0 Makefile KEDA_VERSION and .github/workflows/e2e-tests.yaml). Installed only when an
+# API has autoscaling.min_replicas 0.
+KEDA_HTTP_ADD_ON = Chart(
+    "keda-add-ons-http", "https://kedacore.github.io/charts", "0.15.0",
+    ("interceptor.replicas.min", "interceptor.replicas.max", "interceptor.nodeSelector", "interceptor.podAnnotations",
+     "interceptor.resources", "interceptor.responseHeaderTimeout", "operator.nodeSelector", "operator.resources",
+     "scaler.nodeSelector", "scaler.replicas", "scaler.resources"),
+    kubernetes=("1.34", "1.36"),
+)
+#: The add-on's Services (templates/interceptor/service-proxy.yaml, service-admin.yaml, scaler/service.yaml at that
+#: commit: `<chart name>-<values key>`), in the release namespace, and the interceptor pods' labels
+#: (templates/interceptor/deployment.yaml).
+KEDA_HTTP_PROXY_SERVICE = "keda-add-ons-http-interceptor-proxy"
+KEDA_HTTP_PROXY_PORT = 8080
+KEDA_HTTP_ADMIN_PORT = 9090  # GET /readyz: the ALB's health check of the interceptor
+KEDA_HTTP_SCALER_SERVICE = "keda-add-ons-http-external-scaler"
+KEDA_HTTP_SCALER_PORT = 9090
+KEDA_HTTP_INTERCEPTOR_LABELS = {"app.kubernetes.io/component": "interceptor", "app.kubernetes.io/name": "http-add-on"}
 # prometheus-community/helm-charts tag prometheus-27.41.0 charts/prometheus/values.yaml, with its subcharts
 # alertmanager 1.27.* and kube-state-metrics 6.3.* (their values under the subchart's key).
 PROMETHEUS = Chart(
@@ -87,6 +107,7 @@ ALL_CHARTS = (
     CLUSTER_AUTOSCALER,
     AWS_LOAD_BALANCER_CONTROLLER,
     KEDA,
+    KEDA_HTTP_ADD_ON,
     PROMETHEUS,
     AWS_FOR_FLUENT_BIT,
     GRAFANA,

@@ -59,7 +59,7 @@ class ServerProcess:
         while time.monotonic() < deadline:
             try:
                 states = {a["name"]: a["state"] for a in httpx.get(self.base + "/info", timeout=2).json()["apis"]}
-                if states and all(s in ("ready", "failed") for s in states.values()):
+                if states and all(s in ("ready", "failed", "idle") for s in states.values()):
                     return states
             except (httpx.HTTPError, ValueError, KeyError):
                 pass

@@ -25,6 +25,7 @@ from .dcgm_exporter import DcgmExporter
 from .fluent_bit import FluentBit
 from .grafana import Grafana
 from .keda import Keda
+from .keda_http import KedaHttpAddOn
 from .load_balancer_controller import READINESS_GATE_LABEL, LoadBalancerController
 from .metrics_server import MetricsServer
 from .nvidia_device_plugin import NvidiaDevicePlugin
@@ -42,7 +43,7 @@ class Addons(pulumi.ComponentResource):
     grafana_admin_password: pulumi.Output[str] | None = None
 
     def __init__(self, name: str, config: StackConfig, cluster: Cluster, vpc_id: pulumi.Input[str],
-                 api_names: list[str], opts: pulumi.ResourceOptions | None = None):
+                 api_names: list[str], scale_to_zero: bool = False, opts: pulumi.ResourceOptions | None = None):
         super().__init__("myelin:infra:Addons", name, None, opts)
         ctx = AddonContext(self, name, config, cluster)
         ctx.namespace(MONITORING_NAMESPACE, "baseline", "prometheus-server runs with the chart's baseline security context")
@@ -59,6 +60,8 @@ class Addons(pulumi.ComponentResource):
         self.cluster_autoscaler = ClusterAutoscaler(ctx)
         self.load_balancer_controller = LoadBalancerController(ctx, vpc_id)
         self.keda = Keda(ctx)
+        if scale_to_zero:  # an API with autoscaling.min_replicas 0: its requests are held while it wakes
+            self.keda_http = KedaHttpAddOn(ctx, self.keda.release)
         self.prometheus = Prometheus(ctx, api_names)
         if config.observability.grafana.enabled:
             self.grafana = Grafana(ctx)

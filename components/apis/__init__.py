@@ -1,8 +1,9 @@
 """The APIs in the cluster: what every kind shares (shared.py, autoscaling.py, namespace.py) and one module
-per kind (realtime.py for `kind: RealtimeAPI`)."""
+per kind (realtime.py for `kind: RealtimeAPI`); scale to zero (scale_to_zero.py, cold_start.py)."""
 
+from .cold_start import ColdStartResponder
 from .namespace import ApiNamespace
 from .realtime import PredictorApi
 from .shared import PredictorApiArgs
 
-__all__ = ["ApiNamespace", "PredictorApi", "PredictorApiArgs"]
+__all__ = ["ApiNamespace", "ColdStartResponder", "PredictorApi", "PredictorApiArgs"]

@@ -43,8 +43,9 @@ def hpa_behavior(spec: ApiSpec) -> dict[str, Any]:
 
 def scaled_object(name: str, spec: ApiSpec, metadata: k8s.meta.v1.ObjectMetaArgs, deployment_name: str,
                   triggers: list[dict[str, Any]], opts: pulumi.ResourceOptions,
-                  min_replicas: int | None = None) -> k8s.apiextensions.CustomResource:
+                  min_replicas: int | None = None, cooldown_seconds: int | None = None) -> k8s.apiextensions.CustomResource:
     a = spec.autoscaling
+    extra = {} if cooldown_seconds is None else {"cooldownPeriod": cooldown_seconds}
     return k8s.apiextensions.CustomResource(
         f"{name}-scaledobject",
         api_version="keda.sh/v1alpha1",
@@ -55,6 +56,8 @@ def scaled_object(name: str, spec: ApiSpec, metadata: k8s.meta.v1.ObjectMetaArgs
             "pollingInterval": KEDA_POLLING_SECONDS,
             "minReplicaCount": a.min_replicas if min_replicas is None else min_replicas,
             "maxReplicaCount": a.max_replicas,
+            # With minReplicaCount 0: how long every trigger must be inactive before KEDA scales to zero.
+            **extra,
             "advanced": {
                 "restoreToOriginalReplicaCount": False,
                 "horizontalPodAutoscalerConfig": {"name": deployment_name, "behavior": hpa_behavior(spec)},

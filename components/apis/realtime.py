@@ -14,6 +14,15 @@ import pulumi_kubernetes as k8s
 from ..image import PredictorImage
 from ..versions import CPU_BASE_IMAGE, CPU_TORCH_INDEX, GPU_BASE_IMAGE, GPU_TORCH_INDEX
 from .autoscaling import autoscaled, in_flight_trigger, plain, scaled_object
+from .scale_to_zero import (
+    ALB_TRACE_HEADER,
+    ARRIVAL_HEADER_ENV,
+    interceptor_backend,
+    interceptor_peer,
+    interceptor_route,
+    push_trigger,
+    scales_to_zero,
+)
 from .shared import Parts, PredictorApiArgs, labels_for
 
 
@@ -37,6 +46,9 @@ class PredictorApi(pulumi.ComponentResource):
         self.secret = parts.api_keys_secret()
 
         a = spec.autoscaling
+        to_zero = scales_to_zero(spec)
+        # Scaled to zero: the load balancer's trace header tells the runtime when a held request arrived.
+        extra_env = {ARRIVAL_HEADER_ENV: ALB_TRACE_HEADER} if to_zero else None
         rollout = args.pods.rollout_seconds(spec.compute.gpu > 0)
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
@@ -55,20 +67,28 @@ class PredictorApi(pulumi.ComponentResource):
                         max_unavailable=spec.update_strategy.max_unavailable,
                     ),
                 ),
-                template=parts.pod_template(self.image.ref, sa, self.secret),
+                template=parts.pod_template(self.image.ref, sa, self.secret, extra_env),
             ),
             opts=parts.opts(self.secret, custom_timeouts=parts.rollout_timeouts()),
         )
         self.service = parts.service()
         self.scaled_object = None
+        self.route = None
+        triggers = [in_flight_trigger(spec, plain(args.namespace), args.prometheus_url)]
+        if to_zero:
+            hosts = [args.ingress.domain] if args.ingress.domain and spec.networking.visibility == "public" else None
+            self.route = interceptor_route(name, spec, parts.meta(), self.service.metadata.name, hosts, parts.opts())
+            triggers.append(push_trigger(spec.name))
         if autoscaled(spec):
             self.scaled_object = scaled_object(
-                name, spec, parts.meta(), spec.name,
-                [in_flight_trigger(spec, plain(args.namespace), args.prometheus_url)],
-                parts.opts(self.deployment),
+                name, spec, parts.meta(), spec.name, triggers,
+                # The route first: a ScaledObject naming a route the scaler cannot find gets no metric.
+                parts.opts(self.deployment, self.route),
+                cooldown_seconds=int(a.downscale_stabilization.seconds) if to_zero else None,
             )
         self.pdb = parts.pdb()
-        self.network_policy = parts.network_policy()
-        self.ingress = parts.ingress(self.service, self.deployment)
+        self.network_policy = parts.network_policy(*([interceptor_peer()] if to_zero else []))
+        self.ingress = parts.ingress(self.service, self.deployment, *([self.route] if to_zero else []),
+                                     via=interceptor_backend() if to_zero else None)
         self.url = parts.url(self.ingress)
         self.register_outputs({"url": self.url})

@@ -53,6 +53,17 @@ class PredictorApiArgs:
     after: list[pulumi.Resource] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class IngressBackend:
+    """An Ingress backend other than the API's own Service: a Service in another namespace, by port number."""
+
+    namespace: str
+    service: str
+    port: int
+    annotations: dict[str, str]
+    suffix: str = ""
+
+
 def labels_for(spec: ApiSpec) -> dict[str, str]:
     # No label named `api`: Prometheus copies pod labels onto samples and would clash with the metric's label.
     return {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/instance": spec.name}
@@ -105,7 +116,8 @@ class Parts:
 
     # ------------------------------------------------------------------ pods
     def pod_template(self, image: pulumi.Input[str], service_account: k8s.core.v1.ServiceAccount,
-                     secret: k8s.core.v1.Secret | None) -> k8s.core.v1.PodTemplateSpecArgs:
+                     secret: k8s.core.v1.Secret | None,
+                     extra_env: dict[str, str] | None = None) -> k8s.core.v1.PodTemplateSpecArgs:
         spec, args = self.spec, self.args
         gpu = spec.compute.gpu > 0
         env: list[k8s.core.v1.EnvVarArgs] = [
@@ -117,6 +129,7 @@ class Parts:
             # Keep idle connections open longer than the ALB does, or it reuses one the server just
             # closed and answers 502 (the ALB's idle timeout is set on the Ingress below).
             k8s.core.v1.EnvVarArgs(name="MYELIN_KEEP_ALIVE_TIMEOUT", value=str(args.ingress.idle_timeout_seconds + 5)),
+            *(k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in (extra_env or {}).items()),
         ]
         resources: dict[str, dict[str, str]] = {
             "requests": {"cpu": spec.compute.cpu, "memory": spec.compute.mem},
@@ -262,7 +275,7 @@ class Parts:
             opts=self.opts(),
         )
 
-    def network_policy(self) -> k8s.networking.v1.NetworkPolicy:
+    def network_policy(self, *extra_ingress: k8s.networking.v1.NetworkPolicyPeerArgs) -> k8s.networking.v1.NetworkPolicy:
         """In: the API's load balancer (by the addresses of its subnets) and Prometheus, on the port. Out: DNS and
         what `networking.egress` declares. The namespace denies everything else (ApiNamespace)."""
         spec, args = self.spec, self.args
@@ -307,17 +320,33 @@ class Parts:
                         )],
                         ports=port,
                     ),
+                    # Peers of this API's kind (the interceptor that forwards held requests to an API scaled to zero).
+                    *(np.NetworkPolicyIngressRuleArgs(from_=[peer], ports=port) for peer in extra_ingress),
                 ],
                 egress=egress,
             ),
             opts=self.opts(),
         )
 
-    def ingress(self, service: k8s.core.v1.Service, *depends_on: pulumi.Resource) -> k8s.networking.v1.Ingress:
+    def ingress(self, service: k8s.core.v1.Service, *depends_on: pulumi.Resource,
+                via: "IngressBackend | None" = None) -> k8s.networking.v1.Ingress:
+        """The API's path on the stack's shared ALB; to its Service, or `via` another backend (the interceptor
+        that holds requests of an API scaled to zero, in its own namespace)."""
         spec, args = self.spec, self.args
+        annotations = ingress_annotations(spec, args)
+        if via is None:
+            backend = k8s.networking.v1.IngressServiceBackendArgs(
+                name=service.metadata.name, port=k8s.networking.v1.ServiceBackendPortArgs(name="http"))
+            metadata = self.meta(annotations=annotations)
+        else:
+            backend = k8s.networking.v1.IngressServiceBackendArgs(
+                name=via.service, port=k8s.networking.v1.ServiceBackendPortArgs(number=via.port))
+            annotations.update(via.annotations)
+            metadata = k8s.meta.v1.ObjectMetaArgs(name=f"{spec.name}{via.suffix}", namespace=via.namespace,
+                                                  labels=all_labels(spec), annotations=annotations)
         return k8s.networking.v1.Ingress(
             f"{self.name}-ingress",
-            metadata=self.meta(annotations=ingress_annotations(spec, args)),
+            metadata=metadata,
             spec=k8s.networking.v1.IngressSpecArgs(
                 ingress_class_name="alb",
                 rules=[
@@ -329,12 +358,7 @@ class Parts:
                                 k8s.networking.v1.HTTPIngressPathArgs(
                                     path=spec.endpoint,
                                     path_type="Exact",
-                                    backend=k8s.networking.v1.IngressBackendArgs(
-                                        service=k8s.networking.v1.IngressServiceBackendArgs(
-                                            name=service.metadata.name,
-                                            port=k8s.networking.v1.ServiceBackendPortArgs(name="http"),
-                                        )
-                                    ),
+                                    backend=k8s.networking.v1.IngressBackendArgs(service=backend),
                                 )
                             ]
                         ),

@@ -67,6 +67,9 @@ def api_dashboard() -> dict[str, Any]:
         ("Batching: mean batch size and batches/s", [p["batch_size_mean"], p["batches_per_second"]], "short", False),
         ("Replicas: desired, ready, serving", [p["replicas_desired"], p["replicas_ready"], p["ready_pods"]],
          "short", False),
+        ("Scale to zero: replicas woken (1h) and requests at the interceptor", [p["cold_starts"], p["held_requests"]],
+         "short", False),
+        ("Scale to zero: mean cold start (1d)", [p["cold_start_mean"]], "s", False),
     ]
     variable = {
         "name": "api", "label": "API", "type": "query", "datasource": DATASOURCE, "refresh": 2, "sort": 1,
@@ -76,7 +79,7 @@ def api_dashboard() -> dict[str, Any]:
     }
     return _dashboard("myelin-api", "Myelin / API", _layout(groups), [variable],
                       "One API: traffic, errors, latency, in-flight against the autoscaling target, queue, "
-                      "admission refusals, batching and replicas.")
+                      "admission refusals, batching, replicas and, for an API scaled to zero, its cold starts.")
 
 
 def cluster_dashboard() -> dict[str, Any]:

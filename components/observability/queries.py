@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from myelin import contract as c
+from myelin.cold_start import mean_cold_start_query
 
 from .. import labels
 from ..labels import ksm_label
@@ -95,6 +96,16 @@ def api_panels(api: str = API_VAR, window: str = RATE_WINDOW_VAR, namespace: str
               source="kube-state-metrics"),
         Panel("replicas_ready", "Replicas ready", f"max(kube_deployment_status_replicas_ready{deploy})", "ready",
               source="kube-state-metrics"),
+        # Scale to zero (autoscaling.min_replicas 0): cold starts, how long they take (the cold-start responder's
+        # Retry-After estimate), and the requests KEDA's interceptor holds or forwards for the API right now.
+        # A replica counts its own cold start once, before its first scrape: max, not increase().
+        Panel("cold_starts", "Replicas woken from zero (seen in the last hour)",
+              f"sum(max_over_time({c.COLD_STARTS_TOTAL}{s}[1h]))", "woken replicas"),
+        Panel("cold_start_mean", "Mean cold start over the last day", mean_cold_start_query(api), "mean cold start",
+              "s"),
+        Panel("held_requests", "Requests at the interceptor (held or in flight)",
+              f'sum(interceptor_request_concurrency{_sel(route_name=api, route_namespace=namespace)})',
+              "at the interceptor", source="keda-http-add-on"),
     ]
 
 

@@ -115,6 +115,12 @@ def cmd_local(args: argparse.Namespace) -> int:
     return serve_local(args.apis, args.host, _port(args.port), _settings("myelin local"), reload=not args.no_reload)
 
 
+def cmd_cold_start(args: argparse.Namespace) -> int:
+    from .cold_start import serve
+
+    return serve(args.host, _port(args.port), _settings("myelin cold-start"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -153,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("paths", nargs="*",
                           help="API folders, their api.yaml files, or folders of API folders (default: apis)")
     validate.set_defaults(func=cmd_validate)
+
+    cold = sub.add_parser("cold-start", help="answer requests held past their deadline while an API scales from zero "
+                          "(the cluster runs it)",
+                          description="The cluster's fallback for APIs scaled to zero: answers 503 with Retry-After "
+                          "to requests KEDA's interceptor held past the API's serving.timeout. Reads "
+                          "MYELIN_COLD_START_APIS and MYELIN_PROMETHEUS_URL.")
+    cold.add_argument("--port", type=int, default=None, help=f"port to listen on (default: $PORT or {DEFAULT_PORT})")
+    cold.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+    cold.set_defaults(func=cmd_cold_start)
     return parser
 
 

@@ -44,6 +44,16 @@ READY_PROCESSES = "myelin_ready_processes"  # gauge {api}
 MODEL_LOAD = "myelin_model_load_seconds"  # gauge {api}: how long the predictor took to load
 STUCK = "myelin_stuck_predictions"  # gauge {api}: predicts still running past their request's deadline
 TARGET_IN_FLIGHT = "myelin_target_in_flight"  # gauge {api}: autoscaling.target_in_flight, for dashboards and alerts
+#: Scale to zero (autoscaling.min_replicas 0): cold starts of an API (a replica woken for held requests), the
+#: time from the first held request to that replica's readiness, and requests held right now (myelin local;
+#: in the cluster the KEDA interceptor holds them: interceptor_request_concurrency).
+COLD_STARTS = "myelin_cold_starts"  # exposed as myelin_cold_starts_total{api}; in a pod: 0, or 1 once woken
+COLD_STARTS_TOTAL = "myelin_cold_starts_total"
+COLD_START_DURATION = "myelin_cold_start_duration_seconds"  # histogram {api}
+HELD_REQUESTS = "myelin_held_requests"  # gauge {api}
+#: The runtime setting naming the request header that carries a request's arrival time at the load balancer
+#: (the ALB's X-Amzn-Trace-Id), set by the cluster on APIs scaled to zero.
+ARRIVAL_HEADER_ENV = "MYELIN_ARRIVAL_HEADER"
 REJECTED = "myelin_rejected_requests"  # exposed as myelin_rejected_requests_total{api,reason}
 REJECTED_TOTAL = "myelin_rejected_requests_total"
 #: `reason` values of REJECTED: refused by admission control, API not (yet) ready, replica draining.

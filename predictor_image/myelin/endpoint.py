@@ -25,6 +25,12 @@ class _ServerFault(Exception):
     pass
 
 
+def held_too_long(runtime: ApiRuntime, held: float) -> HTTPError:
+    return HTTPError(503, "not_ready", f"API {runtime.name} was starting (scaled from zero); this request waited "
+                     f"{held:.0f}s, past serving.timeout ({runtime.timeout:g}s): retry now, it is ready",
+                     [(b"retry-after", b"1")])
+
+
 def _extras(runtime: ApiRuntime, scope: dict) -> dict[str, Any]:
     predictor = runtime.predictor
     kwargs: dict[str, Any] = {}
@@ -50,6 +56,11 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
             keys.check(head)
         if runtime.state is not State.READY:
             raise runtime.not_ready(request_id)
+        if runtime.arrival is not None:  # scaled to zero: the deadline counts from arrival at the load balancer
+            held = runtime.arrival.held_seconds(scope["headers"], runtime.ready_at)
+            deadline -= min(held, runtime.timeout)
+            if held >= runtime.timeout:
+                raise held_too_long(runtime, held)
         # In flight from here, while the body is still arriving: a drain or reload waits for it.
         runtime.enter()
         counted = True

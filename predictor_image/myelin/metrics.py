@@ -20,6 +20,7 @@ disable_created_metrics()  # the _created series only add noise to every scrape
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+COLD_START_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0, 1800.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -63,6 +64,14 @@ class Metrics:
         self.target_in_flight = Gauge(
             c.TARGET_IN_FLIGHT, "autoscaling.target_in_flight: in-flight requests per replica the autoscaler aims for.",
             [c.LABEL_API], registry=reg, multiprocess_mode="livemax",
+        )
+        self.cold_starts = Counter(
+            c.COLD_STARTS, "Replicas woken from zero for held requests (autoscaling.min_replicas 0).", [c.LABEL_API],
+            registry=reg,
+        )
+        self.cold_start_duration = Histogram(
+            c.COLD_START_DURATION, "Seconds from the first held request's arrival to its replica's readiness.",
+            [c.LABEL_API], buckets=COLD_START_BUCKETS, registry=reg,
         )
         self.rejected = Counter(
             c.REJECTED, "Prediction requests refused with 503 before running, by reason (overloaded, not_ready, "
@@ -110,6 +119,11 @@ class ApiMetrics:
             counter = self._status[status] = self._metrics.requests.labels(self._api, str(status))
         counter.inc()
         self.latency.observe(seconds)
+
+    def cold_start_series(self) -> tuple[object, object]:
+        """This API's cold-start counter and histogram (created, at 0, only for APIs that scale to zero)."""
+        m = self._metrics
+        return m.cold_starts.labels(self._api), m.cold_start_duration.labels(self._api)
 
     def loaded(self, seconds: float) -> None:
         self._metrics.model_load.labels(self._api).set(seconds)

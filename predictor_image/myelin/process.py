@@ -162,6 +162,7 @@ def run_app(app: Any, host: str, port: int, drain_timeout: float, settings: Sett
             sockets: list[socket.socket] | None = None) -> None:
     """Serve `app` (a MyelinApp) until SIGTERM/SIGINT/SIGHUP, draining first."""
     config = uvicorn_config(app, host, port, settings)
+    app.apply_settings(settings)
     server = DrainingServer(config, lambda: app.drain(drain_timeout), drain_timeout)
     server.run(sockets=sockets)
     # A predict still running past the grace period lives in a thread that cannot be interrupted, and

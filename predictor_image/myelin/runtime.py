@@ -65,6 +65,8 @@ class ApiRuntime:
         self.max_concurrency = serving.per_process(serving.max_concurrency, processes)
         self.max_queue_length = serving.per_process(serving.max_queue_length, processes)
         self.timeout = serving.timeout.seconds
+        self.ready_at: float | None = None  # Unix time the predictor became ready
+        self.arrival: Any = None  # an ArrivalClock when the load balancer stamps arrival times (arrival.py)
         self.max_body = serving.max_body_bytes
         self.in_flight = 0
         self.load_seconds = 0.0
@@ -109,6 +111,7 @@ class ApiRuntime:
             self.invoker.bind(self.loop)
         if self.state is State.LOADING:  # a drain that began during the load wins
             self.state = State.READY
+            self.ready_at = time.time()
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()

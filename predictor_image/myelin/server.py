@@ -115,6 +115,17 @@ class MyelinApp:
     def new_runtime(self, folder: Path, spec: ApiSpec) -> ApiRuntime:
         return ApiRuntime(folder, spec, self.metrics.for_api(spec.name, spec.target_in_flight), self.log, self.processes)
 
+    def apply_settings(self, settings: Any) -> None:
+        """Server settings the APIs need: the arrival-time header of APIs scaled to zero (arrival.py)."""
+        if settings.arrival_header is None:
+            return
+        from .arrival import ArrivalClock
+        from .metrics import multiprocess_dir
+
+        for runtime in self.runtimes.values():
+            runtime.arrival = ArrivalClock(settings.arrival_header, *runtime.metrics.cold_start_series(),
+                                           marker_dir=multiprocess_dir())
+
     # ------------------------------------------------------------------ ASGI
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":

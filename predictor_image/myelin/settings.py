@@ -43,6 +43,13 @@ def _log_level(name: str, raw: str) -> str:
     return raw.lower()
 
 
+def _header_name(name: str, raw: str) -> str:
+    token = raw.strip().lower()
+    if not token or any(not (ch.isalnum() or ch in "-_") for ch in token):
+        raise SettingsError(f"{name}={raw!r}: expected an HTTP header name, like x-amzn-trace-id")
+    return token
+
+
 #: field name -> (environment variable, parser). Documented in the README's server settings table.
 ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "header_timeout": ("MYELIN_HEADER_TIMEOUT", _positive_float),
@@ -50,6 +57,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "keep_alive_timeout": ("MYELIN_KEEP_ALIVE_TIMEOUT", _positive_int),
     "uvicorn_log_level": ("MYELIN_UVICORN_LOG_LEVEL", _log_level),
     "max_header_bytes": ("MYELIN_MAX_HEADER_BYTES", _positive_int),
+    "arrival_header": ("MYELIN_ARRIVAL_HEADER", _header_name),
 }
 
 
@@ -66,6 +74,8 @@ class Settings:
     uvicorn_log_level: str = "warning"
     #: Largest request line + headers accepted; beyond it 431 and the connection is closed.
     max_header_bytes: int = 64 * 1024
+    #: Request header with the request's arrival time at the load balancer (APIs scaled to zero: arrival.py).
+    arrival_header: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":

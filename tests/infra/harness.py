@@ -106,6 +106,11 @@ class StackRun:
     def k8s(self, kind: str) -> list[Recorded]:
         return [r for r in self.resources if r.typ.startswith("kubernetes:") and r.inputs.get("kind") == kind]
 
+    def api_deployments(self) -> list[Recorded]:
+        """The APIs' Deployments (the predictor pods), not the platform's own (the cold-start responder)."""
+        return [r for r in self.k8s("Deployment")
+                if r.inputs["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "predictor"]
+
     def named(self, typ: str, name: str) -> Recorded:
         matches = [r for r in self.resources if r.typ == typ and r.name == name]
         assert len(matches) == 1, f"expected one {typ} named {name}, got {len(matches)}"

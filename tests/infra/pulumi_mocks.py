@@ -75,6 +75,9 @@ class MyelinMocks(pulumi.runtime.Mocks):
         elif t == "aws:ec2/launchTemplate:LaunchTemplate":
             rid = "lt-" + rid
             out.update(latestVersion=1, defaultVersion=1)
+        elif t == "aws:eks/nodeGroup:NodeGroup":
+            # EKS names the group's Auto Scaling group itself (eks-<group>-<uuid>).
+            out["resources"] = [{"autoscalingGroups": [{"name": f"eks-{args.name}-{rid[:8]}"}]}]
         elif t == "aws:ecr/repository:Repository":
             out.update(
                 name=args.name,

@@ -94,7 +94,8 @@ def test_depending_on_a_component_means_depending_on_its_children(run):
 
 def test_rollout_waits_are_derived_from_config(run):
     pods = PodConfig(**run.config.get("myelin:pods", {}))
-    for dep in (n for n in run.nodes if n.typ == "kubernetes:apps/v1:Deployment"):
+    names = {r.name for r in run.api_deployments()}
+    for dep in (n for n in run.nodes if n.typ == "kubernetes:apps/v1:Deployment" and n.name in names):
         inputs = next(r.inputs for r in run.k8s("Deployment") if r.name == dep.name)
         spec = json.loads(inputs["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"])
         gpu = spec["compute"]["gpu"] > 0
@@ -137,6 +138,26 @@ def test_gpu_groups_are_split_per_gpu_model_and_labelled(run):
         models = {accelerator(t) for t in g["instanceTypes"]}
         assert len(models) == 1 and g["labels"][ACCELERATOR_LABEL] == models.pop()
     assert len({g["labels"][ACCELERATOR_LABEL] for g in groups}) == 2  # both stacks list two GPU models
+
+
+def test_groups_that_scale_from_zero_carry_their_labels_and_taint_as_asg_tags(run):
+    """cluster-autoscaler sees a group with no node only through its ASG's node-template tags."""
+    groups = {g.name: g for g in run.of_type("aws:eks/nodeGroup:NodeGroup")}
+    tags = [t.inputs for t in run.of_type("aws:autoscaling/tag:Tag")]
+    by_asg: dict[str, dict[str, str]] = {}
+    for t in tags:
+        assert t["tag"]["propagateAtLaunch"] is False
+        by_asg.setdefault(t["autoscalingGroupName"], {})[t["tag"]["key"]] = t["tag"]["value"]
+    for name, group in groups.items():
+        asg = group.outputs["resources"][0]["autoscalingGroups"][0]["name"]
+        template = by_asg.get(asg, {})
+        if group.inputs["labels"]["myelin.dev/pool"] == "system":
+            assert not template  # a fixed size: never scaled from zero
+            continue
+        for key, value in group.inputs["labels"].items():
+            assert template[f"k8s.io/cluster-autoscaler/node-template/label/{key}"] == value, (name, key)
+        gpu = group.inputs["labels"]["myelin.dev/pool"] == "gpu"
+        assert (template.get("k8s.io/cluster-autoscaler/node-template/taint/nvidia.com/gpu") == "true:NoSchedule") == gpu
 
 
 def test_an_unknown_gpu_instance_type_is_a_config_error():

@@ -78,10 +78,25 @@ def test_bad_override_names_the_api_folder_the_stack_file_and_field():
     assert "apis/kmeans/api.yaml" in msg and "Pulumi.dev.yaml" in msg and "autoscaling" in msg
 
 
-def test_min_replicas_zero_is_refused_in_the_cloud():
+def test_min_replicas_zero_is_accepted_when_the_load_balancer_waits_long_enough():
     raw = copy.deepcopy(raw_of("dev"))
-    raw["apis"]["kmeans"] = {"overrides": {"autoscaling": {"min_replicas": 0}}}
-    with pytest.raises(SpecError, match="autoscaling.min_replicas"):
+    raw["apis"]["kmeans"] = {"overrides": {"autoscaling": {"min_replicas": 0}}}  # serving.timeout 10s < 200 - 10
+    settings = load_settings(raw, "dev", "us-west-2")
+    assert next(d.spec for d in settings.apis if d.spec.name == "kmeans").autoscaling.min_replicas == 0
+
+
+def test_scale_to_zero_needs_an_alb_idle_timeout_longer_than_the_hold():
+    raw = copy.deepcopy(raw_of("dev"))
+    raw["apis"]["kmeans"] = {"overrides": {"autoscaling": {"min_replicas": 0}, "serving": {"timeout": "5m"}}}
+    with pytest.raises(SpecError, match=r"serving.timeout.*ingress.idle_timeout_seconds must be at least 310 "
+                                        r"\(it is 200\)"):
+        load_settings(raw, "dev", "us-west-2")
+
+
+def test_stabilization_windows_are_capped_at_the_hpa_limit():
+    raw = copy.deepcopy(raw_of("dev"))
+    raw["apis"]["kmeans"] = {"overrides": {"autoscaling": {"downscale_stabilization": "2h"}}}
+    with pytest.raises(SpecError, match="autoscaling.downscale_stabilization.*at most 60m"):
         load_settings(raw, "dev", "us-west-2")
 
 

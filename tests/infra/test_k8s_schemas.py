@@ -14,7 +14,10 @@ from components.versions import KUBERNETES_VERSION
 from .harness import unwrap_secrets
 
 SCHEMAS = Path(__file__).parent / "schemas"
-CRD_SCHEMAS = {("keda.sh/v1alpha1", "ScaledObject"): SCHEMAS / "scaledobject-keda-v1alpha1.json"}
+CRD_SCHEMAS = {
+    ("keda.sh/v1alpha1", "ScaledObject"): SCHEMAS / "scaledobject-keda-v1alpha1.json",
+    ("http.keda.sh/v1beta1", "InterceptorRoute"): SCHEMAS / "interceptorroute-http-v1beta1.json",
+}
 
 
 def k8s_objects(run):
@@ -73,6 +76,23 @@ def test_crd_schema_rejects_a_broken_scaledobject(run):
     typo["spec"]["minReplicas"] = 1
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(schema).validate(typo)
+
+
+def test_crd_schema_rejects_a_broken_interceptor_route(run):
+    rec = next(r for r in k8s_objects(run) if r.inputs["kind"] == "InterceptorRoute")
+    schema = json.loads(CRD_SCHEMAS[("http.keda.sh/v1beta1", "InterceptorRoute")].read_text())
+    jsonschema.Draft202012Validator(schema).validate(manifest(rec))
+    both = manifest(rec)
+    both["spec"]["target"]["port"] = 8080  # the CRD's rule: exactly one of port and portName
+    no_metric = manifest(rec)
+    del no_metric["spec"]["scalingMetric"]
+    empty_cold_start = manifest(rec)
+    empty_cold_start["spec"]["coldStart"] = {}  # the CRD's rule: fallback or placeholder
+    old_field = manifest(rec)
+    old_field["spec"]["scaleTargetRef"] = {"name": "x"}  # HTTPScaledObject's field, not this kind's
+    for broken in (both, no_metric, empty_cold_start, old_field):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.Draft202012Validator(schema).validate(broken)
 
 
 def test_strict_validation_catches_a_typo(run):

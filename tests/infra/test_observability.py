@@ -54,7 +54,7 @@ def test_committed_dashboards_are_the_render_of_dashboards_py():
 
 def _known_myelin_metrics() -> set[str]:
     names = {v for k, v in vars(contract).items() if isinstance(v, str) and v.startswith(contract.METRIC_PREFIX)}
-    histograms = {contract.REQUEST_DURATION, contract.BATCH_SIZE}
+    histograms = {contract.REQUEST_DURATION, contract.BATCH_SIZE, contract.COLD_START_DURATION}
     return names | {f"{h}_{suffix}" for h in histograms for suffix in ("bucket", "sum", "count")}
 
 
@@ -181,7 +181,7 @@ def test_prometheus_loads_the_rules_for_the_stack_apis(run):
     apis = sorted(run.config["myelin:apis"])
     thresholds = doc["groups"][0]["rules"]
     assert [r["labels"]["api"] for r in thresholds] == sorted(
-        d["metadata"]["name"] for d in (r.inputs for r in run.k8s("Deployment")))
+        d["metadata"]["name"] for d in (r.inputs for r in run.api_deployments()))
     assert len(thresholds) == len(apis)
     assert doc["groups"][1] == rules.alerts_group(AlertsConfig())  # the committed file's alerts, default thresholds
     am = values["alertmanager"]
@@ -227,5 +227,5 @@ def test_fluent_bit_metrics_are_scraped(run):
 def test_keda_trigger_is_the_shared_query(run):
     for so in run.k8s("ScaledObject"):
         name = so.inputs["metadata"]["name"]
-        (trigger,) = so.inputs["spec"]["triggers"]
+        trigger = next(t for t in so.inputs["spec"]["triggers"] if t["type"] == "prometheus")
         assert trigger["metadata"]["query"].startswith(f'sum(avg_over_time({contract.IN_FLIGHT}{{api="{name}",namespace="apis"}}')

@@ -22,7 +22,7 @@ GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSc
 
 
 def deployments(run):
-    return {r.inputs["metadata"]["name"]: r.inputs for r in run.k8s("Deployment")}
+    return {r.inputs["metadata"]["name"]: r.inputs for r in run.api_deployments()}
 
 
 def spec_of(deployment) -> ApiSpec:
@@ -240,7 +240,10 @@ def test_every_selected_api_is_deployed_with_its_effective_spec(run):
 
 def test_ecr_repositories_scan_on_push_with_immutable_tags(run):
     repos = run.of_type("aws:ecr/repository:Repository")
-    assert len(repos) == len(selected(run))
+    to_zero = any(spec_of(d).autoscaling.min_replicas == 0 for d in deployments(run).values())
+    # One per API, and the cold-start responder's (the runtime alone) when an API scales to zero.
+    assert sorted(r.name for r in repos) == sorted(
+        [f"{run.stack}-{n}" for n in selected(run)] + ([f"{run.stack}-myelin-cold-start"] if to_zero else []))
     for r in repos:
         assert r.inputs["imageTagMutability"] == "IMMUTABLE"
         assert r.inputs["imageScanningConfiguration"]["scanOnPush"] is True
@@ -389,7 +392,9 @@ def test_scaled_objects_map_cortex_autoscaling(run):
         a = spec.autoscaling
         assert so["scaleTargetRef"]["name"] == name
         assert (so["minReplicaCount"], so["maxReplicaCount"]) == (a.min_replicas, a.max_replicas)
-        (trigger,) = so["triggers"]
+        trigger, *held = so["triggers"]
+        # Scaled to zero: the HTTP add-on's trigger wakes it (tests/infra/test_scale_to_zero.py); else none.
+        assert len(held) == (1 if a.min_replicas == 0 else 0)
         assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
         md = trigger["metadata"]
         assert md["serverAddress"] == "http://prometheus-server.monitoring.svc.cluster.local:80"
@@ -407,7 +412,8 @@ def test_prod_overrides_reach_the_autoscaler(prod):
     objs = {o.inputs["metadata"]["name"]: o.inputs["spec"] for o in prod.k8s("ScaledObject")}
     assert objs["kmeans"]["minReplicaCount"] == 3 and objs["kmeans"]["maxReplicaCount"] == 30
     se = objs["sentence-embedding"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
-    assert se["scaleDown"]["stabilizationWindowSeconds"] == 600
+    assert se["scaleDown"]["stabilizationWindowSeconds"] == 1800  # the GPU API's 30m before it scales to zero
+    assert objs["sentence-embedding"]["minReplicaCount"] == 0 and objs["sentence-embedding"]["cooldownPeriod"] == 1800
 
 
 def test_services_and_pdbs(run):
@@ -424,18 +430,20 @@ def test_ingresses_route_only_the_endpoint_on_a_shared_alb(run):
     https = "myelin:ingress" in run.config and run.config["myelin:ingress"].get("certificate_arn")
     deps = deployments(run)
     for ing in run.k8s("Ingress"):
-        name = ing.inputs["metadata"]["name"]
+        name = ing.inputs["metadata"]["name"].removesuffix("-via-interceptor")
         spec = spec_of(deps[name])
         ann = ing.inputs["metadata"]["annotations"]
         assert ing.inputs["spec"]["ingressClassName"] == "alb"
         (rule,) = ing.inputs["spec"]["rules"]
         (path,) = rule["http"]["paths"]
-        assert path == {"path": spec.endpoint, "pathType": "Exact",
-                        "backend": {"service": {"name": name, "port": {"name": "http"}}}}
+        # Scaled to zero: through the interceptor in namespace keda (tests/infra/test_scale_to_zero.py).
+        backend = ({"name": "keda-add-ons-http-interceptor-proxy", "port": {"number": 8080}}
+                   if spec.autoscaling.min_replicas == 0 else {"name": name, "port": {"name": "http"}})
+        assert path == {"path": spec.endpoint, "pathType": "Exact", "backend": {"service": backend}}
         visibility = spec.networking.visibility
         assert ann["alb.ingress.kubernetes.io/group.name"] == f"myelin-{run.stack}-{visibility}"
         assert ann["alb.ingress.kubernetes.io/scheme"] == ("internet-facing" if visibility == "public" else "internal")
-        assert ann["alb.ingress.kubernetes.io/healthcheck-path"] == "/readyz"
+        assert ann["alb.ingress.kubernetes.io/healthcheck-path"] == "/readyz"  # the API's, or the interceptor's
         assert ann["alb.ingress.kubernetes.io/target-type"] == "ip"
         if https:
             assert json.loads(ann["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTP": 80}, {"HTTPS": 443}]
@@ -471,7 +479,8 @@ def test_network_policies_admit_only_the_load_balancer_and_prometheus(run):
         pol = pols[name]
         assert pol["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
         assert pol["policyTypes"] == ["Ingress", "Egress"]
-        lb, prom = pol["ingress"]
+        lb, prom, *interceptor = pol["ingress"]
+        assert len(interceptor) == (1 if spec.autoscaling.min_replicas == 0 else 0)
         cidrs = {p["ipBlock"]["cidr"] for p in lb["from"]}
         assert cidrs == (public if spec.networking.visibility == "public" else internal)
         assert prom["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}

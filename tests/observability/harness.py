@@ -5,7 +5,7 @@
 Prometheus alert rules, the Grafana dashboards and the API pod's labels and annotations. It then starts
 `myelin serve` for that folder (processes=2), a Prometheus whose `kubernetes-pods` job has the chart's
 relabelling rules and a target carrying the `__meta_kubernetes_*` labels Kubernetes discovery would give
-that pod, and an exporter of the kube-state-metrics, DCGM and Fluent Bit series (synthetic: no cluster or
+that pod, and an exporter of the kube-state-metrics, DCGM, KEDA interceptor and Fluent Bit series (synthetic: no cluster or
 GPU here; names and labels as those exporters emit them) so every dashboard and alert query has data.
 
 Used by tests/observability/test_prometheus_e2e.py and by `make docs-images`.
@@ -62,6 +62,8 @@ class Emitted:
     dashboards: dict[str, dict[str, Any]]
     pod_labels: dict[str, str]
     pod_annotations: dict[str, str]
+    #: The MYELIN_* variables the program sets on the pod that change what the runtime exports.
+    pod_env: dict[str, str]
 
 
 def emitted_for_test_api() -> Emitted:
@@ -70,10 +72,11 @@ def emitted_for_test_api() -> Emitted:
 
     config = user_config("dev")
     config["myelin:apis_dir"] = "tests/observability/apis"
-    config["myelin:apis"] = {API: {}}
+    # Scaled to zero, as a stack would ship it: the pod reads arrival times and exports cold starts.
+    config["myelin:apis"] = {API: {"overrides": {"autoscaling": {"min_replicas": 0}}}}
     run = run_program("dev", config)
     (scaled,) = run.k8s("ScaledObject")
-    (deployment,) = run.k8s("Deployment")
+    (deployment,) = run.api_deployments()
     releases = {r.inputs["chart"]: unwrap_secrets(r.inputs) for r in run.of_type("kubernetes:helm.sh/v3:Release")}
     template = deployment.inputs["spec"]["template"]["metadata"]
     grafana = releases["grafana"]["values"]["dashboards"]["myelin"]
@@ -83,6 +86,8 @@ def emitted_for_test_api() -> Emitted:
         dashboards={name: json.loads(d["json"]) for name, d in grafana.items()},
         pod_labels=dict(template["labels"]),
         pod_annotations=dict(template["annotations"]),
+        pod_env={e["name"]: e["value"] for e in deployment.inputs["spec"]["template"]["spec"]["containers"][0]["env"]
+                 if e["name"] == "MYELIN_ARRIVAL_HEADER"},
     )
 
 
@@ -109,6 +114,8 @@ def synthetic_series() -> str:
         *(f'{metric}{{gpu="0",UUID="GPU-5a1c",device="nvidia0",modelName="Tesla T4",Hostname="{GPU_NODE}",'
           f'container="predictor",namespace="{NAMESPACE}",pod="{GPU_POD}"}} {value}'
           for metric, value in (("DCGM_FI_DEV_GPU_UTIL", 37), ("DCGM_FI_DEV_FB_USED", 2210), ("DCGM_FI_DEV_FB_FREE", 12700))),
+        # KEDA HTTP add-on interceptor (OpenTelemetry Prometheus exporter, docs 0.15 reference/metrics.md)
+        f'interceptor_request_concurrency{{route_name="{API}",route_namespace="{NAMESPACE}"}} 0',
         # Fluent Bit's /api/v1/metrics/prometheus
         'fluentbit_output_errors_total{name="cloudwatch_logs.0"} 0',
         'fluentbit_output_retries_failed_total{name="cloudwatch_logs.0"} 0',
@@ -153,8 +160,9 @@ class ObservedStack:
         self.prom_port = free_port()
         self.exporter = ThreadingHTTPServer(("127.0.0.1", 0), _Exporter)
         threading.Thread(target=self.exporter.serve_forever, daemon=True).start()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.emitted.pod_env}
         env.pop("PORT", None)
+        self.started_at = time.time()  # before the server starts: a request "arriving" earlier was held for it
         self.procs.append(subprocess.Popen(
             [sys.executable, "-m", "myelin.cli", "serve", str(API_DIR), "--port", str(self.api_port)],
             stdout=open(self.workdir / "server.out", "wb"), stderr=open(self.workdir / "server.err", "wb"),

@@ -45,6 +45,11 @@ def stack(tmp_path_factory):
 def loaded(stack):
     """Steady load for longer than the autoscaling window, then a burst; the load keeps running for the queries."""
     start = time.time()
+    # One request held while the replica started (its ALB trace header says it arrived before the server began):
+    # a cold start, as the API (scaled to zero) exports it in the cluster.
+    held = httpx.post(stack.api_url, json={"x": 1},
+                      headers={"x-amzn-trace-id": f"Root=1-{int(stack.started_at) - 2:08x}-0123456789abcdef01234567"})
+    assert held.status_code in (200, 503), held.text
     load = Load(stack.api_url, CLIENTS).start()
     window_s = int(stack.emitted.keda_query.split("[")[1].split("s]")[0])
     time.sleep(window_s + 3)
@@ -157,3 +162,14 @@ def test_alerts_fire_on_this_load(stack, loaded):
     pending = stack.query(rules["MyelinGpuPodPending"])
     assert [s["metric"]["pod"] for s in pending] == ["sentence-embedding-5b7d9c6f4-k8m2p"]
     assert stack.query(rules["MyelinLogDeliveryFailing"]) == []  # no delivery errors: quiet
+
+
+def test_the_cold_start_of_an_api_scaled_to_zero_is_measured_and_estimated(stack, loaded):
+    """The held request counted one cold start; the cold-start responder's Retry-After query reads it back."""
+    from myelin.cold_start import mean_cold_start_query
+
+    (count,) = stack.wait_for(f'sum({contract.COLD_STARTS_TOTAL}{{api="{API}"}})')
+    assert float(count["value"][1]) == 1.0  # once per replica, though it runs two processes
+    (mean,) = stack.wait_for(mean_cold_start_query(API))
+    seconds = float(mean["value"][1])
+    assert 1.0 <= seconds <= 60.0, seconds  # from the request's arrival (before the server started) to readiness

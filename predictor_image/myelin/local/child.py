@@ -47,7 +47,7 @@ class ApiProcess:
 
     def __init__(self, name: str, folder: Path, generation: int, socket_dir: Path,
                  on_stdout: Callable[["ApiProcess", bytes], None], on_stderr: Callable[["ApiProcess", str], None],
-                 endpoint: str | None = None, max_body: int = 10 * 2**20):
+                 endpoint: str | None = None, max_body: int = 10 * 2**20, env: dict[str, str] | None = None):
         self.name = name
         self.endpoint = endpoint
         self.max_body = max_body
@@ -66,6 +66,7 @@ class ApiProcess:
         self._stderr_tail: list[str] = []
         self._started = 0.0
         self.client: httpx.AsyncClient | None = None
+        self._env = env or {}
 
     @property
     def pid(self) -> int | None:
@@ -75,7 +76,7 @@ class ApiProcess:
     async def start(self) -> bool:
         """Start the server and wait until it is ready (True) or has failed (False, `error` says why)."""
         self._started = time.monotonic()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self._env}
         env.pop("PORT", None)
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "myelin.cli", "serve", str(self.folder), "--uds", str(self.uds),

@@ -57,14 +57,37 @@ class Console:
         else:
             self._event("info", what, api=api, version=generation)
 
-    def ready(self, api: str, url: str, seconds: float | None, generation: int) -> None:
+    def ready(self, api: str, url: str, seconds: float | None, generation: int, cold_start: float | None = None) -> None:
         self._said.pop(api, None)
         took = f"  (loaded in {seconds:.2f}s)" if seconds is not None else ""
-        again = f", version {generation}" if generation > 1 else ""
+        again = f", version {generation}" if generation > 1 and cold_start is None else ""
+        if cold_start is not None:
+            took = f"  (cold start: ready {cold_start:.2f}s after its first request)"
         if self.tty:
             self._line(f"  ✓ {api:<22} {url}{took}{again.replace(', ', '  ') if again else ''}")
         else:
-            self._event("info", "serving", api=api, url=url, load_seconds=seconds, version=generation)
+            self._event("info", "serving", api=api, url=url, load_seconds=seconds, version=generation,
+                        cold_start_seconds=round(cold_start, 3) if cold_start is not None else None)
+
+    def idle(self, api: str, url: str) -> None:
+        """An API scaled to zero (autoscaling.min_replicas 0): not loaded until a request comes."""
+        self._said.pop(api, None)
+        if self.tty:
+            self._line(f"  ○ {api:<22} {url}  (scaled to zero: loads on its first request)")
+        else:
+            self._event("info", "idle", api=api, url=url)
+
+    def waking(self, api: str) -> None:
+        if self.tty:
+            self._line(f"  … {api:<22} cold start: loading for a held request...")
+        else:
+            self._event("info", "cold start", api=api)
+
+    def unloaded(self, api: str, idle_seconds: float) -> None:
+        if self.tty:
+            self._line(f"  ○ {api:<22} unloaded after {idle_seconds:.0f}s without requests (scaled to zero)")
+        else:
+            self._event("info", "unloaded", api=api, idle_seconds=round(idle_seconds, 1))
 
     def failed(self, api: str, error: str, traceback: str | None = None, keeps_serving: bool = False) -> None:
         key = f"{error}|{keeps_serving}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import shutil
 import tempfile
 import time
@@ -21,12 +22,19 @@ from typing import Any
 
 import orjson
 
+from .. import contract
 from ..spec import SPEC_FILE, ApiSpec, SpecError, load_api_spec
 from . import requirements
 from .child import ApiProcess, ChildState
 from .console import Console
+from .scale_metrics import ScaleToZeroMetrics
 
 REQUIREMENTS_RECHECK_S = 3.0
+UNLOAD_CHECK_S = 0.25
+#: Request header the router stamps with a held request's arrival (Unix seconds), and the child setting that
+#: makes the API's server keep the request's deadline from that arrival (myelin/arrival.py).
+ARRIVAL_HEADER = b"x-myelin-arrival"
+ARRIVAL_ENV = {contract.ARRIVAL_HEADER_ENV: ARRIVAL_HEADER.decode()}
 
 
 def _guess_endpoint(folder: Path) -> str:
@@ -61,6 +69,17 @@ class LocalApi:
         self.blocked_on_requirements = False
         self.task: asyncio.Task | None = None
         self.guessed_endpoint: str | None = None  # while api.yaml is invalid: where its requests will come
+        # Scale to zero (autoscaling.min_replicas 0): the cold start under way, requests held for it, when the
+        # API last had a request, how long its last cold start took.
+        self.waking: asyncio.Task | None = None
+        self.wake_started = 0.0
+        self.held = 0
+        self.last_active = time.monotonic()
+        self.last_cold_start: float | None = None
+
+    @property
+    def scales_to_zero(self) -> bool:
+        return self.spec is not None and self.spec.autoscaling.min_replicas == 0
 
     @property
     def name(self) -> str:
@@ -78,9 +97,12 @@ class LocalApi:
     def state(self) -> str:
         if self.serving is not None and self.serving.state is ChildState.READY:
             return "ready"
-        if self.pending is not None or (self.task is not None and not self.task.done()):
+        if (self.pending is not None or (self.task is not None and not self.task.done())
+                or (self.waking is not None and not self.waking.done())):
             return "loading"
-        return "failed" if self.error else "stopped"
+        if self.error:
+            return "failed"
+        return "idle" if self.scales_to_zero else "stopped"
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -94,6 +116,12 @@ class LocalApi:
             info["refused"] = self.refused
         if self.pending is not None:
             info["loading_version"] = self.pending.generation
+        if self.scales_to_zero:
+            info["scale_to_zero"] = {
+                "held_requests": self.held,
+                "unloads_after_seconds": self.spec.autoscaling.downscale_stabilization.seconds,
+                "last_cold_start_seconds": round(self.last_cold_start, 3) if self.last_cold_start else None,
+            }
         return info
 
 
@@ -110,7 +138,9 @@ class LocalServer:
         self.socket_dir = Path(tempfile.mkdtemp(prefix="myelin-local-"))
         self._retiring: set[asyncio.Task] = set()
         self._recheck: asyncio.Task | None = None
+        self._reaper: asyncio.Task | None = None
         self.closing = False
+        self.scale_metrics = ScaleToZeroMetrics()
 
     # ------------------------------------------------------------------ discovery
     def folders(self) -> list[Path]:
@@ -137,6 +167,7 @@ class LocalServer:
         for folder in found:
             self.schedule(folder)
         self._recheck = asyncio.create_task(self._recheck_requirements())
+        self._reaper = asyncio.create_task(self._unload_idle())
 
     # ------------------------------------------------------------------ changes
     def schedule(self, folder: Path) -> None:
@@ -166,10 +197,14 @@ class LocalServer:
             if missing:
                 self._refuse(api, spec.name, requirements.message(api.folder, missing))
                 return
+            if api.scales_to_zero and api.serving is None:
+                self._idle(api, spec)  # loaded by its first request
+                return
             api.generation += 1
             pending = ApiProcess(spec.name, api.folder, api.generation, self.socket_dir,
                                  self._child_stdout, self._child_stderr, endpoint=spec.endpoint,
-                                 max_body=spec.serving.max_body_bytes)
+                                 max_body=spec.serving.max_body_bytes,
+                                 env=ARRIVAL_ENV if api.scales_to_zero else None)
             api.pending = pending
             self.console.loading(spec.name, api.generation)
             ok = await pending.start()
@@ -186,6 +221,79 @@ class LocalServer:
                 pending.kill_now()
                 await asyncio.shield(pending.stop(0))
             raise
+
+    def _idle(self, api: LocalApi, spec: ApiSpec) -> None:
+        api.error = api.traceback = api.refused = None
+        routes = {endpoint: a for endpoint, a in self.routes.items() if a is not api}
+        routes[spec.endpoint] = api
+        self.routes = routes
+        self.scale_metrics.register(spec.name)
+        self.console.idle(spec.name, f"{self.base_url}{spec.endpoint}")
+
+    # ------------------------------------------------------------------ scale to zero
+    async def wake(self, api: LocalApi, remaining: float) -> ApiProcess | None:
+        """Hold a request for an API scaled to zero until it is ready (its child, or None when it failed to load).
+
+        The first request starts the cold start; requests arriving meanwhile wait for the same one. Raises
+        TimeoutError when `remaining` (what is left of the request's serving.timeout) runs out first; the cold
+        start goes on for the requests after it."""
+        if api.waking is None or api.waking.done():
+            api.wake_started = time.monotonic()
+            api.waking = asyncio.create_task(self._cold_start(api))
+        api.held += 1
+        self.scale_metrics.held(api.name, api.held)
+        try:
+            return await asyncio.wait_for(asyncio.shield(api.waking), max(remaining, 0.0))
+        finally:
+            api.held -= 1
+            self.scale_metrics.held(api.name, api.held)
+
+    async def _cold_start(self, api: LocalApi) -> ApiProcess | None:
+        spec = api.spec
+        assert spec is not None
+        api.generation += 1
+        child = ApiProcess(spec.name, api.folder, api.generation, self.socket_dir, self._child_stdout,
+                           self._child_stderr, endpoint=spec.endpoint, max_body=spec.serving.max_body_bytes,
+                           env=ARRIVAL_ENV)
+        self.console.waking(spec.name)
+        try:
+            ok = await child.start()
+        except asyncio.CancelledError:  # the folder went away or myelin local stops
+            child.kill_now()
+            await asyncio.shield(child.stop(0))
+            raise
+        took = time.monotonic() - api.wake_started
+        if not ok:
+            self._refuse(api, spec.name, child.error or "failed to load", child.traceback)
+            await child.stop(0)
+            return None
+        api.last_cold_start = took
+        api.last_active = time.monotonic()
+        self.scale_metrics.cold_start(api.name, took)
+        self._switch(api, spec, child, cold_start=took)
+        return child
+
+    def retry_after(self, api: LocalApi) -> int:
+        """Seconds until the cold start under way should be done, from the last one (5 before any)."""
+        if api.last_cold_start is None:
+            return 5
+        return max(1, math.ceil(api.last_cold_start - (time.monotonic() - api.wake_started)))
+
+    async def _unload_idle(self) -> None:
+        """APIs scaled to zero give their process (and its memory) back after downscale_stabilization idle."""
+        while True:
+            await asyncio.sleep(UNLOAD_CHECK_S)
+            now = time.monotonic()
+            for api in list(self.apis.values()):
+                child = api.serving
+                if (not api.scales_to_zero or child is None or child.in_flight or api.held
+                        or (api.task is not None and not api.task.done())):
+                    continue
+                idle = now - api.last_active
+                if idle >= api.spec.autoscaling.downscale_stabilization.seconds:
+                    api.serving = None
+                    self.console.unloaded(api.name, idle)
+                    self._retire(child, api.spec.serving.drain_timeout.seconds)
 
     def _read_spec(self, api: LocalApi) -> ApiSpec | None:
         folder = api.folder
@@ -220,14 +328,15 @@ class LocalServer:
             api.refused = {"version": api.generation, "error": error, "at": time.strftime("%H:%M:%S")}
         self.console.failed(name, error, traceback, keeps_serving=keeps)
 
-    def _switch(self, api: LocalApi, spec: ApiSpec, new: ApiProcess) -> None:
+    def _switch(self, api: LocalApi, spec: ApiSpec, new: ApiProcess, cold_start: float | None = None) -> None:
         old = api.serving
         api.serving = new
         api.error = api.traceback = api.refused = None
         routes = {endpoint: a for endpoint, a in self.routes.items() if a is not api}
         routes[spec.endpoint] = api  # an endpoint that moved: the old path is gone from this line on (404)
         self.routes = routes
-        self.console.ready(spec.name, f"{self.base_url}{spec.endpoint}", new.load_seconds, new.generation)
+        self.console.ready(spec.name, f"{self.base_url}{spec.endpoint}", new.load_seconds, new.generation,
+                           cold_start=cold_start)
         if old is not None:
             self._retire(old, spec.serving.drain_timeout.seconds)
 
@@ -246,6 +355,8 @@ class LocalServer:
 
     async def _remove(self, api: LocalApi) -> None:
         self.apis.pop(api.folder, None)
+        if api.waking is not None and not api.waking.done():
+            api.waking.cancel()
         endpoint = api.endpoint
         self.routes = {e: a for e, a in self.routes.items() if a is not api}
         if api.serving is not None or api.spec is not None:
@@ -296,13 +407,18 @@ class LocalServer:
 
     @property
     def ready(self) -> bool:
-        return any(a.state == "ready" for a in self.apis.values())
+        """At least one API serves, or can (one scaled to zero loads on its first request)."""
+        return any(a.state in ("ready", "idle") for a in self.apis.values())
 
     # ------------------------------------------------------------------ shutdown
     async def close(self, drain_timeout: float) -> None:
         self.closing = True
-        if self._recheck is not None:
-            self._recheck.cancel()
+        for task in (self._recheck, self._reaper):
+            if task is not None:
+                task.cancel()
+        for api in self.apis.values():
+            if api.waking is not None and not api.waking.done():
+                api.waking.cancel()
         for api in self.apis.values():
             if api.task is not None and not api.task.done():
                 api.task.cancel()

@@ -49,7 +49,7 @@ h1{font-size:1.5rem;margin-bottom:.2rem} .sub{color:#5b6475;margin-top:0}
 .api h2{font-size:1.15rem;margin:0 0 .3rem} .api p{margin:.3rem 0}
 .state{display:inline-block;border-radius:4px;padding:0 .45rem;font-size:.8rem;margin-left:.5rem;vertical-align:middle}
 .ready{background:#d7f5dd;color:#14632a} .loading{background:#fff1c7;color:#6b4d00}
-.failed{background:#fbd9d9;color:#8a1c1c} .stopped{background:#e7e9ee;color:#4a5160}
+.failed{background:#fbd9d9;color:#8a1c1c} .stopped,.idle{background:#e7e9ee;color:#4a5160}
 code{background:#f2f4f7;padding:0 .25rem;border-radius:3px}
 button{font:inherit;padding:.25rem .8rem;border-radius:5px;border:1px solid #3b5bdb;background:#3b5bdb;color:#fff;cursor:pointer}
 button:disabled{background:#aab4c8;border-color:#aab4c8}
@@ -98,7 +98,7 @@ def render(apis: list[dict[str, Any]], base: str) -> str:
                          f'keeps serving): {html.escape(api["refused"]["error"])}</p>')
         sample = api.get("sample")
         if sample and endpoint:
-            disabled = "" if state == "ready" else " disabled"
+            disabled = "" if state in ("ready", "idle") else " disabled"  # idle: the request wakes it
             lines.append(
                 f'<p><button id="send-{name}" onclick="sendSample(\'{name}\', \'{html.escape(endpoint)}\', '
                 f'\'{html.escape(sample["content_type"])}\')"{disabled}>Send {html.escape(sample["file"])}</button> '

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import httpx
@@ -29,8 +30,9 @@ from ..metrics import CONTENT_TYPE
 from ..openapi_doc import DOCS_ASSETS_PATH, operation, sample_file, swagger_assets, swagger_page
 from ..server import _error_response, with_request_id
 from .child import ChildState
-from .manager import LocalApi, LocalServer
+from .manager import ARRIVAL_HEADER, LocalApi, LocalServer
 from .page import SAMPLE_PATH, readme_summary, render, sample_info
+from .scale_metrics import OWN as OWN_FAMILIES
 
 #: Hop-by-hop headers (RFC 9110 7.6.1) and framing the router sets itself: never forwarded as they are.
 _HOP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer", b"upgrade",
@@ -81,6 +83,9 @@ class LocalRouter:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def apply_settings(self, settings: Any) -> None:
+        """Server settings reach each API's own server through its environment; the router needs none."""
+
     async def drain(self, timeout: float) -> bool:
         """SIGTERM/SIGINT: readiness 503, then every API's server drains (in-flight requests finish)."""
         self.draining = True
@@ -113,6 +118,7 @@ class LocalRouter:
             from ..http_io import new_request_id
 
             request_id = new_request_id()
+        arrived = time.time()
         child = api.serving
         if child is None or child.state is not ChildState.READY or child.client is None or self.draining:
             # As its own server would: authentication first, then a generic 503 (details on the console and /info).
@@ -122,8 +128,23 @@ class LocalRouter:
                 except HTTPError as err:
                     await send_error(send, err.status_code, err.error_type, err.message, request_id, err.headers)
                     return
-            await _unavailable(send, api, request_id, self.draining)
-            return
+            if self.draining or api.state not in ("idle", "loading") or not api.scales_to_zero:
+                await _unavailable(send, api, request_id, self.draining)
+                return
+            # Scaled to zero: hold the request while the API loads, within its serving.timeout.
+            try:
+                child = await self.server.wake(api, arrived + api.spec.serving.timeout.seconds - time.time())
+            except asyncio.TimeoutError:
+                retry = self.server.retry_after(api)
+                await send_error(send, 503, "not_ready", f"API {api.name} is starting (scaled to zero) and was not "
+                                 f"ready within serving.timeout ({api.spec.serving.timeout}); retry in about {retry}s",
+                                 request_id, [(b"retry-after", str(retry).encode())])
+                return
+            if child is None or child.client is None:
+                await send_error(send, 503, "not_ready", f"API {api.name} failed to load during its cold start: "
+                                 f"{api.error or 'see the console'}", request_id, [(b"retry-after", b"5")])
+                return
+        api.last_active = time.monotonic()
         child.in_flight += 1
         started = False
         try:
@@ -136,9 +157,11 @@ class LocalRouter:
                                  f"request body exceeds the {child.max_body} byte limit (serving.max_body_size)",
                                  request_id, [(b"connection", b"close")])
                 return
-            headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP]
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP and k.lower() != ARRIVAL_HEADER]
             if not any(k == b"x-request-id" for k, _ in headers):
                 headers.append((b"x-request-id", request_id.encode("latin-1")))
+            if api.scales_to_zero:  # its server keeps the deadline from arrival here, however long it was held
+                headers.append((ARRIVAL_HEADER, repr(arrived).encode()))
             url = httpx.URL(path=scope["path"], query=scope.get("query_string", b""))
             request = child.client.build_request(scope["method"], url, headers=headers, content=body)
             response = await child.client.send(request, stream=True)
@@ -162,6 +185,7 @@ class LocalRouter:
                                  "was stopped); retry", request_id, [(b"retry-after", b"1")])
         finally:
             child.in_flight -= 1
+            api.last_active = time.monotonic()
 
     # ------------------------------------------------------------------ local routes
     def _api_list(self, base: str) -> list[dict[str, Any]]:
@@ -247,8 +271,8 @@ class LocalRouter:
             with contextlib.suppress(httpx.HTTPError):
                 text = (await child.client.get(contract.METRICS_PATH, timeout=5)).text
                 for family in text_string_to_metric_families(text):
-                    if not family.name.startswith(contract.METRIC_PREFIX):
-                        continue  # each child's process_* would clash: this process reports its own
+                    if not family.name.startswith(contract.METRIC_PREFIX) or family.name in OWN_FAMILIES:
+                        continue  # each child's process_* would clash; cold starts are counted here
                     if family.name in families:
                         families[family.name].samples.extend(family.samples)
                     else:
@@ -261,7 +285,7 @@ class LocalRouter:
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)
         registry.register(Merged())
-        return generate_latest(registry)
+        return generate_latest(registry) + generate_latest(self.server.scale_metrics.registry)
 
 
 class _TooLarge(Exception):
