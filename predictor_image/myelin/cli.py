@@ -52,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .process import run_app
     from .server import MyelinApp
 
-    app = MyelinApp([(folder, spec)])
+    app = MyelinApp([(folder, spec)], settings=settings)
     _err(f"myelin: serving {spec.name} at http://{args.host}:{port}{spec.endpoint}")
     run_app(app, args.host, port, spec.serving.drain_timeout.seconds, settings)
     return 0

@@ -111,7 +111,7 @@ def _worker_main(folder: str, spec_json: str, host: str, port: int, sock: socket
     from .server import MyelinApp  # imported in the child, after PROMETHEUS_MULTIPROC_DIR is set
 
     spec = ApiSpec.model_validate_json(spec_json)
-    app = MyelinApp([(Path(folder), spec)], processes=processes)
+    app = MyelinApp([(Path(folder), spec)], processes=processes, settings=settings)
     run_app(app, host, port, spec.serving.drain_timeout.seconds, settings, sockets=[sock])
 
 

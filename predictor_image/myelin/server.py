@@ -25,6 +25,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .endpoint import handle_predict
 from .http_io import new_request_id
 from .runtime import ApiRuntime, State
+from .settings import Settings
 from .spec import ApiSpec
 
 SAMPLE_INTERVAL_S = 1.0
@@ -45,8 +46,10 @@ def _error_response(request: Request, status: int, kind: str, message: str,
 class MyelinApp:
     def __init__(self, apis: Iterable[tuple[Path, ApiSpec]], *, processes: int | None = None,
                  log: RequestLog | None = None, metrics: Metrics | None = None,
-                 on_loaded: Callable[[ApiRuntime], None] | None = None, watch: bool = False):
+                 on_loaded: Callable[[ApiRuntime], None] | None = None, watch: bool = False,
+                 settings: Settings | None = None):
         self.log = log or RequestLog()
+        self.settings = settings or Settings()
         self.metrics = metrics or Metrics()
         self.processes = processes
         self.on_loaded = on_loaded
@@ -60,7 +63,7 @@ class MyelinApp:
         self.control = self._control_app()
 
     def new_runtime(self, folder: Path, spec: ApiSpec) -> ApiRuntime:
-        return ApiRuntime(folder, spec, self.metrics.for_api(spec.name), self.log, self.processes)
+        return ApiRuntime(folder, spec, self.metrics.for_api(spec.name), self.log, self.processes, self.settings)
 
     # ------------------------------------------------------------------ ASGI
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:

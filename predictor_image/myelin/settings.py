@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
+from .contract import MODEL_CACHE_ENV, MODEL_CACHE_MAX_BYTES_ENV, MODEL_VERSION_ENV
+
 
 class SettingsError(ValueError):
     """A `MYELIN_*` (or `PORT`) environment variable with a value that cannot be used."""
@@ -43,12 +45,35 @@ def _log_level(name: str, raw: str) -> str:
     return raw.lower()
 
 
+def _size(name: str, raw: str) -> int:
+    from .spec.fields import parse_memory
+
+    try:
+        value = parse_memory(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a number of bytes or a size like 20Gi") from None
+    if value <= 0:
+        raise SettingsError(f"{name}={raw!r}: must be greater than 0")
+    return value
+
+
+def _path(name: str, raw: str) -> str:
+    return os.path.expanduser(raw)
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
 #: field name -> (environment variable, parser). Documented in the README's server settings table.
 ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "header_timeout": ("MYELIN_HEADER_TIMEOUT", _positive_float),
     "body_timeout": ("MYELIN_BODY_TIMEOUT", _positive_float),
     "keep_alive_timeout": ("MYELIN_KEEP_ALIVE_TIMEOUT", _positive_int),
     "uvicorn_log_level": ("MYELIN_UVICORN_LOG_LEVEL", _log_level),
+    "model_cache": (MODEL_CACHE_ENV, _path),
+    "model_cache_max_bytes": (MODEL_CACHE_MAX_BYTES_ENV, _size),
+    "model_version": (MODEL_VERSION_ENV, _text),
 }
 
 
@@ -63,6 +88,12 @@ class Settings:
     keep_alive_timeout: int = 75
     #: uvicorn's own log level (request logs are Myelin's JSON lines either way).
     uvicorn_log_level: str = "warning"
+    #: Where `predictor.model_uri` files are cached (content-addressed; see model_files.py).
+    model_cache: str = os.path.expanduser("~/.cache/myelin/models")
+    #: Bound of that cache: least recently used models not in use are evicted to stay under it.
+    model_cache_max_bytes: int = 20 * 2**30
+    #: The model version recorded at deploy time (cluster only); a mismatch is logged, not fatal.
+    model_version: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
