@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
+import signal
 import time
 from pathlib import Path
 
@@ -247,9 +247,17 @@ def peak_rss_mib(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
-def test_large_object_streams_to_disk_in_flat_memory_and_readiness_waits(tmp_path, moto, s3):
-    size = 200 * MiB
-    expected = upload_large(s3, BUCKET, "large/weights.bin", size, seed=3)
+LARGE = 200 * MiB
+
+
+@pytest.fixture(scope="module")
+def large(s3):
+    """A generated 200 MiB object, uploaded by multipart from a stream; its MD5."""
+    return upload_large(s3, BUCKET, "large/weights.bin", LARGE, seed=3)
+
+
+def test_large_object_streams_to_disk_in_flat_memory_and_readiness_waits(tmp_path, moto, s3, large):
+    size, expected = LARGE, large
     s3.put_object(Bucket=BUCKET, Key="small/weights.bin", Body=b"w" * 1000)
 
     small = start(tmp_path, moto, "s3://models/small/", tmp_path / "cache-small")
@@ -288,3 +296,31 @@ def test_large_object_streams_to_disk_in_flat_memory_and_readiness_waits(tmp_pat
         assert peak - baseline < 100, (peak, baseline)
     finally:
         large.stop()
+
+
+def test_a_download_killed_midway_is_never_used_and_is_cleared_by_the_next(tmp_path, moto, s3, large):
+    cache = tmp_path / "cache"
+    killed = start(tmp_path, moto, "s3://models/large/", cache, wait=False)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            progress = [l for l in events(killed, "model download progress") if 0 < l["bytes"] < l["total"]]
+            if progress:
+                break
+            assert killed.proc.poll() is None, killed.stderr()
+            time.sleep(0.02)
+        assert progress, "no progress line while downloading"
+        killed.signal(signal.SIGKILL)
+        killed.proc.wait(timeout=10)
+    finally:
+        killed.stop()
+    assert not (cache / "entries").exists() or list((cache / "entries").iterdir()) == []  # nothing usable
+    assert list((cache / "tmp").iterdir())  # the partial download, left by SIGKILL
+
+    server = start(tmp_path, moto, "s3://models/large/", cache)
+    try:
+        assert files_served(server)["files"]["weights.bin"] == {"size": LARGE, "md5": large}
+        assert events(server, "model ready")[0]["downloaded"] is True  # downloaded afresh, not resumed from junk
+    finally:
+        server.stop()
+    assert list((cache / "tmp").iterdir()) == []  # cleared by the next download of that version
