@@ -161,6 +161,9 @@ def _as_fetch_error(uri: ModelUri, err: BaseException, doing: str) -> ModelFetch
         if code in _CHANGED:
             return ModelFetchError(uri.raw, "changed during download", f"{detail}; restart to fetch the new version")
         return ModelFetchError(uri.raw, "S3 error", detail)
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ModelFetchError(uri.raw, "no space left for the model", f"{doing}: {err}; the cache needs the model's "
+                               "size free (compute.model_disk in the cloud, MYELIN_MODEL_CACHE_MAX_BYTES)")
     if isinstance(err, (bx.EndpointConnectionError, bx.ConnectionError, bx.HTTPClientError)):
         return ModelFetchError(uri.raw, "cannot reach S3", f"{doing}: {err}")
     cause = err.__cause__ or err.__context__
@@ -437,8 +440,11 @@ class ModelCache:
         except Exception as err:  # noqa: BLE001 - e.g. a bad AWS config file: still name the URI
             raise _as_fetch_error(uri, err, "creating the S3 client") from None
         version = listing.version
-        for path in (self.entries, self.locks, self.tmp):
-            path.mkdir(parents=True, exist_ok=True)
+        try:
+            for path in (self.entries, self.locks, self.tmp):
+                path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ModelFetchError(uri.raw, "model cache not writable", f"{err}; set MYELIN_MODEL_CACHE") from None
         lease = Lease(_lock(self.locks / f"{version}.use", exclusive=False))
         try:
             downloaded = self._ensure(client, listing, report, fields)

@@ -111,6 +111,34 @@ def test_a_process_holding_a_model_keeps_it_from_another_processes_eviction(tmp_
     assert held not in entries(cache)
 
 
+@pytest.mark.parametrize("size, reason", [
+    (20 * MiB, "changed during download"),  # ranged GETs carry If-Match: S3 answers 412
+    (3 * MiB, "verification failed"),  # one plain GET got the new bytes: their MD5 is not the listed ETag
+])
+def test_an_object_changed_during_the_download_is_refused_and_nothing_is_kept(tmp_path, s3, size, reason):
+    from myelin.model_files import list_model, s3_client
+
+    put(s3, "moving/model.bin", size, b"1")
+    cache = ModelCache(tmp_path, 10**9)
+    client = s3_client()
+    listing = list_model(parse_model_uri("s3://cache/moving/model.bin"), client)
+    put(s3, "moving/model.bin", size, b"2")  # replaced after the listing, before the GETs
+    for folder in (cache.entries, cache.locks, cache.tmp):
+        folder.mkdir(parents=True)
+    with pytest.raises(ModelFetchError, match=rf"cannot fetch model s3://cache/moving/model.bin: {reason}"):
+        cache._ensure(client, listing, lambda *a, **k: None, {})
+    assert list(cache.entries.iterdir()) == [] and list(cache.tmp.iterdir()) == []
+    assert cache.fetch("s3://cache/moving/model.bin", tmp_path).downloaded is True  # the next start gets the new one
+
+
+def test_an_unwritable_cache_is_named(tmp_path, s3):
+    put(s3, "ro/model.bin", 10, b"r")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ModelFetchError, match=r"s3://cache/ro/model.bin: model cache not writable .*MYELIN_MODEL_CACHE"):
+        ModelCache(blocker / "cache", 10**9).fetch("s3://cache/ro/model.bin", tmp_path)
+
+
 def test_verify_file_checks_size_md5_and_multipart_etags(tmp_path):
     data = os.urandom(5 * MiB + 3)
     path = tmp_path / "f"
