@@ -10,6 +10,15 @@ from __future__ import annotations
 #: The effective api.yaml (after stack overrides) as JSON, set on every pod by the cluster.
 SPEC_ENV = "MYELIN_API_SPEC"
 
+#: Model cache directory (`predictor.model_uri`); the cluster points it at the pod's model volume.
+MODEL_CACHE_ENV = "MYELIN_MODEL_CACHE"
+#: Bound of the model cache in bytes (or a quantity like `20Gi`); least recently used models are evicted.
+MODEL_CACHE_MAX_BYTES_ENV = "MYELIN_MODEL_CACHE_MAX_BYTES"
+#: The model version (`myelin.model_files.resolve_model_version`) that `pulumi up` recorded in the pod
+#: template: a new model at the same URI changes the template and rolls the pods; the runtime logs a
+#: warning when the files it finds differ from it.
+MODEL_VERSION_ENV = "MYELIN_MODEL_VERSION"
+
 #: Port the container listens on (the image's `PORT`).
 CONTAINER_PORT = 8080
 

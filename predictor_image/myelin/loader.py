@@ -142,13 +142,35 @@ def import_predictor_class(folder: Path, spec: ApiSpec) -> type:
     return cls
 
 
-def load_predictor(folder: Path, spec: ApiSpec) -> Predictor:
-    """Import the predictor class and construct it with `spec.predictor.config`."""
+def init_kwargs(cls: type, spec: ApiSpec, folder: Path, model_dir: Path | None) -> dict[str, Any]:
+    """What `__init__` gets besides `config`: each extra is passed only when `__init__` declares it.
+
+    - `model_dir`: the local folder holding the files of `predictor.model_uri` (a str path).
+    """
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # a class whose signature cannot be read: only config
+        return {}
+    accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs: dict[str, Any] = {}
+    declared = params.get("model_dir")
+    if model_dir is not None and (declared is not None or accepts_kwargs):
+        kwargs["model_dir"] = str(model_dir)
+    elif model_dir is None and declared is not None and declared.default is inspect.Parameter.empty:
+        raise LoadError(spec.name, str(folder / spec.predictor.path),
+                        f"{spec.predictor.class_name}.__init__ declares model_dir, but api.yaml sets no "
+                        "predictor.model_uri (the model files to put there)")
+    return kwargs
+
+
+def load_predictor(folder: Path, spec: ApiSpec, model_dir: Path | None = None) -> Predictor:
+    """Import the predictor class and construct it with `spec.predictor.config` (and `model_dir` if declared)."""
     folder = Path(folder).resolve()
     cls = import_predictor_class(folder, spec)
+    extra = init_kwargs(cls, spec, folder, model_dir)
     try:
         with _importable(folder):  # __init__ may import sibling modules lazily
-            instance = cls(dict(spec.predictor.config))
+            instance = cls(dict(spec.predictor.config), **extra)
     except BaseException as err:  # noqa: BLE001
         if isinstance(err, KeyboardInterrupt):
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import os
 import threading
 import time
@@ -23,6 +24,7 @@ from .invoke import Invoker, deliver
 from .loader import LoadError, Predictor, load_predictor
 from .logs import RequestLog
 from .metrics import ApiMetrics
+from .settings import Settings
 from .spec import ApiSpec
 
 
@@ -48,8 +50,10 @@ class State(str, enum.Enum):
 
 
 class ApiRuntime:
-    def __init__(self, folder: Path, spec: ApiSpec, metrics: ApiMetrics, log: RequestLog, processes: int | None = None):
+    def __init__(self, folder: Path, spec: ApiSpec, metrics: ApiMetrics, log: RequestLog, processes: int | None = None,
+                 settings: Settings | None = None):
         self.folder = Path(folder)
+        self.settings = settings or Settings()
         self.spec = spec
         self.name = spec.name
         self.endpoint = spec.endpoint
@@ -60,6 +64,7 @@ class ApiRuntime:
         self.predictor: Predictor | None = None
         self.invoker: Invoker | None = None
         self.api_keys: ApiKeys | None = None
+        self.model = None  # model_files.FetchedModel once `predictor.model_uri` is on disk
         serving = spec.serving
         # Per-replica limits are shared across the replica's processes (`myelin local` runs one process).
         self.max_concurrency = serving.per_process(serving.max_concurrency, processes)
@@ -94,15 +99,14 @@ class ApiRuntime:
         try:
             if self._keys_error is not None:
                 raise self._keys_error
-            predictor = load_predictor(self.folder, self.spec)
+            model_dir = self._fetch_model() if self.spec.predictor.model_uri else None
+            predictor = load_predictor(self.folder, self.spec, model_dir)
         except LoadError as err:
-            self.load_error = err
-            self.state = State.FAILED
+            self._failed(err)
             return
         except Exception as err:  # noqa: BLE001 - e.g. a bad predictor.env value: fail clearly, never hang in LOADING
-            self.load_error = LoadError(self.name, str(self.folder / "api.yaml"), f"{type(err).__name__}: {err}",
-                                        traceback.format_exc())
-            self.state = State.FAILED
+            self._failed(LoadError(self.name, str(self.folder / "api.yaml"), f"{type(err).__name__}: {err}",
+                                   traceback.format_exc()))
             return
         self.predictor = predictor
         self.invoker = Invoker(self.name, self.spec, predictor, self.max_concurrency, self.max_queue_length,
@@ -112,6 +116,39 @@ class ApiRuntime:
         if self.state is State.LOADING:  # a drain that began during the load wins
             self.state = State.READY
             self.ready_at = time.time()
+
+    def _failed(self, err: LoadError) -> None:
+        self.load_error = err
+        self.state = State.FAILED
+        if self.model is not None:
+            self.model.release()  # not served: the cache may evict it
+
+    def _fetch_model(self) -> Path:
+        """Blocking: `predictor.model_uri` on local disk (downloaded or from the cache); LoadError if it cannot be."""
+        from .model_files import ModelCache, ModelFetchError
+
+        cache = ModelCache.from_settings(self.settings)
+        try:
+            self.model = cache.fetch(self.spec.predictor.model_uri, self.folder, self._report_from_thread, api=self.name)
+        except ModelFetchError as err:
+            raise LoadError(self.name, f"{self.folder / 'api.yaml'} predictor.model_uri", str(err)) from None
+        expected = self.settings.model_version
+        if expected and self.model.version is not None and self.model.version != expected:
+            self._report_from_thread(
+                "warning", "model changed since deploy: serving the files now at the URI; run pulumi up to roll",
+                api=self.name, uri=self.model.uri, version=self.model.version, deployed_version=expected)
+        return self.model.path
+
+    def _report_from_thread(self, level: str, message: str, **fields: Any) -> None:
+        """Log from the load (or transfer) threads: lines are written on the event loop, as all others."""
+        loop = self.loop
+        if loop is None:
+            self.log.event(level, message, **fields)
+            return
+        try:
+            loop.call_soon_threadsafe(functools.partial(self.log.event, level, message, **fields))
+        except RuntimeError:  # the loop closed: the process is exiting
+            pass
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -161,6 +198,8 @@ class ApiRuntime:
         self.state = State.STOPPED
         if self.invoker is not None:
             self.invoker.close()
+        if self.model is not None:
+            self.model.release()  # the cache may evict it once no process serves it
 
     # ---------------------------------------------------------------- requests in flight
     def enter(self) -> None:
@@ -215,4 +254,6 @@ class ApiRuntime:
                                 "folder": str(self.folder), "in_flight": self.in_flight, "queued": self.waiting}
         if self.load_error is not None:
             info["error"] = {"where": self.load_error.where, "message": self.load_error.message}
+        if self.model is not None:
+            info["model"] = self.model.describe()
         return info

@@ -29,6 +29,7 @@ from .openapi_doc import DOCS_ASSETS_PATH, operation, swagger_assets, swagger_pa
 from .endpoint import handle_predict
 from .http_io import MAX_REQUEST_ID, new_request_id
 from .runtime import ApiRuntime, State
+from .settings import Settings
 from .spec import ApiSpec
 
 SAMPLE_INTERVAL_S = 1.0
@@ -115,8 +116,11 @@ class MyelinApp:
     def new_runtime(self, folder: Path, spec: ApiSpec) -> ApiRuntime:
         return ApiRuntime(folder, spec, self.metrics.for_api(spec.name, spec.target_in_flight), self.log, self.processes)
 
-    def apply_settings(self, settings: Any) -> None:
-        """Server settings the APIs need: the arrival-time header of APIs scaled to zero (arrival.py)."""
+    def apply_settings(self, settings: Settings) -> None:
+        """Server settings the APIs need before they load: the model cache (model_files.py), the arrival-time
+        header of APIs scaled to zero (arrival.py)."""
+        for runtime in self.runtimes.values():
+            runtime.settings = settings  # the model cache (model_files.py) and what follows
         if settings.arrival_header is None:
             return
         from .arrival import ArrivalClock

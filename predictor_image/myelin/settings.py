@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
+from .contract import MODEL_CACHE_ENV, MODEL_CACHE_MAX_BYTES_ENV, MODEL_VERSION_ENV
+
 
 class SettingsError(ValueError):
     """A `MYELIN_*` (or `PORT`) environment variable with a value that cannot be used."""
@@ -50,6 +52,26 @@ def _header_name(name: str, raw: str) -> str:
     return token
 
 
+def _size(name: str, raw: str) -> int:
+    from .spec.fields import parse_memory
+
+    try:
+        value = parse_memory(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a number of bytes or a size like 20Gi") from None
+    if value <= 0:
+        raise SettingsError(f"{name}={raw!r}: must be greater than 0")
+    return value
+
+
+def _path(name: str, raw: str) -> str:
+    return os.path.expanduser(raw)
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
 #: field name -> (environment variable, parser). Documented in the README's server settings table.
 ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "header_timeout": ("MYELIN_HEADER_TIMEOUT", _positive_float),
@@ -58,6 +80,9 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "uvicorn_log_level": ("MYELIN_UVICORN_LOG_LEVEL", _log_level),
     "max_header_bytes": ("MYELIN_MAX_HEADER_BYTES", _positive_int),
     "arrival_header": ("MYELIN_ARRIVAL_HEADER", _header_name),
+    "model_cache": (MODEL_CACHE_ENV, _path),
+    "model_cache_max_bytes": (MODEL_CACHE_MAX_BYTES_ENV, _size),
+    "model_version": (MODEL_VERSION_ENV, _text),
 }
 
 
@@ -76,6 +101,12 @@ class Settings:
     max_header_bytes: int = 64 * 1024
     #: Request header with the request's arrival time at the load balancer (APIs scaled to zero: arrival.py).
     arrival_header: str | None = None
+    #: Where `predictor.model_uri` files are cached (content-addressed; see model_files.py).
+    model_cache: str = os.path.expanduser("~/.cache/myelin/models")
+    #: Bound of that cache: least recently used models not in use are evicted to stay under it.
+    model_cache_max_bytes: int = 20 * 2**30
+    #: The model version recorded at deploy time (cluster only); a mismatch is logged, not fatal.
+    model_version: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":

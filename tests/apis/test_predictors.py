@@ -20,7 +20,7 @@ from PIL import Image
 from sklearn.datasets import load_digits, load_iris
 
 from myelin.errors import PredictorError
-from myelin.spec import load_api_spec
+from myelin.spec import load_api_spec, parse_model_uri
 
 ROOT = Path(__file__).resolve().parents[2]
 APIS = ROOT / "apis"
@@ -29,6 +29,7 @@ EXAMPLES = {
     "kmeans": "sample.json",
     "sentence-embedding": "sample.txt",
     "image-classifier": "sample.png",
+    "wine-classifier": "sample.json",
 }
 CONTENT_TYPES = {".json": "application/json", ".txt": "text/plain", ".png": "image/png"}
 _loaded = 0
@@ -54,7 +55,10 @@ def make_predictor(name: str, **config_overrides):
     spec = load_api_spec(APIS / name)
     module = load_module(name, spec.predictor.path)
     cls = getattr(module, spec.predictor.class_name)
-    return cls({**spec.predictor.config, **config_overrides})
+    extra = {}
+    if spec.predictor.model_uri:  # a local model_uri, as the runtime hands it over
+        extra["model_dir"] = str(parse_model_uri(spec.predictor.model_uri).local_dir(APIS / name))
+    return cls({**spec.predictor.config, **config_overrides}, **extra)
 
 
 def assert_bad_request(call, *args, match: str = ""):
@@ -305,6 +309,55 @@ def test_image_bad_payloads(digits_classifier, payload, match):
 def test_image_truncated_png(digits_classifier):
     data = (APIS / "image-classifier" / "sample.png").read_bytes()
     assert_bad_request(digits_classifier.predict, data[: len(data) // 2], match="^not an image")
+
+
+# --- wine-classifier (model files from predictor.model_uri) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wine():
+    return make_predictor("wine-classifier")
+
+
+def test_wine_model_files_come_from_model_uri(wine):
+    spec = load_api_spec(APIS / "wine-classifier")
+    assert spec.predictor.model_uri == "model"
+    assert sorted(p.name for p in (APIS / "wine-classifier" / "model").iterdir()) == ["config.json", "weights.json"]
+    assert wine.features[-2:] == ["od280_od315_of_diluted_wines", "proline"] and wine.classes == ["class_0", "class_1", "class_2"]
+
+
+def test_wine_sample_and_accuracy(wine):
+    from sklearn.datasets import load_wine
+
+    result = wine.predict(json.loads((APIS / "wine-classifier" / "sample.json").read_text()))
+    assert result["cultivar"] == "class_0" and sum(result["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    data = load_wine()
+    predicted = [wine.predict(dict(zip(wine.features, map(float, row))))["cultivar"] for row in data.data]
+    accuracy = np.mean([p == str(data.target_names[t]) for p, t in zip(predicted, data.target)])
+    assert accuracy > 0.95
+
+
+def test_wine_export_reproduces_the_committed_model(tmp_path, wine):
+    module = load_module("wine-classifier", "export.py")
+    module.export(tmp_path)
+    fresh = json.loads((tmp_path / "weights.json").read_text())
+    np.testing.assert_allclose(np.asarray(fresh["coef"]), wine.coef, atol=1e-4)
+    assert json.loads((tmp_path / "config.json").read_text())["features"] == wine.features
+
+
+@pytest.mark.parametrize("payload, match", [
+    ({"alcohol": 13.0}, "missing measurement"),
+    ([1, 2, 3], "JSON object"),
+    ("alcohol=13", "JSON object"),
+])
+def test_wine_bad_inputs(wine, payload, match):
+    assert_bad_request(wine.predict, payload, match=match)
+
+
+def test_wine_bad_measurement(wine):
+    sample = json.loads((APIS / "wine-classifier" / "sample.json").read_text())
+    for bad in ("13.2", True, None, float("inf")):
+        assert_bad_request(wine.predict, {**sample, "hue": bad}, match="'hue' must be a finite number")
 
 
 # --- sentence-embedding -------------------------------------------------------------------------

@@ -39,10 +39,12 @@ from .load import (
     spec_from_dict,
     validation_problems,
 )
+from .model_uri import ModelUri, S3Scope, parse_model_uri, s3_scope
 from .realtime import ApiSpec
 
 __all__ = [
-    "ApiSpec", "AuthSpec", "AutoscalingSpec", "BatchingSpec", "ComputeSpec", "Duration", "EgressRule", "KINDS",
+    "ApiSpec", "AuthSpec", "AutoscalingSpec", "BatchingSpec", "ComputeSpec", "Duration", "EgressRule", "KINDS", "ModelUri",
+    "S3Scope", "parse_model_uri", "s3_scope",
     "NetworkingSpec", "PredictorSpec", "SPEC_FILE", "ServingSpec", "SpecError", "UpdateStrategySpec",
     "check_predictor_file", "check_unique", "deep_merge", "discover_api_folders", "load_api_spec",
     "load_specs", "parse_cpu", "parse_duration", "parse_memory", "read_spec_file", "resolve_spec",

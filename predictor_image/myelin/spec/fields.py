@@ -12,6 +12,7 @@ from pydantic_core import core_schema
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..contract import RESERVED_PATHS, SCRAPE_INTERVAL_S
+from .model_uri import parse_model_uri
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
@@ -100,6 +101,19 @@ class PredictorSpec(_Strict):
     class_name: str = Field("Predictor", description="Name of the predictor class in `path`.")
     config: dict[str, Any] = Field(default_factory=dict, description="Handed to `__init__(self, config)`.")
     env: dict[str, str] = Field(default_factory=dict, description="Environment variables set before loading.")
+    model_uri: str | None = Field(
+        None,
+        description="Model files fetched before `__init__` and handed to it as `model_dir`: s3://bucket/prefix "
+        "(one object or a prefix; ?versionId= pins one object) or a local path (relative to the API folder).",
+    )
+
+    @field_validator("model_uri")
+    @classmethod
+    def _model_uri(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parse_model_uri(v)
+        return v.strip()
 
     @field_validator("path")
     @classmethod
@@ -129,6 +143,10 @@ class ComputeSpec(_Strict):
     cpu: str = Field("1", description="CPU request per replica (Kubernetes quantity).")
     mem: str = Field("1Gi", description="Memory request and limit per replica (Kubernetes quantity).")
     gpu: int = Field(0, ge=0, le=16, description="NVIDIA GPUs per replica.")
+    model_disk: str | None = Field(
+        None, description="Size of the pod's own volume holding the model cache (Kubernetes quantity, e.g. '20Gi'); "
+        "for APIs whose predictor.model_uri is an s3:// URI.",
+    )
 
     @field_validator("cpu", mode="before")
     @classmethod
@@ -149,6 +167,22 @@ class ComputeSpec(_Strict):
         if parse_memory(v) < 32 * 2**20:
             raise ValueError("must be at least 32Mi")
         return v
+
+    @field_validator("model_disk", mode="before")
+    @classmethod
+    def _model_disk(cls, v: Any) -> str | None:
+        if v is None:
+            return v
+        if isinstance(v, bool):
+            raise ValueError("must be a size like '20Gi'")
+        v = str(v)
+        if parse_memory(v) < 2**20:
+            raise ValueError("must be at least 1Mi")
+        return v
+
+    @property
+    def model_disk_bytes(self) -> int | None:
+        return parse_memory(self.model_disk) if self.model_disk is not None else None
 
     @property
     def cpu_cores(self) -> float:
