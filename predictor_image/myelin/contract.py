@@ -32,6 +32,7 @@ IN_FLIGHT = "myelin_in_flight_requests"  # gauge {api}: the autoscaling signal
 QUEUE_LENGTH = "myelin_queue_length"  # gauge {api}
 BATCH_SIZE = "myelin_batch_size"  # histogram {api}
 READY_PROCESSES = "myelin_ready_processes"  # gauge {api}
+TIME_TO_FIRST_ITEM = "myelin_time_to_first_item_seconds"  # histogram {api}: streaming predictors only
 
 # -- labels ------------------------------------------------------------------------------------
 LABEL_API = "api"

@@ -18,6 +18,7 @@ from . import codec
 from .errors import HTTPError, PredictorError
 from .http_io import ClientGone, RequestHead, read_body, send_body, send_error, too_large
 from .runtime import ApiRuntime, State
+from .streaming import stream_response
 
 
 class _ServerFault(Exception):
@@ -58,6 +59,10 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
         payload = await codec.decode(head.content_type, body)
         predictor = runtime.predictor
         kwargs = _extras(runtime, scope) if predictor.wants_query_params or predictor.wants_headers else {}
+        if predictor.streams:  # a generator predict: items go out as they come (streaming.py)
+            status, error_type = await stream_response(runtime, payload, kwargs, deadline, scope, receive, send,
+                                                       request_id, start)
+            return
         result = await runtime.invoker.invoke(payload, kwargs, deadline)
         if isinstance(result, Response):
             result.headers.setdefault("x-request-id", request_id)
