@@ -281,12 +281,10 @@ class Stream:
         send = self.send
         timeout = self.runtime.timeout
         started = writing = False
+        limit: asyncio.Timeout | None = None  # the deadline of the step under way
         try:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    item = await items.next()
-            except TimeoutError:
-                raise Timeout(timeout) from None
+            async with asyncio.timeout_at(deadline) as limit:  # the first item: from arrival, queueing included
+                item = await items.next()
             chunk = self._encode(item) if item is not _END else b""
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", self.framing.content_type), (b"x-request-id", self.request_id.encode("latin-1")),
@@ -295,7 +293,7 @@ class Stream:
             started = True
             while item is not _END:
                 writing = True
-                async with asyncio.timeout(timeout):  # one step: hand this item over, produce the next
+                async with asyncio.timeout(timeout) as limit:  # one step: hand this item over, produce the next
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     if self.started_at:
                         self.runtime.metrics.first_item.observe(time.perf_counter() - self.started_at)
@@ -318,7 +316,11 @@ class Stream:
             if isinstance(reason, ClientGone):
                 return 499, "client_disconnected"
             return await self._end_with(reason)
-        except TimeoutError:  # a step past serving.timeout (the first item's deadline raised Timeout above)
+        except TimeoutError as err:
+            if limit is None or not limit.expired():  # raised by the predictor itself
+                return await self._failed(err, started)
+            if not started:
+                raise Timeout(timeout) from None
             if writing:  # the client stopped reading: nothing more can reach it
                 self.finished = True
                 return 499, "client_stalled"
@@ -332,18 +334,22 @@ class Stream:
             if not started:
                 raise
             return await self._end_with(err)
-        except BaseException as err:  # noqa: BLE001 - predictor failure: details to the log, not the client
-            if not started:
-                if isinstance(err, Exception):
-                    raise
-                raise RuntimeError(f"predict raised {type(err).__name__}: {err}") from err
-            self.runtime.log.event(
-                "error", "predict raised", api=self.runtime.name, request_id=self.request_id,
-                error=f"{type(err).__name__}: {err}", traceback="".join(traceback.format_exception(err)),
-            )
-            return await self._end_with(HTTPError(500, "predictor_failure", "the predictor failed; see the server log"))
+        except BaseException as err:  # noqa: BLE001 - whatever predict raised
+            return await self._failed(err, started)
         finally:
             await items.close()
+
+    async def _failed(self, err: BaseException, started: bool) -> tuple[int, str]:
+        """The predictor failed: before the first item the caller answers (and logs); after it, log and end."""
+        if not started:
+            if isinstance(err, Exception):
+                raise err
+            raise RuntimeError(f"predict raised {type(err).__name__}: {err}") from err
+        self.runtime.log.event(
+            "error", "predict raised", api=self.runtime.name, request_id=self.request_id,
+            error=f"{type(err).__name__}: {err}", traceback="".join(traceback.format_exception(err)),
+        )
+        return await self._end_with(HTTPError(500, "predictor_failure", "the predictor failed; see the server log"))
 
     async def _end_with(self, err: HTTPError | PredictorError) -> tuple[int, str]:
         self.finished = True

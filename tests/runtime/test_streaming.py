@@ -156,6 +156,7 @@ def test_errors_before_the_first_item_are_ordinary_json_errors(served):
 @pytest.mark.parametrize("fail, status, error_type, message", [
     ("predictor", 422, "predictor_error", "this item is refused"),
     ("crash", 500, "predictor_failure", "the predictor failed; see the server log"),
+    ("timeout", 500, "predictor_failure", "the predictor failed; see the server log"),
 ])
 def test_an_error_after_the_first_item_ends_the_stream(served, fail, status, error_type, message):
     kind, server = served

@@ -2,7 +2,7 @@
 
 `{"steps": [...], "marker": path}`: each step is `{"yield": value}` (`"times": n` yields it n times), `{"sleep": s}`, `{"wait": path}`
 (wait until the file exists, then yield `{"waited": true}`; false after 20 s), `{"raise": "predictor"}`
-(a PredictorError 422) or `{"raise": "crash"}` (a RuntimeError), or `{"forever": gap}` (yield 0, 1, 2, ...
+(a PredictorError 422), `{"raise": "timeout"}` (a TimeoutError) or `{"raise": "crash"}` (a RuntimeError), or `{"forever": gap}` (yield 0, 1, 2, ...
 with `gap` seconds between them). The generator writes "closed" to `marker` in its `finally`.
 """
 
@@ -18,6 +18,8 @@ WAIT_S = 20
 def _fail(kind):
     if kind == "predictor":
         raise PredictorError(422, "this item is refused")
+    if kind == "timeout":  # the predictor's own TimeoutError (e.g. a client library's): a failure, not a 504
+        raise TimeoutError("the generator's own call timed out")
     raise RuntimeError("generator exploded")
 
 
