@@ -9,7 +9,7 @@ import inspect
 import os
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -59,17 +59,24 @@ class Predictor:
     kind: CallKind
     wants_query_params: bool
     wants_headers: bool
+    #: A generator predict: its items are streamed (read on the hot path, so a plain attribute).
+    streams: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.streams = self.kind in STREAMING_KINDS
 
     @property
     def is_async(self) -> bool:
         return self.kind is CallKind.ASYNC
 
-    @property
-    def streams(self) -> bool:
-        return self.kind in STREAMING_KINDS
-
 
 _SELF = object()  # stands for `self` when binding a plain method's signature
+
+
+def _defined_at(func: Any, fallback: Path) -> str:
+    """'file, line N' of a function's `def` (through decorators), or the fallback file."""
+    code = getattr(inspect.unwrap(getattr(func, "__func__", func)), "__code__", None)
+    return f"{code.co_filename}, line {code.co_firstlineno}" if code is not None else str(fallback)
 
 
 @dataclass(frozen=True)
@@ -103,17 +110,14 @@ class CallShape:
             signature = inspect.signature(func)
         except (TypeError, ValueError):  # not introspectable (e.g. implemented in C): trust it
             return self.optional
-        params = signature.parameters.values()
-        declared = tuple(n for n in self.optional if n in signature.parameters) if not any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in params) else self.optional
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+        declared = self.optional if takes_any else tuple(n for n in self.optional if n in signature.parameters)
         bound_self = (_SELF,) if inspect.isfunction(raw) else ()  # staticmethod/classmethod: nothing to bind
         try:
             signature.bind(*bound_self, *self.positional, **{n: None for n in declared})
         except TypeError as err:
-            code = getattr(inspect.unwrap(getattr(raw, "__func__", raw)), "__code__", None)
-            where = f"{code.co_filename}, line {code.co_firstlineno}" if code is not None else str(file)
             raise LoadError(
-                api, where,
+                api, _defined_at(raw, file),
                 f"{cls.__name__}.{self.method}{signature} cannot be called by the runtime ({err}); accepted: "
                 f"{self.accepted}" + (", the bracketed ones passed only when declared" if self.optional else "")
                 + "; any other parameter needs a default",
@@ -134,10 +138,8 @@ def _check_calls(folder: Path, spec: ApiSpec, cls: type) -> tuple[str, ...]:
     declared = PREDICT_CALL.check(spec.name, cls, file)
     predict = getattr(cls, "predict")
     if spec.batching is not None and call_kind(predict) in STREAMING_KINDS:
-        code = getattr(inspect.unwrap(predict), "__code__", None)
-        where = f"{code.co_filename}, line {code.co_firstlineno}" if code is not None else str(file)
         raise LoadError(
-            spec.name, where,
+            spec.name, _defined_at(predict, file),
             f"{cls.__name__}.predict is a generator (it streams its results) and {folder / 'api.yaml'} sets "
             "`batching`: streaming and batching do not combine; remove `batching` from api.yaml, or return "
             "the result instead of yielding it",
