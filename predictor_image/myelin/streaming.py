@@ -33,7 +33,7 @@ import orjson
 
 from .errors import HTTPError, PredictorError, error_body
 from .http_io import ClientGone
-from .invoke import Timeout
+from .invoke import Timeout, deliver, deliver_error
 from .loader import CallKind
 
 if TYPE_CHECKING:
@@ -87,15 +87,6 @@ def framing_for(headers: list[tuple[bytes, bytes]]) -> Framing:
 
 
 # ---------------------------------------------------------------------------------------- generators
-def _advance(gen: Any) -> Any:
-    """One `next()` in a pool thread. The end of the stream is a value here: a StopIteration must never
-    reach a future (asyncio refuses it as an exception)."""
-    try:
-        return next(gen)
-    except StopIteration:
-        return _END
-
-
 class ThreadedGenerator:
     """A sync generator advanced in a thread pool one step at a time, and closed there."""
 
@@ -105,12 +96,28 @@ class ThreadedGenerator:
         self._executor = executor
         self._loop = loop
         self._on_closed = on_closed
-        self._step: Future | None = None
+        self._step: Future | None = None  # the pool's future of the last step: closing waits for it
+        self._ended = False  # exhausted, or raised: nothing left to close
         self._closing = False
 
     def next(self) -> asyncio.Future:
-        self._step = self._executor.submit(_advance, self._gen)
-        return asyncio.wrap_future(self._step, loop=self._loop)
+        """The next item (or the end marker), resolved on the loop once one `next()` has run in the pool."""
+        fut = self._loop.create_future()
+        self._step = self._executor.submit(self._advance, fut)
+        return fut
+
+    def _advance(self, fut: asyncio.Future) -> None:
+        # The end of the stream is a value here: a StopIteration must never reach a future (asyncio refuses it).
+        try:
+            item = next(self._gen)
+        except StopIteration:
+            self._ended = True
+            item = _END
+        except BaseException as err:  # noqa: BLE001 - delivered to the stream, which ends with it
+            self._ended = True
+            self._loop.call_soon_threadsafe(deliver_error, fut, err)
+            return
+        self._loop.call_soon_threadsafe(deliver, fut, item)
 
     async def close(self) -> None:
         """Close the generator (its `finally` runs) once no step is running; the slot is freed after that."""
@@ -121,10 +128,11 @@ class ThreadedGenerator:
         if step is None:  # never started: closing runs none of its code
             self._gen.close()
             self._on_closed(None)
-        elif step.done() and not step.cancelled() and (step.exception() is not None or step.result() is _END):
-            self._on_closed(None)  # it ended (exhausted or raised): nothing left to close
+        elif step.done() and self._ended:
+            self._on_closed(None)
         else:
-            # Now if the step is over (or was cancelled before it ran), else in its thread when it returns.
+            step.cancel()  # a step still queued for a thread never runs
+            # Now if the step is over (or was cancelled), else in its thread when it returns.
             step.add_done_callback(self._close_in_pool)
 
     def _close_in_pool(self, _: Future) -> None:
