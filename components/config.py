@@ -324,16 +324,19 @@ def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) 
             if getattr(a, field_name).seconds > HPA_MAX_STABILIZATION_S:
                 problems.append((f"autoscaling.{field_name}", f"at most {HPA_MAX_STABILIZATION_S // 60}m in the cloud "
                                  "(the HPA's stabilizationWindowSeconds limit)"))
-        if a.min_replicas == 0:
-            # Held by the interceptor for up to serving.timeout, then answered within what is left of it (or by
-            # the cold-start responder): the ALB must not time the idle connection out first.
-            need = math.ceil(spec.serving.timeout.seconds) + SCALE_TO_ZERO_SLACK_S
-            if config.ingress.idle_timeout_seconds < need:
-                problems.append(("serving.timeout", (
-                    f"{spec.serving.timeout} with autoscaling.min_replicas 0: a request is held while the API scales "
-                    f"from zero for up to serving.timeout, so {NAMESPACE}:ingress.idle_timeout_seconds must be at "
-                    f"least {need} (it is {config.ingress.idle_timeout_seconds}), or the load balancer answers 504 "
-                    "first")))
+        # The ALB closes a connection on which nothing was sent for its idle timeout: it must outlast the longest
+        # silence the API allows (serving.timeout: a prediction's deadline, a stream's gap between two items), so
+        # the client gets the API's own answer (a JSON 504 or the next item) and never the ALB's HTML 504. An API
+        # scaled to zero is also held by the interceptor for up to serving.timeout while it starts.
+        need = math.ceil(spec.serving.timeout.seconds) + (SCALE_TO_ZERO_SLACK_S if a.min_replicas == 0 else 1)
+        if config.ingress.idle_timeout_seconds < need:
+            why = ("a request is held while the API scales from zero for up to serving.timeout"
+                   if a.min_replicas == 0 else
+                   "a prediction may take, and a stream may pause between items, up to serving.timeout")
+            problems.append(("serving.timeout", (
+                f"{spec.serving.timeout}{' with autoscaling.min_replicas 0' if a.min_replicas == 0 else ''}: {why}, "
+                f"so {NAMESPACE}:ingress.idle_timeout_seconds must be at least {need} (it is "
+                f"{config.ingress.idle_timeout_seconds}), or the load balancer answers 504 first")))
         if problems:
             raise SpecError(f"{folder / 'api.yaml'} (stack {config.stack})", problems)
         deployed.append(DeployedApi(folder=folder, spec=spec))

@@ -35,6 +35,18 @@ class AdmissionControl:
         self._waiters.append(fut)
         return fut
 
+    async def wait(self, waiter: asyncio.Future, deadline: float) -> bool:
+        """Wait in the queue for a slot until `deadline` (event loop clock): True once it is held, False past it."""
+        try:
+            await asyncio.wait_for(waiter, deadline - asyncio.get_running_loop().time())
+        except asyncio.TimeoutError:
+            self.abandon(waiter)
+            return False
+        except BaseException:
+            self.abandon(waiter)
+            raise
+        return True
+
     def abandon(self, fut: asyncio.Future) -> None:
         """A waiter gave up (deadline): leave the queue, or pass on a slot it was just handed."""
         if fut.done() and not fut.cancelled():

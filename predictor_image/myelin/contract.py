@@ -69,6 +69,7 @@ REJECTED_TOTAL = "myelin_rejected_requests_total"
 REJECT_OVERLOADED = "overloaded"
 REJECT_NOT_READY = "not_ready"
 REJECT_SHUTTING_DOWN = "shutting_down"
+TIME_TO_FIRST_ITEM = "myelin_time_to_first_item_seconds"  # histogram {api}: streaming predictors only
 
 # -- labels ------------------------------------------------------------------------------------
 LABEL_API = "api"

@@ -19,6 +19,7 @@ from .errors import HTTPError, PredictorError
 from .http_io import ClientGone, RequestHead, read_body, send_body, send_error, too_large
 from .invoke import PredictorFailure
 from .runtime import ApiRuntime, State
+from .streaming import stream_response
 
 
 class _ServerFault(Exception):
@@ -70,6 +71,10 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
         payload = await codec.decode(head.content_type, body)
         predictor = runtime.predictor
         kwargs = _extras(runtime, scope) if predictor.wants_query_params or predictor.wants_headers else {}
+        if predictor.streams:  # a generator predict: items go out as they come (streaming.py)
+            status, error_type = await stream_response(runtime, payload, kwargs, deadline, scope, receive, send,
+                                                       request_id, start)
+            return
         result = await runtime.invoker.invoke(payload, kwargs, deadline)
         draining = runtime.state is State.DRAINING
         if isinstance(result, Response):

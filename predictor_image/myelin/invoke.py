@@ -86,6 +86,20 @@ def deliver_error(fut: asyncio.Future, err: BaseException) -> None:
         fut.set_exception(err)
 
 
+def max_concurrent_batches(spec: ApiSpec, predictor: Predictor) -> int:
+    """Batches that may run at once in one process.
+
+    While they run, new requests queue and form the next batch; so an async predict runs one batch
+    at a time unless `batching.max_concurrent_batches` says more (each would otherwise start as soon
+    as one request arrives, batches of one). A sync predict runs one batch per thread:
+    `serving.threads`, or fewer if `max_concurrent_batches` says so.
+    """
+    configured = spec.batching.max_concurrent_batches
+    if predictor.is_async:
+        return configured or 1
+    return min(configured or spec.serving.threads, spec.serving.threads)
+
+
 class Invoker:
     """Admission or batching, the deadline, and the call itself for one loaded predictor."""
 
@@ -105,7 +119,7 @@ class Invoker:
         self._stuck_calls = 0
         # Calls that can run at once; when that many are stuck, the replica cannot serve anything.
         if spec.batching is not None:
-            self.call_capacity = max_concurrency if predictor.is_async else spec.serving.threads
+            self.call_capacity = max_concurrent_batches(spec, predictor)
         else:
             self.call_capacity = max_concurrency if predictor.is_async else min(max_concurrency, spec.serving.threads)
         #: Loop time at which every call slot became stuck; None while the replica can serve.
@@ -115,14 +129,17 @@ class Invoker:
         if spec.batching is not None:
             self.batcher = Batcher(
                 self._call, spec.batching.max_batch_size, spec.batching.max_batch_delay.seconds,
-                max_concurrency, max_queue_length,
-                # a sync predict runs one batch per thread; async batches overlap on the loop
-                self.call_capacity, extras, on_batch, self._on_batch_change,
+                max_concurrency, max_queue_length, self.call_capacity, extras, on_batch, self._on_batch_change,
             )
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """The event loop the calls' futures resolve on (the server's)."""
         self._loop = loop
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """This API's thread pool: a sync predict, and each step of a sync generator, runs here."""
+        return self._executor
 
     @property
     def waiting(self) -> int:
@@ -192,15 +209,8 @@ class Invoker:
                 timer.cancel()
         admission = self.admission
         waiter = admission.try_acquire()
-        if waiter is not None:
-            try:
-                await asyncio.wait_for(waiter, deadline - loop.time())
-            except asyncio.TimeoutError:
-                admission.abandon(waiter)
-                raise Timeout(self.timeout) from None
-            except BaseException:
-                admission.abandon(waiter)
-                raise
+        if waiter is not None and not await admission.wait(waiter, deadline):
+            raise Timeout(self.timeout)
         try:
             inner, queued_work = self._start_call(payload, kwargs)
         except BaseException:

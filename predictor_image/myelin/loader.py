@@ -9,7 +9,7 @@ import inspect
 import os
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -48,6 +48,10 @@ def call_kind(predict: Any) -> CallKind:
     return CallKind.SYNC
 
 
+#: The call kinds whose results are streamed item by item (see streaming.py).
+STREAMING_KINDS = frozenset({CallKind.SYNC_GENERATOR, CallKind.ASYNC_GENERATOR})
+
+
 @dataclass
 class Predictor:
     instance: Any
@@ -55,10 +59,92 @@ class Predictor:
     kind: CallKind
     wants_query_params: bool
     wants_headers: bool
+    #: A generator predict: its items are streamed (read on the hot path, so a plain attribute).
+    streams: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.streams = self.kind in STREAMING_KINDS
 
     @property
     def is_async(self) -> bool:
         return self.kind is CallKind.ASYNC
+
+
+_SELF = object()  # stands for `self` when binding a plain method's signature
+
+
+def _defined_at(func: Any, fallback: Path) -> str:
+    """'file, line N' of a function's `def` (through decorators), or the fallback file."""
+    code = getattr(inspect.unwrap(getattr(func, "__func__", func)), "__code__", None)
+    return f"{code.co_filename}, line {code.co_firstlineno}" if code is not None else str(fallback)
+
+
+@dataclass(frozen=True)
+class CallShape:
+    """How the runtime calls one method of the predictor class.
+
+    The runtime passes `positional` arguments in order, then, by keyword, each name in `optional`
+    that the method declares (by name, or through `**kwargs`). Anything else the method requires
+    cannot be supplied, which is a load error naming the file, line and this accepted shape. To
+    inject something new, add its name to `optional` (and pass it where the method is called).
+    """
+
+    method: str
+    positional: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+
+    @property
+    def accepted(self) -> str:
+        return f"{self.method}(self, {', '.join(self.positional)}" + "".join(f"[, {n}]" for n in self.optional) + ")"
+
+    def check(self, api: str, cls: type, file: Path) -> tuple[str, ...]:
+        """The optional names this class's method declares; LoadError if the runtime cannot call it."""
+        try:
+            raw = inspect.getattr_static(cls, self.method)
+        except AttributeError:
+            raw = None
+        if raw is None or raw is object.__init__:
+            raise LoadError(api, str(file), f"class {cls.__name__} has no {self.method} method: define {self.accepted}")
+        func = getattr(cls, self.method)
+        try:
+            signature = inspect.signature(func)
+        except (TypeError, ValueError):  # not introspectable (e.g. implemented in C): trust it
+            return self.optional
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+        declared = self.optional if takes_any else tuple(n for n in self.optional if n in signature.parameters)
+        bound_self = (_SELF,) if inspect.isfunction(raw) else ()  # staticmethod/classmethod: nothing to bind
+        try:
+            signature.bind(*bound_self, *self.positional, **{n: None for n in declared})
+        except TypeError as err:
+            raise LoadError(
+                api, _defined_at(raw, file),
+                f"{cls.__name__}.{self.method}{signature} cannot be called by the runtime ({err}); accepted: "
+                f"{self.accepted}" + (", the bracketed ones passed only when declared" if self.optional else "")
+                + "; any other parameter needs a default",
+            ) from None
+        return declared
+
+
+#: `__init__` gets the api.yaml `predictor.config` mapping.
+INIT_CALL = CallShape("__init__", ("config",))
+#: `predict` gets the decoded payload, plus the request's query parameters and headers when it declares them.
+PREDICT_CALL = CallShape("predict", ("payload",), ("query_params", "headers"))
+
+
+def _check_calls(folder: Path, spec: ApiSpec, cls: type) -> tuple[str, ...]:
+    """Both methods callable as the runtime calls them, and no streaming with batching; predict's optional names."""
+    file = folder / spec.predictor.path
+    INIT_CALL.check(spec.name, cls, file)
+    declared = PREDICT_CALL.check(spec.name, cls, file)
+    predict = getattr(cls, "predict")
+    if spec.batching is not None and call_kind(predict) in STREAMING_KINDS:
+        raise LoadError(
+            spec.name, _defined_at(predict, file),
+            f"{cls.__name__}.predict is a generator (it streams its results) and {folder / 'api.yaml'} sets "
+            "`batching`: streaming and batching do not combine; remove `batching` from api.yaml, or return "
+            "the result instead of yielding it",
+        )
+    return declared
 
 
 def _where(err: BaseException, folder: Path) -> str:
@@ -138,7 +224,8 @@ def import_predictor_class(folder: Path, spec: ApiSpec) -> type:
         raise LoadError(spec.name, str(file), f"no class named {spec.predictor.class_name!r} (predictor.class_name)")
     predict = getattr(cls, "predict", None)
     if predict is None or not callable(predict):
-        raise LoadError(spec.name, str(file), f"class {spec.predictor.class_name} has no predict(self, payload) method")
+        raise LoadError(spec.name, str(file), f"class {spec.predictor.class_name} has no {PREDICT_CALL.accepted} method")
+    _check_calls(folder, spec, cls)
     return cls
 
 
@@ -180,12 +267,11 @@ def load_predictor(folder: Path, spec: ApiSpec, model_dir: Path | None = None) -
             traceback.format_exc(),
         ) from None
     bound = instance.predict
-    params = inspect.signature(bound).parameters
-    accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    declared = PREDICT_CALL.check(spec.name, cls, folder / spec.predictor.path)
     return Predictor(
         instance=instance,
         predict=bound,
         kind=call_kind(bound),
-        wants_query_params="query_params" in params or accepts_kwargs,
-        wants_headers="headers" in params or accepts_kwargs,
+        wants_query_params="query_params" in declared,
+        wants_headers="headers" in declared,
     )

@@ -43,6 +43,10 @@ class Metrics:
             c.REQUEST_DURATION, "Prediction latency from arrival to response, seconds.", [c.LABEL_API],
             buckets=LATENCY_BUCKETS, registry=reg,
         )
+        self.first_item = Histogram(
+            c.TIME_TO_FIRST_ITEM, "Streaming predictions: time from arrival to the first item sent, seconds.",
+            [c.LABEL_API], buckets=LATENCY_BUCKETS, registry=reg,
+        )
         self.batch_size = Histogram(
             c.BATCH_SIZE, "Payloads per predict call with batching on.", [c.LABEL_API], buckets=BATCH_BUCKETS, registry=reg
         )
@@ -108,10 +112,18 @@ class ApiMetrics:
             metrics.target_in_flight.labels(api).set(target_in_flight)
         self.latency = metrics.latency.labels(api)
         self.batch_size = metrics.batch_size.labels(api)
+        self._first_item = None
         self.in_flight = metrics.in_flight.labels(api)
         self.queue_length = metrics.queue_length.labels(api)
         self.ready = metrics.ready.labels(api)
         self.stuck = metrics.stuck.labels(api)
+
+    @property
+    def first_item(self):
+        """Time-to-first-item histogram; its series appears only for an API that has streamed."""
+        if self._first_item is None:
+            self._first_item = self._metrics.first_item.labels(self._api)
+        return self._first_item
 
     def observe(self, status: int, seconds: float) -> None:
         counter = self._status.get(status)

@@ -75,6 +75,8 @@ class ApiRuntime:
         self.max_body = serving.max_body_bytes
         self.in_flight = 0
         self.load_seconds = 0.0
+        #: Streaming responses running now (streaming.Stream): ended with an error event when a drain gives up.
+        self.streams: set[Any] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._idle: asyncio.Event | None = None
         self.stuck_timeout = serving.stuck_timeout.seconds
@@ -194,8 +196,14 @@ class ApiRuntime:
         except asyncio.TimeoutError:
             return False
 
+    def end_streams(self) -> None:
+        """End every running stream with a `shutting_down` error event (a drain's grace period is over)."""
+        for stream in list(self.streams):
+            stream.shut_down()
+
     def close(self) -> None:
         self.state = State.STOPPED
+        self.end_streams()
         if self.invoker is not None:
             self.invoker.close()
         if self.model is not None:

@@ -33,6 +33,8 @@ from .settings import Settings
 from .spec import ApiSpec
 
 SAMPLE_INTERVAL_S = 1.0
+#: After a drain's grace period, how long streams ended with an error event get to send it.
+STREAM_END_S = 1.0
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -221,6 +223,11 @@ class MyelinApp:
         """Readiness 503 and new predictions refused at once; then wait for in-flight requests."""
         self.begin_drain()
         results = await asyncio.gather(*(r.drained(timeout) for r in self.runtimes.values()))
+        if not all(results):
+            # Streams still running after the grace period end with an error event, not a cut connection.
+            for runtime in self.runtimes.values():
+                runtime.end_streams()
+            await asyncio.gather(*(r.drained(STREAM_END_S) for r in self.runtimes.values()))
         return all(results)
 
     @property

@@ -30,6 +30,7 @@ EXAMPLES = {
     "sentence-embedding": "sample.txt",
     "image-classifier": "sample.png",
     "wine-classifier": "sample.json",
+    "text-generator": "sample.json",
 }
 CONTENT_TYPES = {".json": "application/json", ".txt": "text/plain", ".png": "image/png"}
 _loaded = 0
@@ -112,6 +113,9 @@ def test_batching_and_compute_settings():
     assert embed.predictor.env["HF_HUB_OFFLINE"] == "1"
     assert load_api_spec(APIS / "iris-classifier").batching is None
     assert load_api_spec(APIS / "image-classifier").batching is None
+    text = load_api_spec(APIS / "text-generator")  # streams: batching would be refused at load
+    assert text.batching is None and text.serving.max_stream_duration is not None
+    assert text.serving.threads >= text.serving.max_concurrency  # one thread per running stream
 
 
 # --- iris-classifier --------------------------------------------------------------------------
@@ -424,3 +428,58 @@ def test_embedding_runs_offline(embedder):
 
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     assert embedder.device in ("cpu", "cuda")
+
+
+# --- text-generator -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return make_predictor("text-generator", tokens_per_second=0)  # unpaced: the tests need no waiting
+
+
+def _text(items) -> str:
+    return "".join(item.get("token", "") for item in items)
+
+
+def test_text_generator_streams_max_tokens_words_then_done(generator):
+    import inspect
+
+    assert inspect.isgeneratorfunction(generator.predict)  # the runtime streams it item by item
+    sample = json.loads((APIS / "text-generator" / "sample.json").read_text())
+    items = list(generator.predict(sample))
+    assert items[-1] == {"done": True}
+    assert len(items) == sample["max_tokens"] + 1 and all(set(i) == {"token"} for i in items[:-1])
+    json.dumps(items)
+    # Every word comes from the training text, and the prompt was continued (its last words are known).
+    words = {w for key in generator.chain for w in key}
+    assert all(item["token"].strip() in words for item in items[:-1])
+    assert ("generator", "function") in generator.chain
+    assert generator.words > 50_000
+
+
+def test_text_generator_is_deterministic_per_seed(generator):
+    same = [_text(generator.predict({"prompt": "The import statement", "max_tokens": 50, "seed": 3})) for _ in range(2)]
+    assert same[0] == same[1] and len(same[0].split()) >= 25
+    others = {_text(generator.predict({"prompt": "The import statement", "max_tokens": 50, "seed": s})) for s in range(5)}
+    assert len(others) > 1
+    assert len(list(generator.predict("A plain text prompt"))) == generator.default_tokens + 1
+    unknown = list(generator.predict({"prompt": "", "max_tokens": 1, "seed": 1}))
+    assert len(unknown) == 2 and not unknown[0]["token"].startswith(" ")  # never more than max_tokens
+
+
+@pytest.mark.parametrize(
+    "payload, match",
+    [
+        ({"prompt": 3}, "prompt must be a string"),
+        ({"prompt": "x" * 5000}, "at most"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 401}, "max_tokens"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"seed": "7"}, "seed"),
+        ([1, 2], "JSON object"),
+    ],
+)
+def test_text_generator_refuses_bad_requests_before_the_first_word(generator, payload, match):
+    stream = generator.predict(payload)
+    assert_bad_request(next, stream, match=match)  # raised on the first step: a JSON 400, no stream

@@ -93,6 +93,18 @@ def test_scale_to_zero_needs_an_alb_idle_timeout_longer_than_the_hold():
         load_settings(raw, "dev", "us-west-2")
 
 
+def test_every_api_needs_an_alb_idle_timeout_longer_than_its_timeout():
+    """A prediction (or a stream's gap between items) may last serving.timeout: the ALB must not cut it first."""
+    raw = copy.deepcopy(raw_of("dev"))
+    raw["apis"]["kmeans"] = {"overrides": {"serving": {"timeout": "200s"}}}  # min_replicas 1
+    with pytest.raises(SpecError, match=r"apis/kmeans/api.yaml.*serving.timeout.*a stream may pause between items.*"
+                                        r"ingress.idle_timeout_seconds must be at least 201 \(it is 200\)"):
+        load_settings(raw, "dev", "us-west-2")
+    raw["apis"]["kmeans"] = {"overrides": {"serving": {"timeout": "199s"}}}
+    settings = load_settings(raw, "dev", "us-west-2")
+    assert next(d.spec for d in settings.apis if d.spec.name == "kmeans").serving.timeout.seconds == 199
+
+
 def test_stabilization_windows_are_capped_at_the_hpa_limit():
     raw = copy.deepcopy(raw_of("dev"))
     raw["apis"]["kmeans"] = {"overrides": {"autoscaling": {"downscale_stabilization": "2h"}}}

@@ -18,13 +18,13 @@ def batched(tmp_path_factory):
     server.stop()
 
 
-def send_all(server, payloads):
+def send_all(server, payloads, url=None):
     """Send every payload at once from its own thread (a barrier lines the threads up first)."""
     barrier = threading.Barrier(len(payloads))
 
     def send(p):
         barrier.wait(timeout=30)
-        return httpx.post(f"{server.base}/batched", json=p, timeout=10)
+        return httpx.post(url or f"{server.base}/batched", json=p, timeout=10)
 
     with cf.ThreadPoolExecutor(len(payloads)) as pool:
         return list(pool.map(send, payloads))
@@ -86,3 +86,34 @@ def test_a_per_item_error_fails_only_its_request(batched):
     assert [r.status_code for r in others] == [200] * 7
     # requests really were batched, so the error did not fail its batch-mates
     assert max(r.json()["batch_size"] for r in others) > 1
+
+
+ASYNC_BATCHED = """import asyncio
+class Predictor:
+    def __init__(self, config):
+        pass
+    async def predict(self, payloads):
+        await asyncio.sleep(max(p.get("sleep", 0) for p in payloads))
+        return [{"i": p["i"], "batch_size": len(payloads)} for p in payloads]
+"""
+
+
+def test_async_predict_forms_real_batches(tmp_path, start_server):
+    api = tmp_path / "async-batched"
+    api.mkdir()
+    (api / "api.yaml").write_text("name: async-batched\nserving:\n  max_concurrency: 16\n  timeout: 10s\n"
+                                  "batching:\n  max_batch_size: 8\n  max_batch_delay: 20ms\n")
+    (api / "predictor.py").write_text(ASYNC_BATCHED)
+    server = start_server("serve", str(api))
+    url = f"{server.base}/async-batched"
+    with cf.ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(httpx.post, url, json={"i": -1, "sleep": 1.5}, timeout=10)  # the predictor is busy ...
+        deadline = time.monotonic() + 10
+        while 'myelin_in_flight_requests{api="async-batched"} 1.0' not in httpx.get(f"{server.base}/metrics").text:
+            assert time.monotonic() < deadline, "the busy request never started"
+            time.sleep(0.02)
+        # ... so five concurrent requests queue and run as one batch (one async batch at a time by default),
+        # not as five batches of one started side by side on the event loop.
+        five = send_all(server, [{"i": i} for i in range(5)], url)
+        assert busy.result().json() == {"i": -1, "batch_size": 1}
+    assert [r.json() for r in five] == [{"i": i, "batch_size": 5} for i in range(5)]

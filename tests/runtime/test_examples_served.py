@@ -1,5 +1,6 @@
 """The example APIs under apis/ load and answer their README curl lines through `myelin local`."""
 
+import json
 import re
 import shlex
 import subprocess
@@ -28,8 +29,8 @@ def readme_curl(name: str) -> list[str]:
     return shlex.split(line.strip())
 
 
-def test_all_four_examples_exist():
-    assert {"iris-classifier", "kmeans", "image-classifier", "sentence-embedding"} <= set(EXAMPLES)
+def test_all_five_examples_exist():
+    assert {"iris-classifier", "kmeans", "image-classifier", "sentence-embedding", "text-generator"} <= set(EXAMPLES)
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -64,3 +65,20 @@ def test_examples_answer_with_real_predictions(local):
     emb = httpx.post(f"{local.base}/sentence-embedding", content="A cat sits on the mat.",
                      headers={"content-type": "text/plain"}, timeout=60).json()
     assert len(emb["embedding"]) == 384
+
+
+def test_text_generator_streams_under_myelin_local(local):
+    sample = (ROOT / "apis/text-generator/sample.json").read_bytes()
+    url = f"{local.base}/text-generator"
+    headers = {"content-type": "application/json"}
+    with httpx.stream("POST", url, content=sample, headers=headers, timeout=30) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson"
+        items = [json.loads(line) for line in r.iter_lines() if line]
+    assert items[-1] == {"done": True} and len(items) == 31 and all("token" in i for i in items[:-1])
+    with httpx.stream("POST", url, content=sample, headers={**headers, "accept": "text/event-stream"}, timeout=30) as r:
+        events = [e for e in r.read().decode().split("\n\n") if e]
+    assert r.headers["content-type"] == "text/event-stream"
+    # The same seed gives the same words, whatever the framing.
+    assert [json.loads(e.removeprefix("data: ")) for e in events] == items
+    bad = httpx.post(url, json={"max_tokens": 0})
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "predictor_error"

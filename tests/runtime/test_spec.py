@@ -41,6 +41,16 @@ def test_defaults_follow_cortex():
     assert spec.endpoint == "/iris"
     assert spec.networking.visibility == "public"
     assert spec.update_strategy.max_unavailable == 0
+    assert spec.serving.max_stream_duration is None  # streams are bounded per item (serving.timeout) only
+
+
+def test_streaming_and_batching_fields():
+    spec = spec_from_dict({"name": "gen", "serving": {"max_stream_duration": "10m", "max_concurrency": 8},
+                           "batching": {"max_batch_size": 8, "max_concurrent_batches": 2}}, "api.yaml")
+    assert spec.serving.max_stream_duration.seconds == 600 and spec.batching.max_concurrent_batches == 2
+    assert spec_from_dict({"name": "b", "serving": {"max_concurrency": 8}, "batching": {"max_batch_size": 8}},
+                          "api.yaml").batching.max_concurrent_batches is None  # the default depends on the call kind
+    assert ApiSpec.model_validate_json(spec.model_dump_json()) == spec
 
 
 def test_units():
@@ -73,6 +83,9 @@ def test_units():
         ({"name": "iris", "kind": "BatchAPI"}, "kind", "RealtimeAPI"),
         ({"name": "iris", "update_strategy": {"max_surge": 0, "max_unavailable": "0%"}}, "update_strategy", "both be zero"),
         ({"name": "iris", "predictor": {"path": "../evil.py"}}, "predictor.path", "inside the API folder"),
+        ({"name": "iris", "serving": {"max_stream_duration": 60}}, "serving.max_stream_duration", "unit"),
+        ({"name": "iris", "serving": {"max_concurrency": 8}, "batching": {"max_batch_size": 8, "max_concurrent_batches": 0}},
+         "batching.max_concurrent_batches", "greater than or equal to 1"),
     ],
 )
 def test_errors_name_file_and_field(data, field, words):

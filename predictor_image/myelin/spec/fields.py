@@ -244,6 +244,9 @@ class ServingSpec(_Strict):
         description="How long every prediction slot may be held by predicts still running past `timeout` before "
         "/healthz fails (Kubernetes then restarts the container).",
     )
+    max_stream_duration: Duration | None = Field(
+        None, description="Longest a streaming prediction may run in total (off by default; `timeout` bounds each item)."
+    )
 
     @field_validator("max_body_size", mode="before")
     @classmethod
@@ -266,6 +269,11 @@ class BatchingSpec(_Strict):
     max_batch_size: int = Field(..., ge=1, le=100000, description="Most payloads in one predict(list) call.")
     max_batch_delay: Duration = Field(
         Duration("5ms"), description="Longest a request waits for others once the predictor is free."
+    )
+    max_concurrent_batches: int | None = Field(
+        None, ge=1, le=10000,
+        description="Batches running at once per process: default 1 for an async predict; a sync predict runs at "
+        "most serving.threads (one per thread), which this can lower.",
     )
 
 

@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""Streaming in Myelin: the cost per item against the same generator consumed in-process, and the time to
+the first item at 1 and 64 concurrent streams.
+
+    python3 benchmarks/streaming.py            # ~3 min: prints the tables, writes results/streaming.json
+                                               # and the "Streaming" section of benchmarks/README.md
+    python3 benchmarks/streaming.py --quick    # smoke check (~1 min), results in benchmarks/.work/quick/
+
+What runs (only 127.0.0.1; every server stopped by pid in a `finally`, as in run.py, whose helpers it uses):
+
+- `myelin serve benchmarks/apis/stream` under `taskset -c 0`: a generator `predict` yielding `n` small
+  dicts as fast as it can, served as a sync generator (`Predictor`, each `next()` in the thread pool)
+  and as an async one (`AsyncPredictor`, generated under .work/apis/); NDJSON.
+- The same generators consumed in-process, also under `taskset -c 0` (`--inprocess`): the baseline.
+- The client under `taskset -c 1`: this file's own HTTP/1.1 client (`--client`, asyncio with uvloop, in
+  the runtime's .venv). Per item: one connection streams `n=20000` items, several times; time from the
+  request to the last byte, divided by `n`. Time to first item: `c` connections each open streams of 10
+  items back to back for `--duration` seconds; time from sending a request to the first item's bytes.
+- For scale, the same client against `myelin serve benchmarks/apis/trivial` (one JSON response per
+  request): time to the response body.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import run  # noqa: E402 - the harness's helpers: Server, Running, free_port, log, ...
+
+STREAM_API = BENCH / "apis" / "stream"
+TRIVIAL_API = BENCH / "apis" / "trivial"
+ITEMS_N = 20_000
+TTFI_N = 10
+
+
+# ------------------------------------------------------------------------------------------ client side
+def request(path: str, body: bytes) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: {run.HOST}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def one(reader, writer, req: bytes) -> tuple[float, float, int]:
+    """Send one request; (seconds to the first body bytes, seconds to the last, body bytes)."""
+    start = time.perf_counter()
+    writer.write(req)
+    head = await reader.readuntil(b"\r\n\r\n")
+    headers = head.lower()
+    if b"transfer-encoding: chunked" in headers:
+        size_line = await reader.readuntil(b"\r\n")
+        if int(size_line.split(b";")[0], 16) == 0:  # an empty stream
+            await reader.readuntil(b"\r\n")
+            now = time.perf_counter()
+            return now - start, now - start, 0
+        first = time.perf_counter()
+        data = size_line
+        # Read what comes without parsing each chunk: the stream ends with the zero-size chunk.
+        while not data.endswith(b"\r\n0\r\n\r\n"):
+            data = data[-8:] + await reader.read(1 << 16)
+        return first - start, time.perf_counter() - start, 0
+    length = int(headers.split(b"content-length:")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    now = time.perf_counter()
+    return now - start, now - start, length
+
+
+async def client_items(port: int, path: str, n: int, runs: int) -> dict:
+    reader, writer = await asyncio.open_connection(run.HOST, port)
+    req = request(path, json.dumps({"n": n}).encode())
+    await one(reader, writer, req)  # warm-up
+    totals = [(await one(reader, writer, req))[1] for _ in range(runs)]
+    writer.close()
+    return {"per_item_us": [t / n * 1e6 for t in totals]}
+
+
+async def client_ttfi(port: int, path: str, body: bytes, conns: int, seconds: float, warmup: float) -> dict:
+    req = request(path, body)
+    firsts: list[float] = []
+    totals: list[float] = []
+    measuring = False
+
+    async def loop_one(stop_at: float) -> None:
+        reader, writer = await asyncio.open_connection(run.HOST, port)
+        while time.perf_counter() < stop_at:
+            first, total, _ = await one(reader, writer, req)
+            if measuring:
+                firsts.append(first)
+                totals.append(total)
+        writer.close()
+
+    now = time.perf_counter()
+    if warmup:
+        await asyncio.gather(*(loop_one(now + warmup) for _ in range(conns)))
+    measuring = True
+    start = time.perf_counter()
+    await asyncio.gather(*(loop_one(start + seconds) for _ in range(conns)))
+    elapsed = time.perf_counter() - start
+    firsts.sort()
+    return {"streams": len(firsts), "per_s": len(firsts) / elapsed,
+            "p50_ms": firsts[len(firsts) // 2] * 1e3, "p99_ms": firsts[min(len(firsts) - 1, int(len(firsts) * 0.99))] * 1e3,
+            "total_p50_ms": sorted(totals)[len(totals) // 2] * 1e3}
+
+
+def inprocess(kind: str, n: int, runs: int) -> dict:
+    """Consume the benchmark's generator in this process: seconds per item, no server."""
+    sys.path.insert(0, str(STREAM_API))
+    import predictor  # noqa: PLC0415
+
+    instance = (predictor.AsyncPredictor if kind == "async" else predictor.Predictor)({})
+
+    async def drain_async() -> None:
+        async for _ in instance.predict({"n": n}):
+            pass
+
+    def once() -> float:
+        start = time.perf_counter()
+        if kind == "async":
+            asyncio.run(drain_async())
+        else:
+            for _ in instance.predict({"n": n}):
+                pass
+        return time.perf_counter() - start
+
+    once()
+    return {"per_item_us": [once() / n * 1e6 for _ in range(runs)]}
+
+
+def client_main(args) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    if args.client == "items":
+        out = asyncio.run(client_items(args.port, args.path, args.n, args.runs))
+    elif args.client == "inprocess":
+        out = inprocess(args.kind, args.n, args.runs)
+    else:
+        body = json.dumps({"n": args.n}).encode() if args.path != "/trivial" else b"{}"
+        out = asyncio.run(client_ttfi(args.port, args.path, body, args.conns, args.duration, args.warmup))
+    print(json.dumps(out))
+
+
+# ------------------------------------------------------------------------------------------ orchestration
+def pinned(cpu: str, *argv: str) -> dict:
+    cmd = ["taskset", "-c", cpu, str(run.MAIN_PY), str(Path(__file__).resolve()), *argv]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, **run.THREAD_ENV})
+    if out.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def async_api() -> Path:
+    """benchmarks/apis/stream served as an async generator: the same files, api.yaml with AsyncPredictor."""
+    dst = run.WORK / "apis" / "stream-async"
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    (dst / "predictor.py").symlink_to(STREAM_API / "predictor.py")
+    text = (STREAM_API / "api.yaml").read_text().replace("class_name: Predictor", "class_name: AsyncPredictor")
+    (dst / "api.yaml").write_text("# generated by benchmarks/streaming.py\n" + text)
+    return dst
+
+
+def serve(name: str, folder: Path, path: str):
+    server = run.Server(name, name, "streaming", "myelin", "main",
+                        lambda port: [str(run.MYELIN), "serve", str(folder), "--port", str(port), "--host", run.HOST],
+                        path, b"{}", ready_path="/readyz")
+    logfile = run.WORK / "logs" / f"{name}.log"
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    running = run.Running(server, run.free_port(), logfile, {})
+    running.wait_ready()
+    return running
+
+
+def measure(args) -> dict:
+    results: dict = {"items": {}, "ttfi": {}}
+    for kind, folder in (("sync", STREAM_API), ("async", async_api())):
+        base = pinned(run.SERVER_CPU, "--client", "inprocess", "--kind", kind, "--n", str(ITEMS_N), "--runs", str(args.runs))
+        running = serve(f"stream-{kind}", folder, "/stream")
+        try:
+            served = pinned(run.LOAD_CPU, "--client", "items", "--port", str(running.port), "--path", "/stream",
+                            "--n", str(ITEMS_N), "--runs", str(args.runs))
+            in_us = statistics.median(base["per_item_us"])
+            http_us = statistics.median(served["per_item_us"])
+            results["items"][kind] = {"inprocess_us": in_us, "served_us": http_us, "overhead_us": http_us - in_us,
+                                      "runs": {"inprocess": base["per_item_us"], "served": served["per_item_us"]}}
+            run.log(f"{kind}: {in_us:.3f} µs/item in-process, {http_us:.2f} µs/item served")
+            for conns in args.concurrency:
+                results["ttfi"][f"{kind}/{conns}"] = r = pinned(
+                    run.LOAD_CPU, "--client", "ttfi", "--port", str(running.port), "--path", "/stream",
+                    "--n", str(TTFI_N), "--conns", str(conns), "--duration", str(args.duration), "--warmup", str(args.warmup))
+                run.log(f"{kind}: c={conns} first item p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms, "
+                        f"{r['per_s']:.0f} streams/s")
+        finally:
+            running.stop()
+    running = serve("trivial", TRIVIAL_API, "/trivial")
+    try:
+        for conns in args.concurrency:
+            results["ttfi"][f"trivial/{conns}"] = r = pinned(
+                run.LOAD_CPU, "--client", "ttfi", "--port", str(running.port), "--path", "/trivial",
+                "--conns", str(conns), "--duration", str(args.duration), "--warmup", str(args.warmup))
+            run.log(f"trivial: c={conns} response p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms")
+    finally:
+        running.stop()
+    return results
+
+
+def markdown(meta: dict, res: dict, concurrency: list[int]) -> str:
+    lines = [f"Run {meta['date']} on {meta['cpu']} ({meta['cpus']} CPUs); command: `{meta['command']}`.",
+             "Server (and the in-process baseline) pinned to core 0, client to core 1; medians of "
+             f"{meta['runs']} streams of {ITEMS_N:,} items; time to first item over {meta['duration']} s per level "
+             f"of streams of {TTFI_N} items, after a {meta['warmup']} s warm-up.", "",
+             "| generator | in-process µs/item | served µs/item (NDJSON over HTTP) | overhead µs/item |",
+             "|---|---|---|---|"]
+    for kind, r in res["items"].items():
+        lines.append(f"| {kind} | {r['inprocess_us']:.3f} | {r['served_us']:.2f} | {r['overhead_us']:.2f} |")
+    lines += ["", "| server | " + " | ".join(f"c={c} first item p50 · p99 (ms) · streams/s" for c in concurrency) + " |",
+              "|---|" + "---|" * len(concurrency)]
+    labels = {"sync": "sync generator (10 items)", "async": "async generator (10 items)",
+              "trivial": "for scale: trivial predict, one JSON response (time to the body)"}
+    for kind, label in labels.items():
+        cells = []
+        for c in concurrency:
+            r = res["ttfi"].get(f"{kind}/{c}")
+            per_s = "responses/s" if kind == "trivial" else "streams/s"
+            cells.append(f"{r['p50_ms']:.2f} · {r['p99_ms']:.2f} · {r['per_s']:,.0f} {per_s}" if r else "–")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(table: str) -> None:
+    readme = BENCH / "README.md"
+    start, end = "<!-- streaming:start -->", "<!-- streaming:end -->"
+    text = readme.read_text()
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        readme.write_text(head + f"{start}\n\n{table}\n{end}" + rest.split(end, 1)[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke check: 2 streams per kind, 2 s per level")
+    ap.add_argument("--runs", type=int, default=7, help=f"streams of {ITEMS_N} items per kind (default 7)")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per time-to-first-item level")
+    ap.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds before each level")
+    ap.add_argument("--concurrency", default="1,64", help="time-to-first-item levels (default 1,64)")
+    ap.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
+    # internal: the pinned client and in-process runs
+    ap.add_argument("--client", choices=["items", "ttfi", "inprocess"], help=argparse.SUPPRESS)
+    ap.add_argument("--kind", default="sync", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--path", help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, default=TTFI_N, help=argparse.SUPPRESS)
+    ap.add_argument("--conns", type=int, default=1, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.client:
+        client_main(args)
+        return 0
+    if args.quick:
+        args.runs, args.duration, args.warmup = 2, 2.0, 0.5
+    args.concurrency = [int(c) for c in str(args.concurrency).split(",")]
+    out_dir = run.WORK / "quick" if args.quick else BENCH / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": run.cpu_model(),
+            "cpus": os.cpu_count(), "command": "python3 benchmarks/streaming.py" + (" --quick" if args.quick else ""),
+            "runs": args.runs, "duration": args.duration, "warmup": args.warmup}
+    results = measure(args)
+    (out_dir / "streaming.json").write_text(json.dumps({"meta": meta, **results}, indent=2) + "\n")
+    table = markdown(meta, results, args.concurrency)
+    print(table)
+    if not args.quick and not args.no_readme:
+        update_readme(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
