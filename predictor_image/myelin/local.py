@@ -34,7 +34,7 @@ def serve_local(apis: str, host: str, port: int, settings: Settings, reload: boo
     def report(runtime: ApiRuntime) -> None:
         print(_status_line(runtime, base), file=sys.stderr, flush=True)
 
-    app = MyelinApp(list(specs.items()), processes=1, log=RequestLog(), on_loaded=report, watch=reload)
+    app = MyelinApp(list(specs.items()), processes=1, log=RequestLog(), on_loaded=report, watch=reload, settings=settings)
     drain = max(spec.serving.drain_timeout.seconds for spec in specs.values())
     run_app(app, host, port, drain, settings)
     return 0

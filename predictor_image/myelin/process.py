@@ -26,7 +26,7 @@ import uvicorn
 
 from .logs import RequestLog
 from .settings import Settings
-from .spec import ApiSpec
+from .spec import ApiSpec, spec_from_dict
 
 # After the app's own drain, uvicorn closes what is left; this bounds that last step.
 _FINAL_CLOSE_S = 2.0
@@ -110,8 +110,10 @@ def _worker_main(folder: str, spec_json: str, host: str, port: int, sock: socket
                  settings: Settings) -> None:
     from .server import MyelinApp  # imported in the child, after PROMETHEUS_MULTIPROC_DIR is set
 
-    spec = ApiSpec.model_validate_json(spec_json)
-    app = MyelinApp([(Path(folder), spec)], processes=processes)
+    import orjson
+
+    spec = spec_from_dict(orjson.loads(spec_json), "the supervisor's spec")
+    app = MyelinApp([(Path(folder), spec)], processes=processes, settings=settings)
     run_app(app, host, port, spec.serving.drain_timeout.seconds, settings, sockets=[sock])
 
 

@@ -55,12 +55,24 @@ class ApiRuntime:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._idle: asyncio.Event | None = None
 
+    #: What this process does for the API: answer its HTTP routes (API keys needed), run the predictor.
+    #: An AsyncAPI's gateway only answers, its worker only runs the predictor (asyncapi/runtime.py).
+    serves_requests = True
+    runs_predictor = True
+    #: AsyncAPI: POST submits a job and GET <endpoint>/<id> reads it (asyncapi/runtime.py).
+    asynchronous = False
+
     # ---------------------------------------------------------------- lifecycle
+    def prepare(self) -> None:
+        """Blocking set-up a kind needs before the predictor loads (raise LoadError to fail the API)."""
+
     def load(self) -> None:
         """Blocking: import and construct the predictor (called in a thread; the loop keeps answering probes)."""
+        predictor = None
         try:
+            self.prepare()
             auth = self.spec.networking.auth
-            if auth is not None:
+            if auth is not None and self.serves_requests:
                 raw = os.environ.get(auth.api_keys_env, "")
                 keys = [k.strip() for k in raw.split(",") if k.strip()]
                 if not keys:
@@ -69,7 +81,8 @@ class ApiRuntime:
                         f"environment variable {auth.api_keys_env} is empty or unset; refusing to serve without keys",
                     )
                 self.api_keys = ApiKeys(keys, auth.header)
-            predictor = load_predictor(self.folder, self.spec)
+            if self.runs_predictor:
+                predictor = load_predictor(self.folder, self.spec)
         except LoadError as err:
             self.load_error = err
             self.state = State.FAILED
@@ -79,11 +92,12 @@ class ApiRuntime:
                                         traceback.format_exc())
             self.state = State.FAILED
             return
-        self.predictor = predictor
-        self.invoker = Invoker(self.name, self.spec, predictor, self.max_concurrency, self.max_queue_length,
-                               self.metrics.batch_size.observe)
-        if self.loop is not None:
-            self.invoker.bind(self.loop)
+        if predictor is not None:
+            self.predictor = predictor
+            self.invoker = Invoker(self.name, self.spec, predictor, self.max_concurrency, self.max_queue_length,
+                                   self.metrics.batch_size.observe)
+            if self.loop is not None:
+                self.invoker.bind(self.loop)
         if self.state is State.LOADING:  # a drain that began during the load wins
             self.state = State.READY
 

@@ -25,6 +25,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .endpoint import handle_predict
 from .http_io import new_request_id
 from .runtime import ApiRuntime, State
+from .settings import Settings
 from .spec import ApiSpec
 
 SAMPLE_INTERVAL_S = 1.0
@@ -45,8 +46,10 @@ def _error_response(request: Request, status: int, kind: str, message: str,
 class MyelinApp:
     def __init__(self, apis: Iterable[tuple[Path, ApiSpec]], *, processes: int | None = None,
                  log: RequestLog | None = None, metrics: Metrics | None = None,
-                 on_loaded: Callable[[ApiRuntime], None] | None = None, watch: bool = False):
+                 on_loaded: Callable[[ApiRuntime], None] | None = None, watch: bool = False,
+                 settings: Settings | None = None):
         self.log = log or RequestLog()
+        self.settings = settings or Settings()
         self.metrics = metrics or Metrics()
         self.processes = processes
         self.on_loaded = on_loaded
@@ -60,15 +63,30 @@ class MyelinApp:
         self.control = self._control_app()
 
     def new_runtime(self, folder: Path, spec: ApiSpec) -> ApiRuntime:
+        if spec.kind == "AsyncAPI":
+            from .asyncapi import AsyncApiRuntime
+
+            return AsyncApiRuntime(folder, spec, self.metrics, self.log, self.processes, self.settings, self.spawn)
         return ApiRuntime(folder, spec, self.metrics.for_api(spec.name), self.log, self.processes)
 
     # ------------------------------------------------------------------ ASGI
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            runtime = self.runtimes.get(scope["path"])
-            if runtime is not None:
-                await handle_predict(runtime, scope, receive, send)
-                return
+        if scope["type"] == "http":
+            method = scope["method"]
+            if method == "POST":
+                runtime = self.runtimes.get(scope["path"])
+                if runtime is not None:
+                    if runtime.asynchronous:
+                        await runtime.submit(scope, receive, send)
+                    else:
+                        await handle_predict(runtime, scope, receive, send)
+                    return
+            elif method == "GET":  # an AsyncAPI job: GET <endpoint>/<id>
+                endpoint, _, job_id = scope["path"].rpartition("/")
+                runtime = self.runtimes.get(endpoint)
+                if runtime is not None and runtime.asynchronous:
+                    await runtime.status(job_id, scope, receive, send)
+                    return
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
@@ -176,7 +194,12 @@ class MyelinApp:
             return _json({"apis": [dict(r.describe(), spec=r.spec.model_dump(mode="json")) for r in self.runtimes.values()]})
 
         for runtime in self.runtimes.values():
-            self._document_endpoint(app, runtime)
+            if runtime.asynchronous:
+                from .asyncapi.routes import document_job_routes
+
+                document_job_routes(app, runtime)
+            else:
+                self._document_endpoint(app, runtime)
 
         async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
             kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")

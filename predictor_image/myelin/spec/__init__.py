@@ -5,11 +5,13 @@ predictor loading) and the infrastructure (`components/` builds Deployments, aut
 ingresses from the same object). It stays free of runtime-only and infrastructure-only imports.
 
 - `fields`: field types (durations, quantities) and the sections every kind shares;
-- one module per kind (`realtime`), registered in `load.KINDS` by its `kind` value;
+- one module per kind (`realtime`, `asyncapi`), registered in `load.KINDS` by its `kind` value;
 - `load`: reading files (and `MYELIN_API_SPEC`) into specs, with errors naming file and field.
 """
 
+from .asyncapi import AsyncApiSpec, JobsSpec, QueueAutoscalingSpec
 from .fields import (
+    ApiBase,
     AuthSpec,
     AutoscalingSpec,
     BatchingSpec,
@@ -41,7 +43,7 @@ from .load import (
 from .realtime import ApiSpec
 
 __all__ = [
-    "ApiSpec", "AuthSpec", "AutoscalingSpec", "BatchingSpec", "ComputeSpec", "Duration", "KINDS",
+    "ApiBase", "ApiSpec", "AsyncApiSpec", "JobsSpec", "QueueAutoscalingSpec", "AuthSpec", "AutoscalingSpec", "BatchingSpec", "ComputeSpec", "Duration", "KINDS",
     "NetworkingSpec", "PredictorSpec", "SPEC_FILE", "ServingSpec", "SpecError", "UpdateStrategySpec",
     "check_predictor_file", "check_unique", "deep_merge", "discover_api_folders", "load_api_spec",
     "load_specs", "parse_cpu", "parse_duration", "parse_memory", "read_spec_file", "resolve_spec",
