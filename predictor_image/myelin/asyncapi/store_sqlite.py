@@ -1,9 +1,11 @@
 """The embedded job store: one SQLite file per API (WAL mode, the standard library's sqlite3).
 
-Durability: every write is a transaction committed with `synchronous=FULL` (the WAL is fsynced), so
-an `enqueue` that returned survives `kill -9` and a power cut. Writes go through one writer thread
-per store that commits whatever is pending as one transaction (group commit): concurrent submits
-share an fsync instead of queueing for one each. Reads (status, depth) use their own connections,
+Durability: an `enqueue` returns once its transaction is committed with `synchronous=FULL` (the WAL
+is fsynced), so a 202 survives `kill -9` and a power cut. Claims, outcomes and releases commit with
+`synchronous=NORMAL`: they survive a killed process (the WAL is in the OS's cache) and a power cut
+can at most lose the latest ones, which then run again (delivery is at-least-once anyway). Writes go
+through one writer thread per store that commits whatever is pending as one transaction (group
+commit): concurrent submits share an fsync instead of queueing for one each. Reads (status, depth) use their own connections,
 which WAL lets run beside the writer. Several processes may share the file (`serving.processes`):
 SQLite's locks order their writes, and an idle worker looks for jobs another process stored every
 `POLL_S`.
@@ -154,11 +156,13 @@ class SqliteJobStore:
 
     @staticmethod
     def _commit_group(conn: sqlite3.Connection, batch: list) -> None:
-        """Run every pending write in one transaction (one fsync); one failing op rolls back only itself."""
+        """Run every pending write in one transaction (one fsync at most); one failing op rolls back only itself."""
         outcomes: list[tuple[Any, Any, BaseException | None]] = []
+        durable = any(op[3] for op in batch)
         try:
+            conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
             conn.execute("BEGIN IMMEDIATE")
-            for fn, fut, loop in batch:
+            for fn, fut, loop, _ in batch:
                 conn.execute("SAVEPOINT op")
                 try:
                     outcomes.append((fn(conn), None))
@@ -174,18 +178,19 @@ class SqliteJobStore:
             except sqlite3.Error:
                 pass
             outcomes = [(None, err) for _ in batch]
-        for (fn, fut, loop), (result, error) in zip(batch, outcomes):
+        for (fn, fut, loop, _), (result, error) in zip(batch, outcomes):
             try:
                 loop.call_soon_threadsafe(_settle, fut, result, error)
             except RuntimeError:  # the loop closed: the process is exiting
                 pass
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def _write(self, fn: Callable[[sqlite3.Connection], Any], durable: bool = False) -> Any:
+        """Run `fn` in the writer's next transaction; `durable`: that commit is fsynced before this returns."""
         if self._writer is None:
             raise StoreError(self.path, "the job store is closed")
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._ops.put((fn, fut, loop))
+        self._ops.put((fn, fut, loop, durable))
         return await fut
 
     def _reader_conn(self) -> sqlite3.Connection:
@@ -220,7 +225,7 @@ class SqliteJobStore:
                 "INSERT INTO jobs (id, status, created_at, visible_at, content_type, query_string, headers, body) "
                 "VALUES (:id, 'in_queue', :created_at, :created_at, :content_type, :query_string, :headers, :body)", row)
 
-        await self._write(insert)
+        await self._write(insert, durable=True)
         self._event().set()  # a worker of this process may be waiting
 
     async def claim(self, n: int, visibility_timeout: float) -> list[Claim]:
