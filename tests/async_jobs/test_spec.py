@@ -25,7 +25,8 @@ def test_kind_selects_the_model_and_defaults():
     a = spec.autoscaling
     assert (a.min_replicas, a.max_replicas, a.polling_interval.seconds, a.cooldown_period.seconds) == (0, 100, 30, 300)
     assert spec.target_queue_depth == spec.serving.max_concurrency == 1
-    assert spec.batching is None  # read the same way as for a RealtimeAPI
+    # Read the same way as for a RealtimeAPI, so code that handles every API does not break on this kind.
+    assert spec.batching is None and spec.target_in_flight == 1.0 and a.initial_replicas == 0
     assert spec.visibility_timeout == 60 + 6  # serving.timeout + 10% (at least 5 s)
     assert spec_from_dict({"name": "d", "kind": "AsyncAPI", "serving": {"timeout": "2s"}}, "x").visibility_timeout == 7
     assert spec.queue_retention_seconds == 7 * 86400 and spec.dead_letter_max_receive_count == 4

@@ -102,7 +102,13 @@ async def _serve(runtime: "AsyncApiRuntime", scope: dict, receive: Any, send: An
     except ClientGone:
         status, error_type = (408, "request_timeout") if scope.get("myelin.read_timeout") else (499, "client_disconnected")
     except asyncio.CancelledError:
+        # Cancelled by the server's shutdown: answer in the contract's shape if nothing was sent yet.
         status, error_type = 503, "shutting_down"
+        try:
+            await send_error(send, 503, error_type, "the server shut down before answering", request_id,
+                             [(b"retry-after", b"1"), (b"connection", b"close")])
+        except Exception:  # noqa: BLE001 - a response had already started, or the connection is gone
+            status = 499
         raise
     except Exception as err:  # noqa: BLE001 - the store failed: the client may retry; details to the log
         status, error_type = 503, "store_unavailable"

@@ -39,6 +39,11 @@ class QueueAutoscalingSpec(_Strict):
         Duration("5m"), description="How long the queue must stay empty before the workers scale to zero."
     )
 
+    @property
+    def initial_replicas(self) -> int:
+        """Workers at first deploy: the floor (jobs arriving scale them up)."""
+        return self.min_replicas
+
     @model_validator(mode="after")
     def _ordering(self) -> "QueueAutoscalingSpec":
         if self.min_replicas > self.max_replicas:
@@ -93,6 +98,12 @@ class AsyncApiSpec(ApiBase):
     @property
     def target_queue_depth(self) -> int:
         return self.autoscaling.target_queue_depth or self.serving.max_concurrency
+
+    @property
+    def target_in_flight(self) -> float:
+        """Not this kind's autoscaling signal (the queue depth is): the jobs a worker replica runs at most,
+        so code that shows in-flight against the target for every API works for this kind too."""
+        return float(self.serving.max_concurrency)
 
     @property
     def visibility_timeout(self) -> float:
