@@ -205,3 +205,14 @@ def wait_for(client: httpx.Client, url: str, ids: list[str], timeout: float = 90
 def job_lines(*servers: ServerProcess) -> list[dict]:
     """The per-attempt job log lines of these server runs."""
     return [line for s in servers for line in s.log_lines() if "job_status" in line]
+
+
+def job_lines_until(done, *servers: ServerProcess, timeout: float = 15.0) -> list[dict]:
+    """Job log lines once `done(lines)` holds: a line is written just after its outcome is stored, so a
+    client that saw the outcome may read the log a moment before the line is there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = job_lines(*servers)
+        if done(lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)

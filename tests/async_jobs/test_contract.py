@@ -14,7 +14,7 @@ import time
 
 import httpx
 
-from .conftest import job_lines, make_api, submit, wait_for
+from .conftest import job_lines, job_lines_until, make_api, submit, wait_for
 
 FAST = "serving:\n  max_concurrency: 4\n  threads: 4\n  timeout: 2s\n"
 
@@ -117,7 +117,7 @@ def test_a_worker_that_dies_is_retried_then_the_job_is_dead_lettered(backend, se
     assert failed["status"] == "failed"
     assert failed["error"]["type"] == "attempts_exhausted" and "2 time(s)" in failed["error"]["message"]
     assert backend.dead_letters() == [doomed]
-    lines = job_lines(server)
+    lines = job_lines_until(lambda ls: {l["job_id"] for l in ls} >= {once, doomed}, server)
     assert [(l["attempt"], l["job_status"]) for l in lines if l["job_id"] == once] == [(2, "completed")]
     assert [l["job_status"] for l in lines if l["job_id"] == doomed] == ["dead_lettered"]
     print(f"\n[{backend.kind}] die-once job completed on attempt 2; always-dying job dead-lettered after 2 attempts")
@@ -139,7 +139,8 @@ def test_predictor_failures_fail_at_once_with_the_error_and_no_retry(backend, se
     out = server.stdout()
     assert "a detail that stays in the log" in out and "Traceback" in out  # the log has it, the client never
     assert "a detail" not in str(docs)
-    assert all(line["attempt"] == 1 for line in job_lines(server))  # no retry
+    lines = job_lines_until(lambda ls: len(ls) == 3, server)
+    assert len(lines) == 3 and all(line["attempt"] == 1 for line in lines)  # no retry
     assert backend.dead_letters() == []
 
 

@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from .conftest import job_lines, make_api, submit, wait_for
+from .conftest import job_lines, job_lines_until, make_api, submit, wait_for
 
 
 def test_sigterm_finishes_the_short_job_and_returns_the_long_one_to_the_queue(backend, servers, tmp_path):
@@ -35,7 +35,8 @@ def test_sigterm_finishes_the_short_job_and_returns_the_long_one_to_the_queue(ba
         docs = wait_for(client, f"{second.base}/jobs", [short, long], timeout=60)
     assert docs[short]["result"] == {"n": 1, "square": 1} and docs[long]["result"] == {"n": 2, "square": 4}
     # The interrupted run did not count as an attempt.
-    assert [(l["job_id"], l["attempt"], l["job_status"]) for l in job_lines(second)] == [(long, 1, "completed")]
+    lines = job_lines_until(lambda ls: ls, second)
+    assert [(l["job_id"], l["attempt"], l["job_status"]) for l in lines] == [(long, 1, "completed")]
 
 
 def test_gateway_and_worker_run_as_separate_processes_on_one_store(backend, servers, tmp_path):
@@ -59,7 +60,8 @@ def test_gateway_and_worker_run_as_separate_processes_on_one_store(backend, serv
         worker_metrics = client.get(f"{worker.base}/metrics").text
     assert 'myelin_async_jobs_total{api="jobs",status="submitted"} 20.0' in gateway_metrics
     assert 'myelin_async_jobs_total{api="jobs",status="completed"} 20.0' in worker_metrics
-    assert {l["job_status"] for l in job_lines(worker)} == {"completed"} and not job_lines(gateway)
+    lines = job_lines_until(lambda ls: len(ls) == 20, worker)
+    assert len(lines) == 20 and {l["job_status"] for l in lines} == {"completed"} and not job_lines(gateway)
 
 
 def test_api_keys_guard_submit_and_status_and_never_reach_the_store(servers, tmp_path):

@@ -10,7 +10,7 @@ import httpx
 
 from conftest import ServerProcess
 
-from .conftest import job_lines, make_api, submit, wait_for
+from .conftest import job_lines_until, make_api, submit, wait_for
 
 
 def test_local_serves_and_reloads_an_async_api_without_losing_jobs(tmp_path):
@@ -42,7 +42,8 @@ def test_local_serves_and_reloads_an_async_api_without_losing_jobs(tmp_path):
         assert all(docs[i]["status"] == "completed" for i in before + during)
         assert all(docs[i]["result"]["square"] == n * n for n, i in enumerate(before + during))
         assert docs[after]["result"] == {"n": 99, "square": 9801, "version": 2}
-        completions = [l["job_id"] for l in job_lines(server) if l["job_status"] == "completed"]
+        lines = job_lines_until(lambda ls: len(ls) >= 81, server)
+        completions = [l["job_id"] for l in lines if l["job_status"] == "completed"]
         assert sorted(completions) == sorted(before + during + [after])  # each once, none lost
     finally:
         server.stop()

@@ -30,6 +30,11 @@ def test_kind_selects_the_model_and_defaults():
     assert spec.visibility_timeout == 60 + 6  # serving.timeout + 10% (at least 5 s)
     assert spec_from_dict({"name": "d", "kind": "AsyncAPI", "serving": {"timeout": "2s"}}, "x").visibility_timeout == 7
     assert spec.queue_retention_seconds == 7 * 86400 and spec.dead_letter_max_receive_count == 4
+    assert spec.retention_days == 7
+    short = spec_from_dict({"name": "d", "kind": "AsyncAPI", "serving": {"timeout": "1s"}, "jobs": {"retention": "90s"}}, "x")
+    assert (short.retention_days, short.queue_retention_seconds) == (1, 90)
+    assert spec_from_dict({"name": "d", "kind": "AsyncAPI", "jobs": {"retention": "30d"}}, "x").queue_retention_seconds \
+        == 14 * 86400  # SQS keeps a message at most 14 days
     # Shared sections are the RealtimeAPI's own types.
     realtime = spec_from_dict({"name": "docs"}, "api.yaml")
     assert type(spec.serving) is type(realtime.serving) and type(spec.networking) is type(realtime.networking)

@@ -41,6 +41,16 @@ def make_store(request, tmp_path, monkeypatch):
         store.close()
 
 
+def run(coro):
+    """Run a coroutine on a private loop: asyncio.run would leave the main thread without a current event loop,
+    which later tests (Pulumi's runtime) rely on."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
 def job(body: bytes = b'{"x": 1}', content_type: str = "application/json") -> Submission:
     return Submission(id=new_job_id(), body=body, content_type=content_type, query_string="a=1",
                       headers=[("x-trace", "t1")], created_at=time.time())
@@ -80,7 +90,7 @@ def test_enqueue_claim_complete_and_first_outcome_wins(make_store):
         assert await store.claim(1, 30.0) == []
         assert await store.get(new_job_id()) is None
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_a_job_not_finished_within_its_visibility_timeout_is_handed_out_again(make_store):
@@ -98,7 +108,7 @@ def test_a_job_not_finished_within_its_visibility_timeout_is_handed_out_again(ma
         assert await store.complete(first, b"1", "text/plain") is False
         assert (await store.get(j.id)).result == b"2"
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_release_hands_a_job_back_without_counting_the_attempt(make_store):
@@ -112,7 +122,7 @@ def test_release_hands_a_job_back_without_counting_the_attempt(make_store):
         again = await claim_one(store)
         assert (again.id, again.attempt, again.body) == (j.id, 1, b"hello")
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_dead_lettered_job_is_failed_and_kept(make_store):
@@ -127,7 +137,7 @@ def test_dead_lettered_job_is_failed_and_kept(make_store):
         assert (state.status, state.error) == (FAILED, error)
         return store, j.id
 
-    store, job_id = asyncio.run(scenario())
+    store, job_id = run(scenario())
     if isinstance(store, SqliteJobStore):
         with sqlite3.connect(store.path) as conn:
             rows = conn.execute("SELECT id, attempts, body FROM dead_letters").fetchall()
@@ -152,7 +162,7 @@ def test_retention_expires_jobs_queued_or_done(make_store):
         assert await store.depth() == 0
         return store
 
-    store = asyncio.run(scenario())
+    store = run(scenario())
     if isinstance(store, SqliteJobStore):  # and the rows are gone from the file, not only hidden
         with sqlite3.connect(store.path) as conn:
             assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
@@ -167,7 +177,7 @@ def test_sqlite_store_uses_wal_and_commits_concurrent_submits_together(tmp_path)
             await asyncio.gather(*(store.enqueue(j) for j in jobs))
             return jobs
 
-        jobs = asyncio.run(burst())
+        jobs = run(burst())
         with sqlite3.connect(store.path) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             assert conn.execute("SELECT count(*) FROM jobs WHERE status = 'in_queue'").fetchone()[0] == 300

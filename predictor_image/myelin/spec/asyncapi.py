@@ -7,6 +7,7 @@ the job queue's depth instead of in-flight requests, `jobs` sets retention and a
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -112,6 +113,11 @@ class AsyncApiSpec(ApiBase):
     @property
     def retention_seconds(self) -> float:
         return self.jobs.retention.seconds
+
+    @property
+    def retention_days(self) -> int:
+        """The storage prefix's lifecycle expiration: S3 counts whole days (at least 1), rounded up."""
+        return max(1, math.ceil(self.jobs.retention.seconds / 86400))
 
     @property
     def queue_retention_seconds(self) -> int:
