@@ -62,7 +62,7 @@ ASYNC_QUEUE_URL_ENV = "MYELIN_ASYNC_QUEUE_URL"
 ASYNC_DEAD_LETTER_QUEUE_URL_ENV = "MYELIN_ASYNC_DEAD_LETTER_QUEUE_URL"
 ASYNC_STORAGE_URI_ENV = "MYELIN_ASYNC_STORAGE_URI"
 #: Object keys under the storage prefix: `jobs/<id>/request`, `jobs/<id>/attempt`, `jobs/<id>/outcome`.
-#: The bucket's lifecycle rule expires this prefix after `jobs.retention` (rounded up to whole days).
+#: The bucket's lifecycle rule expires this prefix after `spec.retention_days` (jobs.retention, whole days).
 ASYNC_JOBS_PREFIX = "jobs/"
 #: SQS message attribute carrying attempts used by earlier messages of the same job (a job handed
 #: back on shutdown is sent again as a new message).
