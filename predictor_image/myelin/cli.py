@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
+from . import contract as c
 from .settings import Settings, SettingsError
 from .spec import SPEC_FILE, SpecError, load_specs, resolve_spec
 
@@ -45,6 +47,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     port = _port(args.port)
     settings = _settings("myelin serve")
+    if args.role is not None:
+        settings = dataclasses.replace(settings, role=args.role)
+    if settings.role != c.ROLE_ALL and spec.kind != "AsyncAPI":
+        _err(f"myelin serve: --role {settings.role} (or {c.ROLE_ENV}) applies to kind AsyncAPI only; "
+             f"{spec.name} is a {spec.kind}, served with role {c.ROLE_ALL}")
+        return 2
     if spec.serving.processes > 1:
         from .process import Supervisor
 
@@ -59,9 +67,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _err(f"myelin serve: {err}")
         return 2
     separate_stdout()
-    app = MyelinApp([(folder, spec)], exit_on_load_failure=1, on_loaded=announce_loaded)
+    app = MyelinApp([(folder, spec)], exit_on_load_failure=1, on_loaded=announce_loaded, settings=settings)
     where = f"unix:{args.uds}" if args.uds else f"http://{args.host}:{sock.getsockname()[1]}"
-    _err(f"myelin: serving {spec.name} at {where}{spec.endpoint}")
+    role = f" (AsyncAPI, role {settings.role})" if spec.kind == "AsyncAPI" else ""
+    _err(f"myelin: serving {spec.name} at {where}{spec.endpoint}{role}")
     run_app(app, args.host, port, spec.serving.drain_timeout.seconds, settings, sockets=[sock])
     return 0
 
@@ -104,15 +113,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"✗ {spec.name}: {err}")
             errors.append(str(err))
             continue
-        batching = f"batching ≤{spec.batching.max_batch_size}" if spec.batching else "no batching"
-        print(f"✓ {spec.name:<24} {folder}  POST {spec.endpoint}  ({batching}, gpu={spec.compute.gpu})")
+        if spec.kind == "AsyncAPI":
+            mode = f"async jobs, retention {spec.jobs.retention}, max_attempts {spec.jobs.max_attempts}"
+        else:
+            mode = f"batching ≤{spec.batching.max_batch_size}" if spec.batching else "no batching"
+        print(f"✓ {spec.name:<24} {folder}  POST {spec.endpoint}  ({mode}, gpu={spec.compute.gpu})")
     return 1 if errors else 0
 
 
 def cmd_local(args: argparse.Namespace) -> int:
     from .local import serve_local
 
-    return serve_local(args.apis, args.host, _port(args.port), _settings("myelin local"), reload=not args.no_reload)
+    settings = _settings("myelin local")
+    if settings.role != c.ROLE_ALL:
+        raise SystemExit(f"myelin local: runs every API whole (gateway and worker in one process); unset {c.ROLE_ENV}")
+    return serve_local(args.apis, args.host, _port(args.port), settings, reload=not args.no_reload)
 
 
 def cmd_cold_start(args: argparse.Namespace) -> int:
@@ -151,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to listen on (default: 127.0.0.1; 0.0.0.0 in a container)")
     serve.add_argument("--uds", default=None, metavar="PATH",
                        help="listen on this Unix domain socket instead of a TCP port (myelin local uses it)")
+    serve.add_argument("--role", choices=c.ROLES, default=None,
+                       help=f"AsyncAPI only: {c.ROLE_GATEWAY} (submit and status routes), {c.ROLE_WORKER} (runs jobs) "
+                            f"or {c.ROLE_ALL} (both; the default, or ${c.ROLE_ENV})")
     serve.set_defaults(func=cmd_serve)
 
     validate = sub.add_parser("validate", help="check api.yaml files and predictor imports without serving",

@@ -78,3 +78,54 @@ LABEL_REASON = "reason"
 #: Labels the cluster's scrape job adds to every sample of an API pod.
 LABEL_NAMESPACE = "namespace"
 LABEL_POD = "pod"
+
+# -- AsyncAPI (kind: AsyncAPI) -------------------------------------------------------------------
+# The cluster runs an AsyncAPI as two Deployments from one image: the gateway (submit and status
+# routes, always up) and the workers (the predictor, scaled on the queue's depth, down to zero).
+# Both get the store variables below; the role comes from `myelin serve --role` or MYELIN_ROLE.
+ROLE_ENV = "MYELIN_ROLE"
+ROLE_GATEWAY = "gateway"  # POST /<endpoint> and GET /<endpoint>/<id>; no predictor loaded
+ROLE_WORKER = "worker"  # loads the predictor and runs queued jobs; serves only the control routes
+ROLE_ALL = "all"  # both in one process (`myelin local`, and `myelin serve` by default)
+ROLES = (ROLE_GATEWAY, ROLE_WORKER, ROLE_ALL)
+
+#: Where the embedded (SQLite) job store keeps its files; default `.myelin` in the working directory.
+STATE_DIR_ENV = "MYELIN_STATE_DIR"
+#: Which job store runs: `sqlite` (embedded, the default) or `sqs` (SQS queue + S3 objects).
+ASYNC_STORE_ENV = "MYELIN_ASYNC_STORE"
+ASYNC_STORE_SQLITE = "sqlite"
+ASYNC_STORE_SQS = "sqs"
+#: With `sqs`: the API's queue, its dead-letter queue (both SQS queue URLs), and `s3://bucket/prefix/`
+#: for request payloads, attempt markers and outcomes. boto3 reads AWS_REGION / AWS_ENDPOINT_URL itself.
+ASYNC_QUEUE_URL_ENV = "MYELIN_ASYNC_QUEUE_URL"
+ASYNC_DEAD_LETTER_QUEUE_URL_ENV = "MYELIN_ASYNC_DEAD_LETTER_QUEUE_URL"
+ASYNC_STORAGE_URI_ENV = "MYELIN_ASYNC_STORAGE_URI"
+#: Object keys under the storage prefix: `jobs/<id>/request`, `jobs/<id>/attempt`, `jobs/<id>/outcome`.
+#: The bucket's lifecycle rule expires this prefix after `spec.retention_days` (jobs.retention, whole days).
+ASYNC_JOBS_PREFIX = "jobs/"
+#: SQS message attribute carrying attempts used by earlier messages of the same job (a job handed
+#: back on shutdown is sent again as a new message).
+ASYNC_PRIOR_ATTEMPTS_ATTRIBUTE = "myelin-prior-attempts"
+#: What each role calls, for a least-privilege role scoped to the API's own queue, DLQ and prefix
+#: (s3:ListBucket with an `s3:prefix` condition: without it S3 answers 403, not 404, for a missing key).
+ASYNC_GATEWAY_ACTIONS = ("sqs:SendMessage", "sqs:GetQueueAttributes", "s3:PutObject", "s3:GetObject", "s3:ListBucket")
+ASYNC_WORKER_ACTIONS = (
+    "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:SendMessage",
+    "sqs:GetQueueAttributes", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket",
+)
+#: The worker sends exhausted jobs to the dead-letter queue itself (so their status says why); the
+#: queue's redrive policy is only a backstop: maxReceiveCount = jobs.max_attempts + 1.
+
+# Metrics of an AsyncAPI ({api}; counters get `_total` in the exposition).
+ASYNC_QUEUE_DEPTH = "myelin_async_queue_depth"  # gauge {api}: jobs waiting to start
+ASYNC_JOBS = "myelin_async_jobs"  # exposed as myelin_async_jobs_total{api,status}
+ASYNC_JOBS_TOTAL = "myelin_async_jobs_total"
+ASYNC_JOB_DURATION = "myelin_async_job_duration_seconds"  # histogram {api}: one attempt, start to outcome
+#: `status` values of myelin_async_jobs_total.
+JOB_SUBMITTED = "submitted"  # stored by the gateway (202 answered)
+JOB_COMPLETED = "completed"
+JOB_FAILED = "failed"  # predict raised (PredictorError or any exception) or timed out: no retry
+JOB_DEAD_LETTERED = "dead_lettered"  # its worker stopped max_attempts times: failed, kept in the dead-letter store
+JOB_RETRIED = "retried"  # started again after a worker stopped while running it
+JOB_RETURNED = "returned"  # handed back to the queue unfinished on shutdown (not counted as an attempt)
+JOB_STATUSES = (JOB_SUBMITTED, JOB_COMPLETED, JOB_FAILED, JOB_DEAD_LETTERED, JOB_RETRIED, JOB_RETURNED)

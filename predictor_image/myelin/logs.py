@@ -116,6 +116,17 @@ class RequestLog:
             entry["error"] = error
         self._append(entry)
 
+    def job(self, level: str, api: str, job_id: str, attempt: int, status: str, duration_s: float,
+            error: str | None = None) -> None:
+        """One line per job attempt of an AsyncAPI (how it ended), batched like request lines."""
+        entry = {
+            "time": time.time(), "level": level, "api": api, "job_id": job_id,
+            "attempt": attempt, "job_status": status, "duration_ms": round(duration_s * 1000, 3),
+        }
+        if error:
+            entry["error"] = error
+        self._append(entry)
+
     def event(self, level: str, message: str, **fields: Any) -> None:
         """Non-request log lines (load failures with tracebacks, drains, reloads): same format, written at once."""
         self._pending.append({"time": time.time(), "level": level, "message": message, **fields})

@@ -29,7 +29,7 @@ import uvicorn
 
 from .logs import RequestLog
 from .settings import Settings
-from .spec import ApiSpec
+from .spec import ApiSpec, spec_from_dict
 
 # After the app's own drain, uvicorn closes what is left; this bounds that last step.
 _FINAL_CLOSE_S = 2.0
@@ -208,9 +208,11 @@ def _worker_main(folder: str, spec_json: str, host: str, port: int, sock: socket
     from .server import MyelinApp  # imported in the child, after PROMETHEUS_MULTIPROC_DIR is set
 
     separate_stdout()
-    spec = ApiSpec.model_validate_json(spec_json)
+    import orjson
+
+    spec = spec_from_dict(orjson.loads(spec_json), "the supervisor's spec")
     app = MyelinApp([(Path(folder), spec)], processes=processes, exit_when_stuck=True,
-                    exit_on_load_failure=EXIT_LOAD_FAILED, on_loaded=announce_loaded)
+                    exit_on_load_failure=EXIT_LOAD_FAILED, on_loaded=announce_loaded, settings=settings)
     run_app(app, host, port, spec.serving.drain_timeout.seconds, settings, sockets=[sock])
 
 

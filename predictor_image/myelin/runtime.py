@@ -95,14 +95,27 @@ class ApiRuntime:
                     f"{auth.api_keys_env}{API_KEYS_FILE_SUFFIX}) is empty or unset; refusing to serve without keys",
                 )
 
+    #: What this process does for the API: answer its HTTP routes (API keys needed), run the predictor.
+    #: An AsyncAPI's gateway only answers, its worker only runs the predictor (asyncapi/runtime.py).
+    serves_requests = True
+    runs_predictor = True
+    #: AsyncAPI: POST submits a job and GET <endpoint>/<id> reads it (asyncapi/runtime.py).
+    asynchronous = False
+
     # ---------------------------------------------------------------- lifecycle
+    def prepare(self) -> None:
+        """Blocking set-up a kind needs before the predictor loads (raise LoadError to fail the API)."""
+
     def load(self) -> None:
         """Blocking: import and construct the predictor (called in a thread; the loop keeps answering probes)."""
+        predictor = None
         try:
-            if self._keys_error is not None:
+            self.prepare()
+            if self._keys_error is not None and self.serves_requests:  # an AsyncAPI's worker answers no request
                 raise self._keys_error
-            model_dir = self._fetch_model() if self.spec.predictor.model_uri else None
-            predictor = load_predictor(self.folder, self.spec, model_dir)
+            if self.runs_predictor:
+                model_dir = self._fetch_model() if self.spec.predictor.model_uri else None
+                predictor = load_predictor(self.folder, self.spec, model_dir)
         except LoadError as err:
             self._failed(err)
             return
@@ -110,11 +123,12 @@ class ApiRuntime:
             self._failed(LoadError(self.name, str(self.folder / "api.yaml"), f"{type(err).__name__}: {err}",
                                    traceback.format_exc()))
             return
-        self.predictor = predictor
-        self.invoker = Invoker(self.name, self.spec, predictor, self.max_concurrency, self.max_queue_length,
-                               self.metrics.batch_size.observe)
-        if self.loop is not None:
-            self.invoker.bind(self.loop)
+        if predictor is not None:
+            self.predictor = predictor
+            self.invoker = Invoker(self.name, self.spec, predictor, self.max_concurrency, self.max_queue_length,
+                                   self.metrics.batch_size.observe)
+            if self.loop is not None:
+                self.invoker.bind(self.loop)
         if self.state is State.LOADING:  # a drain that began during the load wins
             self.state = State.READY
             self.ready_at = time.time()

@@ -93,8 +93,10 @@ class MyelinApp:
                  log: RequestLog | None = None, metrics: Metrics | None = None,
                  on_loaded: Callable[[ApiRuntime], None] | None = None,
                  expose_errors: bool = False, exit_when_stuck: bool = False,
-                 exit_on_load_failure: int | None = None):
+                 exit_on_load_failure: int | None = None, settings: Settings | None = None):
         self.log = log or RequestLog()
+        # Read once from MYELIN_* by the caller; run_app applies them again (apply_settings) before loading.
+        self.settings = settings or Settings()
         # Load errors in /info: on a developer's machine (`myelin local`) yes; from a container, never
         # (they can carry connection strings and secrets; the log has them).
         self.expose_errors = expose_errors
@@ -116,11 +118,17 @@ class MyelinApp:
         self.control = with_request_id(self._control_app())
 
     def new_runtime(self, folder: Path, spec: ApiSpec) -> ApiRuntime:
-        return ApiRuntime(folder, spec, self.metrics.for_api(spec.name, spec.target_in_flight), self.log, self.processes)
+        if spec.kind == "AsyncAPI":
+            from .asyncapi import AsyncApiRuntime
+
+            return AsyncApiRuntime(folder, spec, self.metrics, self.log, self.processes, self.settings, self.spawn)
+        return ApiRuntime(folder, spec, self.metrics.for_api(spec.name, spec.target_in_flight), self.log,
+                          self.processes, self.settings)
 
     def apply_settings(self, settings: Settings) -> None:
         """Server settings the APIs need before they load: the model cache (model_files.py), the arrival-time
         header of APIs scaled to zero (arrival.py)."""
+        self.settings = settings
         for runtime in self.runtimes.values():
             runtime.settings = settings  # the model cache (model_files.py) and what follows
         if settings.arrival_header is None:
@@ -134,11 +142,22 @@ class MyelinApp:
 
     # ------------------------------------------------------------------ ASGI
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            runtime = self.runtimes.get(scope["path"])
-            if runtime is not None:
-                await handle_predict(runtime, scope, receive, send)
-                return
+        if scope["type"] == "http":
+            method = scope["method"]
+            if method == "POST":
+                runtime = self.runtimes.get(scope["path"])
+                if runtime is not None:
+                    if runtime.asynchronous:
+                        await runtime.submit(scope, receive, send)
+                    else:
+                        await handle_predict(runtime, scope, receive, send)
+                    return
+            elif method == "GET":  # an AsyncAPI job: GET <endpoint>/<id>
+                endpoint, _, job_id = scope["path"].rpartition("/")
+                runtime = self.runtimes.get(endpoint)
+                if runtime is not None and runtime.asynchronous:
+                    await runtime.status(job_id, scope, receive, send)
+                    return
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
@@ -297,7 +316,12 @@ class MyelinApp:
             return _json({"apis": apis})
 
         for runtime in self.runtimes.values():
-            self._document_endpoint(app, runtime)
+            if runtime.asynchronous:
+                from .asyncapi.routes import document_job_routes
+
+                document_job_routes(app, runtime)
+            else:
+                self._document_endpoint(app, runtime)
 
         async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
             kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
 from .contract import MODEL_CACHE_ENV, MODEL_CACHE_MAX_BYTES_ENV, MODEL_VERSION_ENV
+from . import contract as c
 
 
 class SettingsError(ValueError):
@@ -68,7 +69,33 @@ def _path(name: str, raw: str) -> str:
     return os.path.expanduser(raw)
 
 
+def _role(name: str, raw: str) -> str:
+    if raw not in c.ROLES:
+        raise SettingsError(f"{name}={raw!r}: use one of {', '.join(c.ROLES)}")
+    return raw
+
+
+def _async_store(name: str, raw: str) -> str:
+    stores = (c.ASYNC_STORE_SQLITE, c.ASYNC_STORE_SQS)
+    if raw not in stores:
+        raise SettingsError(f"{name}={raw!r}: use one of {', '.join(stores)}")
+    return raw
+
+
 def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _queue_url(name: str, raw: str) -> str:
+    if not raw.startswith(("https://", "http://")):
+        raise SettingsError(f"{name}={raw!r}: expected an SQS queue URL, like https://sqs.<region>.amazonaws.com/<account>/<queue>")
+    return raw
+
+
+def _s3_uri(name: str, raw: str) -> str:
+    bucket = raw[len("s3://"):].split("/", 1)[0] if raw.startswith("s3://") else ""
+    if not bucket:
+        raise SettingsError(f"{name}={raw!r}: expected s3://<bucket>/<prefix>")
     return raw
 
 
@@ -83,7 +110,14 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "model_cache": (MODEL_CACHE_ENV, _path),
     "model_cache_max_bytes": (MODEL_CACHE_MAX_BYTES_ENV, _size),
     "model_version": (MODEL_VERSION_ENV, _text),
+    "role": (c.ROLE_ENV, _role),
+    "state_dir": (c.STATE_DIR_ENV, _text),
+    "async_store": (c.ASYNC_STORE_ENV, _async_store),
+    "async_queue_url": (c.ASYNC_QUEUE_URL_ENV, _queue_url),
+    "async_dead_letter_queue_url": (c.ASYNC_DEAD_LETTER_QUEUE_URL_ENV, _queue_url),
+    "async_storage_uri": (c.ASYNC_STORAGE_URI_ENV, _s3_uri),
 }
+_SQS_SETTINGS = ("async_queue_url", "async_dead_letter_queue_url", "async_storage_uri")
 
 
 @dataclass(frozen=True)
@@ -107,6 +141,27 @@ class Settings:
     model_cache_max_bytes: int = 20 * 2**30
     #: The model version recorded at deploy time (cluster only); a mismatch is logged, not fatal.
     model_version: str = ""
+    #: AsyncAPI: what this process runs (`gateway`, `worker` or `all`); `myelin serve --role` overrides it.
+    role: str = c.ROLE_ALL
+    #: AsyncAPI, embedded store: the folder of the SQLite job files (relative to the working directory).
+    state_dir: str = ".myelin"
+    #: AsyncAPI: `sqlite` (embedded, local) or `sqs` (the cloud: SQS queues and an S3 prefix, below).
+    async_store: str = c.ASYNC_STORE_SQLITE
+    async_queue_url: str = ""
+    async_dead_letter_queue_url: str = ""
+    async_storage_uri: str = ""
+
+    def __post_init__(self) -> None:
+        env = {f: ENVIRONMENT[f][0] for f in _SQS_SETTINGS}
+        if self.async_store == c.ASYNC_STORE_SQS:
+            missing = [env[f] for f in _SQS_SETTINGS if not getattr(self, f)]
+            if missing:
+                raise SettingsError(f"{c.ASYNC_STORE_ENV}=sqs needs {', '.join(missing)} as well")
+        else:
+            stray = [env[f] for f in _SQS_SETTINGS if getattr(self, f)]
+            if stray:
+                raise SettingsError(f"{', '.join(stray)} set, but {c.ASYNC_STORE_ENV} is not 'sqs': set "
+                                    f"{c.ASYNC_STORE_ENV}=sqs to use them, or unset them")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":

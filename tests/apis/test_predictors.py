@@ -31,6 +31,7 @@ EXAMPLES = {
     "image-classifier": "sample.png",
     "wine-classifier": "sample.json",
     "text-generator": "sample.json",
+    "hyperparameter-search": "sample.json",
 }
 CONTENT_TYPES = {".json": "application/json", ".txt": "text/plain", ".png": "image/png"}
 _loaded = 0
@@ -88,12 +89,18 @@ def test_folder_layout_and_spec(name):
             assert re.match(r"^[A-Za-z0-9_.\-\[\]]+==[^=<>~*]+$", line), f"{name}: not pinned exactly: {line!r}"
 
 
+def readme_post(name: str) -> list[str]:
+    """The README's first curl command that posts a file (an AsyncAPI's sits inside `ID=$(... | ...)`)."""
+    lines = [line for line in (APIS / name / "README.md").read_text().splitlines()
+             if "curl " in line and "--data-binary" in line]
+    assert lines, f"{name}/README.md has no curl line posting a file"
+    return shlex.split(lines[0][lines[0].index("curl "):].split(" | ")[0])
+
+
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_readme_curl_line_posts_the_sample(name):
     """One exact curl line: right URL, the sample file, and the content type that makes the right payload."""
-    lines = [line for line in (APIS / name / "README.md").read_text().splitlines() if line.startswith("curl ")]
-    assert lines, f"{name}/README.md has no curl line"
-    args = shlex.split(lines[0])
+    args = readme_post(name)
     spec = load_api_spec(APIS / name)
     assert f"http://127.0.0.1:8888{spec.endpoint}" in args
     sample = EXAMPLES[name]
@@ -116,6 +123,9 @@ def test_batching_and_compute_settings():
     text = load_api_spec(APIS / "text-generator")  # streams: batching would be refused at load
     assert text.batching is None and text.serving.max_stream_duration is not None
     assert text.serving.threads >= text.serving.max_concurrency  # one thread per running stream
+    search = load_api_spec(APIS / "hyperparameter-search")
+    assert search.kind == "AsyncAPI" and search.autoscaling.min_replicas == 0
+    assert search.jobs.retention.seconds == 7 * 86400 and search.serving.timeout.seconds == 300
 
 
 # --- iris-classifier --------------------------------------------------------------------------
@@ -362,6 +372,39 @@ def test_wine_bad_measurement(wine):
     sample = json.loads((APIS / "wine-classifier" / "sample.json").read_text())
     for bad in ("13.2", True, None, float("inf")):
         assert_bad_request(wine.predict, {**sample, "hue": bad}, match="'hue' must be a finite number")
+
+
+# --- hyperparameter-search (AsyncAPI) -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def search():
+    return make_predictor("hyperparameter-search")
+
+
+def test_search_sample_finds_the_known_best_parameters(search):
+    result = search.predict(json.loads((APIS / "hyperparameter-search" / "sample.json").read_text()))
+    assert result["fits"] == 12 and len(result["results"]) == 4
+    assert (result["best"]["C"], result["best"]["gamma"]) == (10.0, 0.001)  # the textbook RBF-SVM digits setting
+    assert result["best"]["accuracy"] > 0.95
+    assert result["best"]["accuracy"] == max(r["accuracy"] for r in result["results"])
+    json.dumps(result)
+
+
+@pytest.mark.parametrize(
+    "payload, match",
+    [
+        ({"gamma": [0.001]}, "'C' must be a list"),
+        ({"C": [], "gamma": [0.001]}, "'C' must be a list"),
+        ({"C": [1, -1], "gamma": [0.001]}, "positive numbers, got -1"),
+        ({"C": [1], "gamma": ["0.001"]}, "'gamma' must hold positive numbers"),
+        ({"C": [1], "gamma": [0.001], "folds": 1}, "'folds' must be a whole number from 2 to 10"),
+        ({"C": [1, 2, 3, 4, 5], "gamma": [1, 2, 3, 4, 5], "folds": 10}, "250 fits; at most 120"),
+        ([1, 10], "JSON object"),
+    ],
+)
+def test_search_bad_grids(search, payload, match):
+    assert_bad_request(search.predict, payload, match=match)
 
 
 # --- sentence-embedding -------------------------------------------------------------------------

@@ -4,19 +4,25 @@ import json
 import re
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from conftest import ROOT, ServerProcess
+from myelin.spec import load_api_spec
 
 EXAMPLES = sorted(p.name for p in (ROOT / "apis").iterdir() if (p / "api.yaml").is_file())
+ASYNC_EXAMPLES = [name for name in EXAMPLES if load_api_spec(ROOT / "apis" / name).kind == "AsyncAPI"]
+REALTIME_EXAMPLES = [name for name in EXAMPLES if name not in ASYNC_EXAMPLES]
 
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
-    server = ServerProcess(["local", "apis", "--no-reload"], tmp_path_factory.mktemp("local"))
+    tmp = tmp_path_factory.mktemp("local")
+    # The AsyncAPI examples keep their jobs under MYELIN_STATE_DIR (default .myelin/ in the working directory).
+    server = ServerProcess(["local", "apis", "--no-reload"], tmp, env={"MYELIN_STATE_DIR": str(tmp / "state")})
     server.wait_ready(timeout=180)
     server.wait_settled(timeout=180)
     yield server
@@ -29,11 +35,13 @@ def readme_curl(name: str) -> list[str]:
     return shlex.split(line.strip())
 
 
-def test_all_five_examples_exist():
-    assert {"iris-classifier", "kmeans", "image-classifier", "sentence-embedding", "text-generator"} <= set(EXAMPLES)
+def test_all_examples_exist():
+    assert {"iris-classifier", "kmeans", "image-classifier", "sentence-embedding", "wine-classifier",
+            "text-generator"} <= set(REALTIME_EXAMPLES)
+    assert ASYNC_EXAMPLES == ["hyperparameter-search"]
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("name", REALTIME_EXAMPLES)
 def test_readme_curl_line_works_as_written(local, name):
     args = readme_curl(name)
     args = [re.sub(r"http://127\.0\.0\.1:8888", local.base, a) for a in args]
@@ -41,6 +49,40 @@ def test_readme_curl_line_works_as_written(local, name):
     body, _, code = out.stdout.rpartition("\n")
     assert code == "200", (name, out.stdout, out.stderr, local.stderr()[-2000:])
     assert body.strip().startswith("{")
+
+
+def readme_shell_lines(name: str) -> list[str]:
+    """The commands in the README's ```sh blocks, in order."""
+    lines, inside = [], False
+    for line in (ROOT / "apis" / name / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            inside = line.strip() == "```sh"
+        elif inside and line.strip():
+            lines.append(line)
+    return lines
+
+
+@pytest.mark.parametrize("name", ASYNC_EXAMPLES)
+def test_readme_submit_poll_result_session_works_as_written(local, name):
+    """An AsyncAPI's README: the submit line keeps the job id in ID, the poll line shows the job until it is done."""
+    submit_line, poll_line = [re.sub(r"http://127\.0\.0\.1:8888", local.base, l) for l in readme_shell_lines(name)]
+    out = subprocess.run(["bash", "-c", f"set -euo pipefail\n{submit_line}\necho \"$ID\""], capture_output=True,
+                         text=True, cwd=ROOT, timeout=60)
+    job_id = out.stdout.strip()
+    assert out.returncode == 0 and re.fullmatch(r"[0-9a-f]{32}", job_id), (out.stdout, out.stderr)
+    statuses = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        polled = subprocess.run(["bash", "-c", poll_line], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                                env={"ID": job_id, "PATH": "/usr/bin:/bin"})
+        doc = json.loads(polled.stdout)
+        statuses.append(doc["status"])
+        if doc["status"] in ("completed", "failed"):
+            break
+        time.sleep(0.2)
+    assert doc["status"] == "completed", (doc, local.stdout()[-2000:])
+    assert doc["id"] == job_id and doc["result"]["best"]["accuracy"] > 0.9
+    assert set(statuses) <= {"in_queue", "in_progress", "completed"}
 
 
 def test_local_lists_every_example_as_loaded(local):

@@ -5,11 +5,13 @@ predictor loading) and the infrastructure (`components/` builds Deployments, aut
 ingresses from the same object). It stays free of runtime-only and infrastructure-only imports.
 
 - `fields`: field types (durations, quantities) and the sections every kind shares;
-- one module per kind (`realtime`), registered in `load.KINDS` by its `kind` value;
+- one module per kind (`realtime`, `asyncapi`), registered in `load.KINDS` by its `kind` value;
 - `load`: reading files (and `MYELIN_API_SPEC`) into specs, with errors naming file and field.
 """
 
+from .asyncapi import AsyncApiSpec, JobsSpec, QueueAutoscalingSpec
 from .fields import (
+    ApiBase,
     AuthSpec,
     AutoscalingSpec,
     BatchingSpec,
@@ -43,7 +45,7 @@ from .model_uri import ModelUri, S3Scope, parse_model_uri, s3_scope
 from .realtime import ApiSpec
 
 __all__ = [
-    "ApiSpec", "AuthSpec", "AutoscalingSpec", "BatchingSpec", "ComputeSpec", "Duration", "EgressRule", "KINDS", "ModelUri",
+    "ApiBase", "ApiSpec", "AsyncApiSpec", "JobsSpec", "QueueAutoscalingSpec", "AuthSpec", "AutoscalingSpec", "BatchingSpec", "ComputeSpec", "Duration", "EgressRule", "KINDS", "ModelUri",
     "S3Scope", "parse_model_uri", "s3_scope",
     "NetworkingSpec", "PredictorSpec", "SPEC_FILE", "ServingSpec", "SpecError", "UpdateStrategySpec",
     "check_predictor_file", "check_unique", "deep_merge", "discover_api_folders", "load_api_spec",

@@ -1,5 +1,5 @@
 """Field types and sections every API kind shares: durations, quantities, predictor, compute,
-autoscaling, serving, batching, update strategy, networking."""
+autoscaling, serving, batching, update strategy, networking; and `ApiBase`, the fields of every kind."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from ..contract import RESERVED_PATHS, SCRAPE_INTERVAL_S
 from .model_uri import parse_model_uri
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _CPU = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
 _MEM = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
 _MEM_UNITS = {
@@ -45,12 +45,12 @@ class SpecError(ValueError):
 
 
 def parse_duration(value: str) -> float:
-    """'30s' -> 30.0, '5m' -> 300.0, '10ms' -> 0.01. Bare numbers are refused: units are explicit."""
+    """'30s' -> 30.0, '5m' -> 300.0, '10ms' -> 0.01, '7d' -> 604800.0. Bare numbers are refused: units are explicit."""
     if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f"durations are strings with a unit (ms, s, m, h), like '30s'; got {value!r}")
+        raise ValueError(f"durations are strings with a unit (ms, s, m, h, d), like '30s'; got {value!r}")
     match = _DURATION.match(value)
     if not match:
-        raise ValueError(f"invalid duration {value!r}: write a number and a unit (ms, s, m, h), like '30s' or '5m'")
+        raise ValueError(f"invalid duration {value!r}: write a number and a unit (ms, s, m, h, d), like '30s' or '5m'")
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
@@ -372,3 +372,32 @@ class NetworkingSpec(_Strict):
         return v
 
 
+
+
+class ApiBase(_Strict):
+    """What every kind has: a name, the predictor, compute, serving limits, rollouts and networking.
+
+    Each kind's model (`realtime.ApiSpec`, `asyncapi.AsyncApiSpec`) adds its `kind` literal and the
+    sections that differ (autoscaling, batching, jobs).
+    """
+
+    name: str = Field(..., description="DNS label naming the API and its Kubernetes objects.")
+    kind: str
+    predictor: PredictorSpec = Field(default_factory=PredictorSpec)
+    compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    update_strategy: UpdateStrategySpec = Field(default_factory=UpdateStrategySpec)
+    networking: NetworkingSpec = Field(default_factory=NetworkingSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        if not _DNS_LABEL.match(v):
+            raise ValueError(
+                f"{v!r} is not a DNS label: lowercase letters, digits and '-', starting with a letter, at most 40 characters"
+            )
+        return v
+
+    @property
+    def endpoint(self) -> str:
+        return self.networking.endpoint or f"/{self.name}"

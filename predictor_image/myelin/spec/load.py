@@ -11,13 +11,14 @@ import yaml
 from pydantic import ValidationError
 
 from ..contract import SPEC_ENV
+from .asyncapi import AsyncApiSpec
 from .fields import SpecError
 from .realtime import ApiSpec
 
 SPEC_FILE = "api.yaml"
 
 #: `kind` in api.yaml -> the model that parses it. A new kind registers its model here.
-KINDS: dict[str, type] = {"RealtimeAPI": ApiSpec}
+KINDS: dict[str, type] = {"RealtimeAPI": ApiSpec, "AsyncAPI": AsyncApiSpec}
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:

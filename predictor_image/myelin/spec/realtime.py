@@ -4,40 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from .fields import (
-    _DNS_LABEL,
-    AutoscalingSpec,
-    BatchingSpec,
-    ComputeSpec,
-    NetworkingSpec,
-    PredictorSpec,
-    ServingSpec,
-    UpdateStrategySpec,
-    _Strict,
-)
+from .fields import ApiBase, AutoscalingSpec, BatchingSpec
 
 
-class ApiSpec(_Strict):
-    name: str = Field(..., description="DNS label naming the API and its Kubernetes objects.")
+class ApiSpec(ApiBase):
     kind: Literal["RealtimeAPI"] = "RealtimeAPI"
-    predictor: PredictorSpec = Field(default_factory=PredictorSpec)
-    compute: ComputeSpec = Field(default_factory=ComputeSpec)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
-    serving: ServingSpec = Field(default_factory=ServingSpec)
     batching: BatchingSpec | None = None
-    update_strategy: UpdateStrategySpec = Field(default_factory=UpdateStrategySpec)
-    networking: NetworkingSpec = Field(default_factory=NetworkingSpec)
-
-    @field_validator("name")
-    @classmethod
-    def _dns(cls, v: str) -> str:
-        if not _DNS_LABEL.match(v):
-            raise ValueError(
-                f"{v!r} is not a DNS label: lowercase letters, digits and '-', starting with a letter, at most 40 characters"
-            )
-        return v
 
     @model_validator(mode="after")
     def _batches_can_fill(self) -> "ApiSpec":
@@ -53,10 +28,6 @@ class ApiSpec(_Strict):
                     f"serving.max_concurrency to at least max_batch_size{' × processes' if procs > 1 else ''}"
                 )
         return self
-
-    @property
-    def endpoint(self) -> str:
-        return self.networking.endpoint or f"/{self.name}"
 
     @property
     def target_in_flight(self) -> float:

@@ -1,0 +1,318 @@
+"""The embedded job store: one SQLite file per API (WAL mode, the standard library's sqlite3).
+
+Durability: an `enqueue` returns once its transaction is committed with `synchronous=FULL` (the WAL
+is fsynced), so a 202 survives `kill -9` and a power cut. Claims, outcomes and releases commit with
+`synchronous=NORMAL`: they survive a killed process (the WAL is in the OS's cache) and a power cut
+can at most lose the latest ones, which then run again (delivery is at-least-once anyway). Writes go
+through one writer thread per store that commits whatever is pending as one transaction (group
+commit): concurrent submits share an fsync instead of queueing for one each. Reads (status, depth) use their own connections,
+which WAL lets run beside the writer. Several processes may share the file (`serving.processes`):
+SQLite's locks order their writes, and an idle worker looks for jobs another process stored every
+`POLL_S`.
+
+A claim's token is its attempt number: a job claimed again after its visibility timeout has a
+higher one, so a stale worker's `release` changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import orjson
+
+from .. import contract as c
+from .store import COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE, Claim, JobState, StoreError, Submission
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    visible_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    content_type TEXT NOT NULL,
+    query_string TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB,
+    result BLOB,
+    result_type TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs (visible_at) WHERE status IN ('in_queue', 'in_progress');
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    dead_at REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    query_string TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB
+);
+"""
+
+_WAITING = "status IN ('in_queue', 'in_progress') AND visible_at <= :now"
+_MAX_GROUP = 512
+
+
+def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
+
+class SqliteJobStore:
+    #: How often an idle worker looks for jobs stored by another process (its own wake it at once).
+    POLL_S = 0.25
+
+    def __init__(self, path: str, retention_s: float):
+        self.path = path
+        self.retention = retention_s
+        self._purge_every = min(60.0, retention_s)
+        self._next_purge = 0.0
+        self._ops: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._arrived: asyncio.Event | None = None
+
+    # ---------------------------------------------------------------- set-up
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    def open(self) -> None:
+        folder = os.path.dirname(os.path.abspath(self.path))
+        where = f"{c.STATE_DIR_ENV} ({folder})"
+        try:
+            os.makedirs(folder, exist_ok=True)
+            conn = self._connect()
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode.lower() != "wal":
+                    raise StoreError(where, f"{self.path} cannot use WAL mode (journal_mode is {mode}); "
+                                            "put the state directory on a local file system")
+                conn.executescript(SCHEMA)
+            finally:
+                conn.close()
+        except (OSError, sqlite3.Error) as err:
+            raise StoreError(where, f"cannot use {self.path} for the job store: {err}") from None
+        self._writer = threading.Thread(target=self._write_loop, name=f"jobs-writer-{os.path.basename(self.path)}",
+                                         daemon=True)
+        self._writer.start()
+        self._reader = ThreadPoolExecutor(2, thread_name_prefix="jobs-reader")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._ops.put(None)
+            self._writer.join(timeout=5.0)
+            self._writer = None
+        if self._reader is not None:
+            self._reader.shutdown(wait=True)
+            self._reader = None
+        for conn in self._reader_conns:
+            conn.close()
+        self._reader_conns.clear()
+
+    # ---------------------------------------------------------------- plumbing
+    def _write_loop(self) -> None:
+        conn = self._connect()
+        try:
+            while True:
+                op = self._ops.get()
+                if op is None:
+                    return
+                batch = [op]
+                while len(batch) < _MAX_GROUP:
+                    try:
+                        more = self._ops.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        self._ops.put(None)  # finish this group, then stop
+                        break
+                    batch.append(more)
+                self._commit_group(conn, batch)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _commit_group(conn: sqlite3.Connection, batch: list) -> None:
+        """Run every pending write in one transaction (one fsync at most); one failing op rolls back only itself."""
+        outcomes: list[tuple[Any, Any, BaseException | None]] = []
+        durable = any(op[3] for op in batch)
+        try:
+            conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, fut, loop, _ in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((fn(conn), None))
+                    conn.execute("RELEASE op")
+                except Exception as err:  # noqa: BLE001 - handed to the caller
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((None, err))
+            conn.execute("COMMIT")
+        except Exception as err:  # noqa: BLE001 - the transaction itself failed (disk full, lock timeout)
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            outcomes = [(None, err) for _ in batch]
+        for (fn, fut, loop, _), (result, error) in zip(batch, outcomes):
+            try:
+                loop.call_soon_threadsafe(_settle, fut, result, error)
+            except RuntimeError:  # the loop closed: the process is exiting
+                pass
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], Any], durable: bool = False) -> Any:
+        """Run `fn` in the writer's next transaction; `durable`: that commit is fsynced before this returns."""
+        if self._writer is None:
+            raise StoreError(self.path, "the job store is closed")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._ops.put((fn, fut, loop, durable))
+        return await fut
+
+    def _reader_conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+            self._reader_conns.append(conn)
+        return conn
+
+    async def _read(self, sql: str, params: dict[str, Any]) -> Any:
+        if self._reader is None:
+            raise StoreError(self.path, "the job store is closed")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._reader, lambda: self._reader_conn().execute(sql, params).fetchone())
+
+    def _event(self) -> asyncio.Event:
+        if self._arrived is None:
+            self._arrived = asyncio.Event()
+        return self._arrived
+
+    def wake(self) -> None:
+        if self._arrived is not None:
+            self._arrived.set()
+
+    # ---------------------------------------------------------------- the Protocol
+    async def enqueue(self, job: Submission) -> None:
+        row = {"id": job.id, "created_at": job.created_at, "content_type": job.content_type,
+               "query_string": job.query_string, "headers": orjson.dumps(job.headers).decode(), "body": job.body}
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO jobs (id, status, created_at, visible_at, content_type, query_string, headers, body) "
+                "VALUES (:id, 'in_queue', :created_at, :created_at, :content_type, :query_string, :headers, :body)", row)
+
+        await self._write(insert, durable=True)
+        self._event().set()  # a worker of this process may be waiting
+
+    async def claim(self, n: int, visibility_timeout: float) -> list[Claim]:
+        arrived = self._event()
+        arrived.clear()  # before looking: a job stored after the look sets it again
+
+        def take(conn: sqlite3.Connection) -> list[Claim]:
+            now = time.time()
+            if now >= self._next_purge:
+                self._purge(conn, now)
+                self._next_purge = now + self._purge_every
+            rows = conn.execute(
+                "UPDATE jobs SET status = 'in_progress', attempts = attempts + 1, started_at = :now, "
+                "visible_at = :until WHERE seq IN (SELECT seq FROM jobs WHERE " + _WAITING +
+                " AND created_at > :cutoff ORDER BY visible_at LIMIT :n) "
+                "RETURNING id, attempts, body, content_type, query_string, headers, created_at",
+                {"now": now, "until": now + visibility_timeout, "n": n, "cutoff": now - self.retention}).fetchall()
+            return [Claim(id=r[0], attempt=r[1], body=r[2] or b"", content_type=r[3], query_string=r[4],
+                          headers=[tuple(h) for h in orjson.loads(r[5])], created_at=r[6], started_at=now,
+                          token=r[1]) for r in rows]
+
+        claims = await self._write(take)
+        if claims:
+            return claims
+        try:
+            await asyncio.wait_for(arrived.wait(), self.POLL_S)
+        except asyncio.TimeoutError:
+            pass
+        return []
+
+    def _purge(self, conn: sqlite3.Connection, now: float) -> None:
+        """Jobs past their retention, done or not, and their dead letters."""
+        cutoff = now - self.retention
+        conn.execute("DELETE FROM jobs WHERE created_at <= ?", (cutoff,))
+        conn.execute("DELETE FROM dead_letters WHERE created_at <= ?", (cutoff,))
+
+    async def complete(self, claim: Claim, result: bytes, content_type: str) -> bool:
+        def done(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE jobs SET status = 'completed', finished_at = ?, result = ?, result_type = ?, body = NULL "
+                "WHERE id = ? AND status = 'in_progress'", (time.time(), result, content_type, claim.id))
+            return cur.rowcount == 1
+
+        return await self._write(done)
+
+    async def fail(self, claim: Claim, error: dict[str, Any], dead_letter: bool = False) -> bool:
+        text = orjson.dumps(error).decode()
+
+        def failed(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            if dead_letter:
+                conn.execute(
+                    "INSERT OR REPLACE INTO dead_letters (id, created_at, dead_at, attempts, error, content_type, "
+                    "query_string, headers, body) SELECT id, created_at, ?, attempts, ?, content_type, query_string, "
+                    "headers, body FROM jobs WHERE id = ? AND status = 'in_progress'", (now, text, claim.id))
+            cur = conn.execute(
+                "UPDATE jobs SET status = 'failed', finished_at = ?, error = ?, body = NULL "
+                "WHERE id = ? AND status = 'in_progress'", (now, text, claim.id))
+            return cur.rowcount == 1
+
+        return await self._write(failed)
+
+    async def release(self, claim: Claim) -> None:
+        def back(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE jobs SET status = 'in_queue', attempts = attempts - 1, started_at = NULL, visible_at = ? "
+                "WHERE id = ? AND status = 'in_progress' AND attempts = ?", (time.time(), claim.id, claim.token))
+
+        await self._write(back)
+        self._event().set()
+
+    async def get(self, job_id: str) -> JobState | None:
+        now = time.time()
+        row = await self._read(
+            "SELECT status, created_at, started_at, finished_at, visible_at, result, result_type, error "
+            "FROM jobs WHERE id = :id AND created_at > :cutoff", {"id": job_id, "cutoff": now - self.retention})
+        if row is None:
+            return None
+        status, created, started, finished, visible_at, result, result_type, error = row
+        if status == IN_PROGRESS and visible_at <= now:  # its worker stopped: waiting to be started again
+            status, started = IN_QUEUE, None
+        return JobState(id=job_id, status=status, created_at=created, started_at=started,
+                        finished_at=finished if status in (COMPLETED, FAILED) else None,
+                        result=result, result_type=result_type, error=orjson.loads(error) if error else None)
+
+    async def depth(self) -> int:
+        now = time.time()
+        row = await self._read("SELECT count(*) FROM jobs WHERE " + _WAITING + " AND created_at > :cutoff",
+                               {"now": now, "cutoff": now - self.retention})
+        return int(row[0])
