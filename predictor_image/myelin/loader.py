@@ -125,8 +125,9 @@ class CallShape:
         return declared
 
 
-#: `__init__` gets the api.yaml `predictor.config` mapping.
-INIT_CALL = CallShape("__init__", ("config",))
+#: `__init__` gets the api.yaml `predictor.config` mapping, and the local folder of `predictor.model_uri` when it
+#: declares `model_dir` (init_kwargs refuses a required model_dir without a model_uri).
+INIT_CALL = CallShape("__init__", ("config",), ("model_dir",))
 #: `predict` gets the decoded payload, plus the request's query parameters and headers when it declares them.
 PREDICT_CALL = CallShape("predict", ("payload",), ("query_params", "headers"))
 

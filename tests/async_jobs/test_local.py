@@ -24,6 +24,7 @@ def test_local_serves_and_reloads_an_async_api_without_losing_jobs(tmp_path):
     server = ServerProcess(["local", str(root)], tmp_path, env={"MYELIN_STATE_DIR": str(tmp_path / "state")})
     try:
         server.wait_ready(timeout=60)
+        server.wait_settled(timeout=60)
         url = f"{server.base}/jobs"
         with httpx.Client(timeout=10) as client, cf.ThreadPoolExecutor(4) as pool:
             assert client.post(f"{server.base}/echo", json=1).json() == {"echo": 1}
@@ -33,10 +34,14 @@ def test_local_serves_and_reloads_an_async_api_without_losing_jobs(tmp_path):
                                                              '"square": payload["n"] ** 2, "version": 2}'))
             # Submissions go on through the reload.
             during = list(pool.map(lambda n: submit(client, url, json={"n": n, "sleep": 0.05}), range(40, 80)))
+            def reloaded() -> bool:  # version 2 of the API serves (the router switched to its process)
+                return any(line.get("message") == "serving" and line.get("api") == "jobs" and line.get("version") == 2
+                           for line in server.log_lines())
+
             deadline = time.monotonic() + 60
-            while '"reloaded"' not in server.stdout() and time.monotonic() < deadline:
+            while not reloaded() and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert '"reloaded"' in server.stdout(), server.stdout()[-3000:]
+            assert reloaded(), server.stdout()[-3000:]
             after = submit(client, url, json={"n": 99})
             docs = wait_for(client, url, before + during + [after])
         assert all(docs[i]["status"] == "completed" for i in before + during)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import runpy
@@ -165,8 +166,18 @@ def apply_config(config: dict[str, Any]) -> None:
     pulumi.runtime.set_all_config(values, secret_keys)
 
 
+def ensure_event_loop() -> None:
+    """Pulumi's mocks run on the main thread's event loop (asyncio.get_event_loop); a test elsewhere in the
+    session that called asyncio.run() leaves the main thread without one, whatever the test order."""
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run_program(stack: str, config: dict[str, Any], main: Path = MAIN) -> StackRun:
     """Register the whole program; returns every recorded resource and the resolved stack outputs."""
+    ensure_event_loop()
     region = str(config.get("aws:region", "us-west-2"))
     mocks = MyelinMocks(region=region)
     pulumi_settings.ROOT.set(None)

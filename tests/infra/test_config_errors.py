@@ -143,9 +143,10 @@ def test_program_registers_nothing_when_config_is_bad():
     from pulumi.runtime.stack import run_pulumi_func
     from pulumi.runtime.sync_await import _sync_await
     import runpy
-    from .harness import MAIN, apply_config, REPO
+    from .harness import MAIN, apply_config, REPO, ensure_event_loop
     import os
 
+    ensure_event_loop()
     mocks = MyelinMocks()
     pulumi_settings.ROOT.set(None)
     pulumi.runtime.set_mocks(mocks, project="myelin", stack="dev", preview=False)

@@ -35,14 +35,14 @@ REFUSED = {
         "",
         "class Predictor:\n    def __init__(self):\n        pass\n\n    def predict(self, payload):\n        return payload\n",
         "predictor.py, line 2",
-        ["Predictor.__init__(self) cannot be called", "accepted: __init__(self, config)"],
+        ["Predictor.__init__(self) cannot be called", "accepted: __init__(self, config[, model_dir])"],
     ),
     "init-extra-required": (
         "",
         "class Predictor:\n    def __init__(self, config, model):\n        pass\n\n"
         "    def predict(self, payload):\n        return payload\n",
         "predictor.py, line 2",
-        ["missing a required argument: 'model'", "accepted: __init__(self, config)"],
+        ["missing a required argument: 'model'", "accepted: __init__(self, config[, model_dir])"],
     ),
     "stream-batched": (
         "serving:\n  max_concurrency: 8\nbatching:\n  max_batch_size: 8\n",
@@ -117,7 +117,7 @@ def test_every_shape_the_runtime_can_call_is_accepted(tmp_path, head):
 
 def test_a_class_without_init_is_refused_with_the_shape(tmp_path):
     folder = make_api(tmp_path, "noinit", "", "class Predictor:\n    def predict(self, payload):\n        return 1\n")
-    with pytest.raises(LoadError, match=r"has no __init__ method: define __init__\(self, config\)"):
+    with pytest.raises(LoadError, match=r"has no __init__ method: define __init__\(self, config\[, model_dir\]\)"):
         import_predictor_class(folder, load_api_spec(folder))
 
 

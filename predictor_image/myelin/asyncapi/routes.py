@@ -85,12 +85,12 @@ async def _serve(runtime: "AsyncApiRuntime", scope: dict, receive: Any, send: An
         if not runtime.serves_requests:
             raise HTTPError(404, "not_found", f"this process is an AsyncAPI worker ({c.ROLE_WORKER}): submit jobs and "
                                               "read them through the gateway")
+        if keys is not None:  # before anything else, as for a RealtimeAPI: no key, nothing learnt
+            keys.check(head)
         if runtime.state not in states:
-            raise runtime.not_ready()
+            raise runtime.not_ready(request_id)
         runtime.enter()
         counted = True
-        if keys is not None:
-            keys.check(head)
         status, body, headers = await handler(head, request_id)
         await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", codec.JSON), (b"content-length", str(len(body)).encode()),

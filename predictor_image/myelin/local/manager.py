@@ -79,7 +79,10 @@ class LocalApi:
 
     @property
     def scales_to_zero(self) -> bool:
-        return self.spec is not None and self.spec.autoscaling.min_replicas == 0
+        # A RealtimeAPI with min_replicas 0. An AsyncAPI's min_replicas 0 is about its workers on an empty queue
+        # in the cloud (its gateway stays up); here one process is gateway and worker, and stays loaded.
+        return (self.spec is not None and self.spec.kind == "RealtimeAPI"
+                and self.spec.autoscaling.min_replicas == 0)
 
     @property
     def name(self) -> str:
