@@ -22,6 +22,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_listening(proc: subprocess.Popen, port: int, what: str, log: Path, timeout: float = 60.0) -> None:
+    """Until a helper server (e.g. moto) accepts connections on 127.0.0.1:port; AssertionError with its log if it
+    exits or does not listen in time (then it is stopped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited with {proc.returncode}: {log.read_text(errors='replace')}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    stop_process(proc)
+    raise AssertionError(f"{what} did not listen on port {port} in {timeout:.0f}s")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+    """SIGTERM by pid, then SIGKILL if it has not exited within `timeout`; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class ServerProcess:
     """A `myelin ...` subprocess on a free loopback port; logs captured to files."""
 
@@ -98,17 +126,23 @@ class ServerProcess:
     def signal(self, sig: int = signal.SIGTERM) -> None:
         self.proc.send_signal(sig)
 
+    def load_failure(self, timeout: float = 60.0) -> str:
+        """`myelin serve` of an API that cannot load exits 1 (a crash loop in the cluster, with the reason): wait
+        for that exit and return its one `<api> failed to load: <where>: <message>` line from stderr."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"myelin serve kept running:\n{self.stderr()}") from None
+        assert code == 1, self.stderr()
+        lines = [line for line in self.stderr().splitlines() if "failed to load" in line]
+        assert len(lines) == 1, self.stderr()
+        return lines[0]
+
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc, timeout=15)
         self._out.close()
         self._err.close()
-        return self.proc.returncode
+        return code
 
 
 @pytest.fixture

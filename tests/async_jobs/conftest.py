@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ServerProcess, free_port
+from conftest import ServerProcess, free_port, stop_process, wait_listening
 
 PREDICTOR = Path(__file__).resolve().parent / "apis" / "jobs" / "predictor.py"
 #: moto accepts any credentials; these keep boto3 from looking for real ones.
@@ -44,16 +42,7 @@ class MotoServer:
         self._log = open(workdir / "moto.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **AWS_ENV})
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"moto server exited with {self.proc.returncode}: {(workdir / 'moto.log').read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("moto server did not listen in 60s")
+        wait_listening(self.proc, self.port, "moto server", workdir / "moto.log")
 
     def client(self, service: str):
         import boto3
@@ -62,13 +51,7 @@ class MotoServer:
                             aws_access_key_id="testing", aws_secret_access_key="testing")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
 

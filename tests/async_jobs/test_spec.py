@@ -119,23 +119,12 @@ def settled_info(server) -> dict:
     raise AssertionError("still loading after 60 s")
 
 
-def load_failure(server) -> str:
-    """`myelin serve` of an API that cannot load exits 1 (a crash loop in the cluster); its stderr line."""
-    try:
-        code = server.proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"myelin serve kept running:\n{server.stderr()}") from None
-    assert code == 1, server.stderr()
-    (line,) = [line for line in server.stderr().splitlines() if "failed to load" in line]
-    return line
-
-
 def test_a_store_that_cannot_open_fails_the_api_clearly(start_server, tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     server = start_server("serve", str(make_api(tmp_path)), env={c.STATE_DIR_ENV: str(blocker / "state")},
                           wait=False)
-    line = load_failure(server)
+    line = server.load_failure()
     where, _, message = line.partition(": job store")
     assert "MYELIN_STATE_DIR" in where and message, line
 
@@ -148,5 +137,5 @@ def test_an_unreachable_queue_fails_the_api_naming_the_variable(start_server, tm
            c.ASYNC_DEAD_LETTER_QUEUE_URL_ENV: f"{moto.url}/123456789012/no-such-dlq",
            c.ASYNC_STORAGE_URI_ENV: "s3://no-such-bucket/x"}
     server = start_server("serve", str(make_api(tmp_path)), env=env, wait=False)
-    line = load_failure(server)
+    line = server.load_failure()
     assert "failed to load: MYELIN_ASYNC_QUEUE_URL=" in line and "NonExistentQueue" in line, line

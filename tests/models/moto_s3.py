@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
+
+from conftest import free_port, stop_process, wait_listening
 
 HERE = Path(__file__).resolve().parent
 
@@ -30,15 +29,11 @@ AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "
             "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MotoS3:
     def __init__(self, workdir: Path, seek_ranges: bool = False):
-        self.port = _free_port()
+        self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(workdir) / f"moto-{self.port}.jsonl"
         self.log_path.write_text("")
@@ -48,17 +43,7 @@ class MotoS3:
             args.append("--seek-ranges")
         env = {k: v for k, v in os.environ.items() if k not in AWS_VARS}
         self.proc = subprocess.Popen(args, stdout=self._out, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto exited with {self.proc.returncode}: {Path(self._out.name).read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("moto did not start in 60 s")
+        wait_listening(self.proc, self.port, "moto", Path(self._out.name))
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment of a process that should reach this moto as its S3 (the caller's own AWS_* removed first:
@@ -85,13 +70,7 @@ class MotoS3:
         return [r for r in self.requests()[since:] if r["method"] == "GET" and r["path"] == path]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._out.close()
 
 

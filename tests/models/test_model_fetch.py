@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import os
 import re
 import signal
@@ -175,15 +174,9 @@ def test_version_pin(tmp_path, moto, s3):
 def failed_message(server: ServerProcess) -> str:
     """`myelin serve` of an API whose model cannot be fetched exits 1 (Kubernetes shows a crash loop with the
     reason) and names the URI and the reason on stderr; the message."""
-    try:
-        code = server.proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"the server did not exit:\n{server.stderr()}") from None
-    assert code == 1, server.stderr()
-    lines = [line for line in server.stderr().splitlines() if "failed to load" in line]
-    assert len(lines) == 1, server.stderr()
-    assert "api.yaml predictor.model_uri: " in lines[0], lines[0]
-    return lines[0]
+    line = server.load_failure()
+    assert "api.yaml predictor.model_uri: " in line, line
+    return line
 
 
 @pytest.mark.parametrize("uri, reason", [
