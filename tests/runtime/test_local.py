@@ -280,3 +280,37 @@ def test_each_apis_request_body_lists_its_content_types_and_sample(start_server)
     assert "/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
     js = httpx.get(f"{server.base}/docs-assets/swagger-ui-bundle.js")
     assert js.status_code == 200 and len(js.content) > 500_000
+
+
+def test_a_rescan_catches_folders_whose_file_events_were_lost(tmp_path):
+    """inotify watches a new folder only once it exists: files written into it at once can go unseen. The
+    periodic listing schedules what the events missed: a new folder with an api.yaml, a vanished one, and a
+    refused API whose files changed since it was read."""
+    import io
+
+    from myelin.local.console import Console
+    from myelin.local.manager import LocalApi, LocalServer
+
+    root = tmp_path / "apis"
+    make_api(root, "known")
+    server = LocalServer(root, Console(tty=False, out=io.StringIO(), err=io.StringIO()), "http://127.0.0.1:1")
+    scheduled: list[str] = []
+    server.schedule = lambda folder: scheduled.append(folder.name)  # record instead of starting processes
+    known = server.apis[root / "known"] = LocalApi(root / "known")
+    known.synced_at = time.time() + 60  # read after its files were written
+    server.rescan()
+    assert scheduled == []  # nothing changed
+    make_api(root, "newcomer")  # its events "lost": only the listing can see it
+    (root / "no-spec").mkdir()
+    server.rescan()
+    assert scheduled == ["newcomer"]
+    known.error = "refused: predictor.py missing"  # failed at its last read...
+    known.synced_at = time.time() - 60  # ...which was before its files' last change
+    scheduled.clear()
+    server.rescan()
+    assert scheduled == ["newcomer", "known"]
+    shutil.rmtree(root / "known")
+    known.error = None
+    scheduled.clear()
+    server.rescan()
+    assert scheduled == ["newcomer", "known"]  # known is gone: its removal is scheduled

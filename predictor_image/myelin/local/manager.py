@@ -12,6 +12,7 @@ was refused. A folder that appears is started; one that disappears stops being s
 from __future__ import annotations
 
 import asyncio
+import os
 import contextlib
 import math
 import shutil
@@ -54,6 +55,18 @@ def _guess_endpoint(folder: Path) -> str:
     return "/" + folder.name
 
 
+def _newest_change(folder: Path) -> float:
+    """The latest modification time of the files an API is made of (its folder's code, specs, requirements)."""
+    newest = 0.0
+    try:
+        for entry in os.scandir(folder):
+            if entry.is_file() and entry.name.endswith((".py", ".yaml", ".yml", ".txt")):
+                newest = max(newest, entry.stat().st_mtime)
+    except OSError:
+        pass
+    return newest
+
+
 class LocalApi:
     """One API folder: its spec, the child serving it, the one loading, and what went wrong."""
 
@@ -75,6 +88,7 @@ class LocalApi:
         self.wake_started = 0.0
         self.held = 0
         self.last_active = time.monotonic()
+        self.synced_at = 0.0  # wall time the folder was last read (rescan: a failed API's files changed since?)
         self.last_cold_start: float | None = None
 
     @property
@@ -172,6 +186,19 @@ class LocalServer:
         self._recheck = asyncio.create_task(self._recheck_requirements())
         self._reaper = asyncio.create_task(self._unload_idle())
 
+    def rescan(self) -> None:
+        """Schedule folders that gained an api.yaml and APIs whose folder or api.yaml is gone, if no event said so."""
+        for folder in self.folders():
+            if folder not in self.apis and ((folder / SPEC_FILE).is_file() or (folder / "api.yml").is_file()):
+                self.schedule(folder)
+        for folder, api in list(self.apis.items()):
+            if api.task is not None and not api.task.done():
+                continue
+            if not (folder.is_dir() and ((folder / SPEC_FILE).is_file() or (folder / "api.yml").is_file())):
+                self.schedule(folder)  # gone
+            elif api.state == "failed" and _newest_change(folder) > api.synced_at:
+                self.schedule(folder)  # refused, and a file changed since without an event
+
     # ------------------------------------------------------------------ changes
     def schedule(self, folder: Path) -> None:
         """(Re)consider a folder; a newer change supersedes a sync still running for it."""
@@ -188,6 +215,7 @@ class LocalServer:
 
     async def _sync(self, api: LocalApi) -> None:
         pending: ApiProcess | None = None
+        api.synced_at = time.time()
         try:
             if not api.folder.is_dir() or not ((api.folder / SPEC_FILE).is_file() or (api.folder / "api.yml").is_file()):
                 await self._remove(api)

@@ -43,6 +43,10 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
+#: How often the API folders are listed to catch added or removed folders whose file events were lost.
+RESCAN_S = 2.0
+
+
 class LocalRouter:
     def __init__(self, server: LocalServer, watch: bool):
         self.server = server
@@ -70,6 +74,7 @@ class LocalRouter:
                 await self.server.start_all()
                 if self.watch:
                     self._spawn(self._watch())
+                    self._spawn(self._rescan())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 for task in list(self._tasks):
@@ -93,6 +98,14 @@ class LocalRouter:
         return True
 
     # ------------------------------------------------------------------ watching the disk
+    async def _rescan(self) -> None:
+        """File events can be lost: files written into a folder created a moment before are not seen when the
+        watch on the new folder is registered after them (inotify adds it only once the folder exists, and a
+        busy machine makes that late). A cheap listing now and then catches what the events missed."""
+        while True:
+            await asyncio.sleep(RESCAN_S)
+            self.server.rescan()
+
     async def _watch(self) -> None:
         from watchfiles import awatch
 
