@@ -27,8 +27,6 @@ RUN_AS_USER = 10001
 ALB = "alb.ingress.kubernetes.io/"
 API_KEYS_VOLUME = "api-keys"
 API_KEYS_FILE = "keys"
-#: Where one API runs as several Deployments (an AsyncAPI's gateway and worker): which one a pod belongs to.
-ROLE_LABEL = "myelin.dev/role"
 
 
 @dataclass(frozen=True)
@@ -71,8 +69,11 @@ def labels_for(spec: ApiSpec) -> dict[str, str]:
     return {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/instance": spec.name}
 
 
+COMPONENT_LABEL = "app.kubernetes.io/component"
+
+
 def all_labels(spec: ApiSpec, component: str = "predictor") -> dict[str, str]:
-    return {**labels_for(spec), "app.kubernetes.io/part-of": "myelin", "app.kubernetes.io/component": component}
+    return {**labels_for(spec), "app.kubernetes.io/part-of": "myelin", COMPONENT_LABEL: component}
 
 
 def grace_period(spec: ApiSpec, pods: PodConfig) -> int:
@@ -83,8 +84,9 @@ def grace_period(spec: ApiSpec, pods: PodConfig) -> int:
 class Parts:
     """Builds one API's Kubernetes objects as children of its component, each after `args.after`.
 
-    `role` (an AsyncAPI's `gateway` or `worker`) adds ROLE_LABEL to the pods and to every selector, so two
-    Deployments of one API never select each other's pods; `object_suffix` goes after the API's name.
+    `role` (an AsyncAPI's `gateway` or `worker`) is the `app.kubernetes.io/component` label of the objects and
+    part of every selector, so two Deployments of one API never select each other's pods; `object_suffix` goes
+    after the API's name in the objects' names.
     """
 
     def __init__(self, component: pulumi.ComponentResource, name: str, args: PredictorApiArgs,
@@ -94,9 +96,9 @@ class Parts:
         self.args = args
         self.spec = args.spec
         self.object_suffix = object_suffix
-        #: The labels that select this Parts' pods.
-        self.selector = {**labels_for(args.spec), **({ROLE_LABEL: role} if role else {})}
-        self.labels = {**all_labels(args.spec), **self.selector}
+        #: The labels of this Parts' objects, and those that select its pods.
+        self.labels = all_labels(args.spec, role or "predictor")
+        self.selector = {**labels_for(args.spec), **({COMPONENT_LABEL: role} if role else {})}
 
     # ------------------------------------------------------------------ options and metadata
     def opts(self, *depends_on: pulumi.Resource | None, **kwargs: Any) -> pulumi.ResourceOptions:
