@@ -48,6 +48,7 @@ if to_zero:
     )
 
 endpoints = {}
+job_stores = {}
 generated_keys = {}
 for deployed in settings.apis:
     spec = deployed.spec
@@ -82,11 +83,16 @@ for deployed in settings.apis:
         cloud = AsyncCloudArgs(region=region, oidc_provider_arn=cluster.oidc_provider_arn,
                                oidc_provider_url=cluster.oidc_provider_url, keda_role=addons.keda_role)
         api = AsyncPredictorApi(spec.name, api_args, cloud, opts=k8s_opts)
+        job_stores[spec.name] = {"queue_url": api.queue_url, "dead_letter_queue_url": api.dead_letter_queue_url,
+                                 "storage_uri": api.storage_uri}
     else:
         api = PredictorApi(spec.name, api_args, opts=k8s_opts)
     endpoints[spec.name] = api.url
 
 pulumi.export("endpoints", endpoints)
+if job_stores:
+    # Each AsyncAPI's queue, dead-letter queue and bucket (README, AsyncAPI in the cloud).
+    pulumi.export("job_stores", job_stores)
 pulumi.export("cluster_name", cluster.cluster_name)
 pulumi.export("kubeconfig", pulumi.Output.secret(cluster.kubeconfig))
 if generated_keys:

@@ -37,8 +37,9 @@ from .shared import Parts, PredictorApiArgs
 
 #: Gateway pods: always up, two so that a node drain or an AZ loss never stops submits (the PDB lets one go).
 GATEWAY_REPLICAS = 2
-#: A gateway stores payloads and reads status objects (boto3 in threads); it loads no predictor.
-GATEWAY_COMPUTE = ComputeSpec(cpu="250m", mem="512Mi")
+#: A gateway stores payloads and reads status objects (boto3 in threads, waiting on the network); it loads no
+#: predictor. No CPU limit (as for every API pod): it may use more when the node has room.
+GATEWAY_COMPUTE = ComputeSpec(cpu="100m", mem="512Mi")
 #: SQS keeps a message at most 14 days: the dead-letter queue keeps dead jobs that long (AWS advises a DLQ
 #: retention longer than its source queue's, as a moved message keeps its original enqueue time).
 DEAD_LETTER_RETENTION_S = 14 * 86400
@@ -205,6 +206,8 @@ class AsyncPredictorApi(pulumi.ComponentResource):
             }],
             opts=bucket_opts)
         storage_uri = self.bucket.bucket.apply(lambda b: f"s3://{b}/")
+        self.queue_url, self.dead_letter_queue_url, self.storage_uri = (
+            self.queue.url, self.dead_letter_queue.url, storage_uri)
 
         # ------------------------------------------------------------ IAM: one role per Deployment, KEDA's grant
         arns = pulumi.Output.all(self.queue.arn, self.dead_letter_queue.arn, self.bucket.arn)

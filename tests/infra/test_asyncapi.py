@@ -11,7 +11,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from components.apis.asyncapi import GATEWAY_REPLICAS
+from components.apis.asyncapi import GATEWAY_COMPUTE, GATEWAY_REPLICAS
 from components.config import load_settings
 from components.versions import KUBERNETES_VERSION
 from myelin import contract
@@ -81,6 +81,10 @@ def resources(statement):
 def test_both_stacks_deploy_the_asyncapi(run):
     assert run.async_apis() == [API]
     assert run.outputs["endpoints"][API].endswith(f"/{API}")
+    queue, dlq = queues(run)
+    assert run.outputs["job_stores"] == {API: {
+        "queue_url": queue.outputs["url"], "dead_letter_queue_url": dlq.outputs["url"],
+        "storage_uri": f"s3://{bucket(run).outputs['bucket']}/"}}
 
 
 def test_queue_and_dead_letter_queue_follow_the_spec_and_the_runtime(run):
@@ -291,7 +295,9 @@ def test_gateway_and_worker_run_the_roles_on_the_sqs_store(run):
     # The gateway: always up, small, no GPU, its own processes count.
     assert gateway["metadata"]["name"] == API and gateway["spec"]["replicas"] == GATEWAY_REPLICAS >= 2
     res = container(gateway)["resources"]
-    assert res["requests"] == {"cpu": "250m", "memory": "512Mi"} and "nvidia.com/gpu" not in res["limits"]
+    assert res["requests"] == {"cpu": GATEWAY_COMPUTE.cpu, "memory": GATEWAY_COMPUTE.mem} == {
+        "cpu": "100m", "memory": "512Mi"}
+    assert "nvidia.com/gpu" not in res["limits"]
     assert "tolerations" not in gateway["spec"]["template"]["spec"]
     # The worker: the spec's compute, its replica count owned by KEDA.
     assert worker["metadata"]["name"] == f"{API}-worker" and "replicas" not in worker["spec"]
