@@ -6,6 +6,8 @@ import pulumi_random as random
 from components import (
     Addons,
     ApiNamespace,
+    AsyncCloudArgs,
+    AsyncPredictorApi,
     Cluster,
     ColdStartResponder,
     Network,
@@ -24,13 +26,17 @@ settings = load_settings(raw, stack, region)
 cfg = settings.config
 cluster_name = f"myelin-{stack}"
 
-network = Network(cluster_name, cfg.network, cluster_name, region)
+async_apis = [d.spec for d in settings.apis if d.spec.kind == "AsyncAPI"]
+# Without NAT (nat: none) an AsyncAPI's pods and KEDA reach SQS through an interface endpoint.
+network = Network(cluster_name, cfg.network, cluster_name, region, extra_endpoints=("sqs",) if async_apis else ())
 cluster = Cluster(cluster_name, cfg.cluster, network, stack)
 existing = cfg.cluster.existing
 vpc_id = existing.vpc_id if existing else network.vpc_id
 vpc_cidr = existing.vpc_cidr if existing else network.vpc_cidr
-to_zero = [d.spec for d in settings.apis if d.spec.autoscaling.min_replicas == 0]
-addons = Addons(cluster_name, cfg, cluster, vpc_id, [d.spec.name for d in settings.apis], scale_to_zero=bool(to_zero))
+# RealtimeAPIs at zero wake on a held request; an AsyncAPI's workers wake on its queue (KEDA's SQS scaler).
+to_zero = [d.spec for d in settings.apis if d.spec.kind == "RealtimeAPI" and d.spec.autoscaling.min_replicas == 0]
+addons = Addons(cluster_name, cfg, cluster, vpc_id, [d.spec.name for d in settings.apis], scale_to_zero=bool(to_zero),
+                aws_scalers=bool(async_apis))
 k8s_opts = pulumi.ResourceOptions(provider=cluster.provider)
 namespace = ApiNamespace(f"{cluster_name}-apis", API_NAMESPACE, opts=k8s_opts)
 if to_zero:
@@ -42,6 +48,7 @@ if to_zero:
     )
 
 endpoints = {}
+job_stores = {}
 generated_keys = {}
 for deployed in settings.apis:
     spec = deployed.spec
@@ -53,32 +60,39 @@ for deployed in settings.apis:
             # No keys configured: generate one; read it with `pulumi stack output api_keys --show-secrets`.
             keys = random.RandomPassword(f"{spec.name}-api-key", length=40, special=False).result
             generated_keys[spec.name] = keys
-    api = PredictorApi(
-        spec.name,
-        PredictorApiArgs(
-            spec=spec,
-            folder=deployed.folder,
-            stack=stack,
-            namespace=namespace.name,
-            prometheus_url=PROMETHEUS_URL,
-            prometheus_namespace=MONITORING_NAMESPACE,
-            prometheus_pod_labels=PROMETHEUS_POD_LABELS,
-            ingress=cfg.ingress,
-            pods=cfg.pods,
-            load_balancer_cidrs={"public": network.public_cidrs, "internal": network.internal_lb_cidrs},
-            load_balancer_subnets={"public": network.public_subnet_ids, "internal": network.internal_lb_subnet_ids},
-            internal_source_cidrs=[vpc_cidr],
-            api_keys=keys,
-            node_pools=existing is None,
-            force_delete_images=stack != "prod",
-            # Created after, deleted before, the controllers that act on them (and their IAM permissions).
-            after=[addons, namespace],
-        ),
-        opts=k8s_opts,
+    api_args = PredictorApiArgs(
+        spec=spec,
+        folder=deployed.folder,
+        stack=stack,
+        namespace=namespace.name,
+        prometheus_url=PROMETHEUS_URL,
+        prometheus_namespace=MONITORING_NAMESPACE,
+        prometheus_pod_labels=PROMETHEUS_POD_LABELS,
+        ingress=cfg.ingress,
+        pods=cfg.pods,
+        load_balancer_cidrs={"public": network.public_cidrs, "internal": network.internal_lb_cidrs},
+        load_balancer_subnets={"public": network.public_subnet_ids, "internal": network.internal_lb_subnet_ids},
+        internal_source_cidrs=[vpc_cidr],
+        api_keys=keys,
+        node_pools=existing is None,
+        force_delete_images=stack != "prod",
+        # Created after, deleted before, the controllers that act on them (and their IAM permissions).
+        after=[addons, namespace],
     )
+    if spec.kind == "AsyncAPI":
+        cloud = AsyncCloudArgs(region=region, oidc_provider_arn=cluster.oidc_provider_arn,
+                               oidc_provider_url=cluster.oidc_provider_url, keda_role=addons.keda_role)
+        api = AsyncPredictorApi(spec.name, api_args, cloud, opts=k8s_opts)
+        job_stores[spec.name] = {"queue_url": api.queue_url, "dead_letter_queue_url": api.dead_letter_queue_url,
+                                 "storage_uri": api.storage_uri}
+    else:
+        api = PredictorApi(spec.name, api_args, opts=k8s_opts)
     endpoints[spec.name] = api.url
 
 pulumi.export("endpoints", endpoints)
+if job_stores:
+    # Each AsyncAPI's queue, dead-letter queue and bucket (README, AsyncAPI in the cloud).
+    pulumi.export("job_stores", job_stores)
 pulumi.export("cluster_name", cluster.cluster_name)
 pulumi.export("kubeconfig", pulumi.Output.secret(cluster.kubeconfig))
 if generated_keys:

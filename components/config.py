@@ -306,6 +306,30 @@ HPA_MAX_STABILIZATION_S = 3600
 SCALE_TO_ZERO_SLACK_S = 10
 
 
+def _realtime_problems(spec: ApiSpec, config: StackConfig) -> list[tuple[str, str]]:
+    """A RealtimeAPI's autoscaling windows and serving.timeout against the cloud's limits."""
+    problems = []
+    a = spec.autoscaling
+    for field_name in ("upscale_stabilization", "downscale_stabilization"):
+        if getattr(a, field_name).seconds > HPA_MAX_STABILIZATION_S:
+            problems.append((f"autoscaling.{field_name}", f"at most {HPA_MAX_STABILIZATION_S // 60}m in the cloud "
+                             "(the HPA's stabilizationWindowSeconds limit)"))
+    # The ALB closes a connection on which nothing was sent for its idle timeout: it must outlast the longest
+    # silence the API allows (serving.timeout: a prediction's deadline, a stream's gap between two items), so
+    # the client gets the API's own answer (a JSON 504 or the next item) and never the ALB's HTML 504. An API
+    # scaled to zero is also held by the interceptor for up to serving.timeout while it starts.
+    need = math.ceil(spec.serving.timeout.seconds) + (SCALE_TO_ZERO_SLACK_S if a.min_replicas == 0 else 1)
+    if config.ingress.idle_timeout_seconds < need:
+        why = ("a request is held while the API scales from zero for up to serving.timeout"
+               if a.min_replicas == 0 else
+               "a prediction may take, and a stream may pause between items, up to serving.timeout")
+        problems.append(("serving.timeout", (
+            f"{spec.serving.timeout}{' with autoscaling.min_replicas 0' if a.min_replicas == 0 else ''}: {why}, "
+            f"so {NAMESPACE}:ingress.idle_timeout_seconds must be at least {need} (it is "
+            f"{config.ingress.idle_timeout_seconds}), or the load balancer answers 504 first")))
+    return problems
+
+
 def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) -> tuple[DeployedApi, ...]:
     root = (repo_root / config.apis_dir).resolve()
     deployed: list[DeployedApi] = []
@@ -319,24 +343,10 @@ def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) 
         problems = []
         if spec.compute.gpu and config.cluster.gpu_nodes is None and config.cluster.existing is None:
             problems.append(("compute.gpu", "the API needs GPUs but the stack has no myelin:cluster.gpu_nodes"))
-        a = spec.autoscaling
-        for field_name in ("upscale_stabilization", "downscale_stabilization"):
-            if getattr(a, field_name).seconds > HPA_MAX_STABILIZATION_S:
-                problems.append((f"autoscaling.{field_name}", f"at most {HPA_MAX_STABILIZATION_S // 60}m in the cloud "
-                                 "(the HPA's stabilizationWindowSeconds limit)"))
-        # The ALB closes a connection on which nothing was sent for its idle timeout: it must outlast the longest
-        # silence the API allows (serving.timeout: a prediction's deadline, a stream's gap between two items), so
-        # the client gets the API's own answer (a JSON 504 or the next item) and never the ALB's HTML 504. An API
-        # scaled to zero is also held by the interceptor for up to serving.timeout while it starts.
-        need = math.ceil(spec.serving.timeout.seconds) + (SCALE_TO_ZERO_SLACK_S if a.min_replicas == 0 else 1)
-        if config.ingress.idle_timeout_seconds < need:
-            why = ("a request is held while the API scales from zero for up to serving.timeout"
-                   if a.min_replicas == 0 else
-                   "a prediction may take, and a stream may pause between items, up to serving.timeout")
-            problems.append(("serving.timeout", (
-                f"{spec.serving.timeout}{' with autoscaling.min_replicas 0' if a.min_replicas == 0 else ''}: {why}, "
-                f"so {NAMESPACE}:ingress.idle_timeout_seconds must be at least {need} (it is "
-                f"{config.ingress.idle_timeout_seconds}), or the load balancer answers 504 first")))
+        if spec.kind == "RealtimeAPI":
+            # An AsyncAPI's gateway answers submit and status at once (the job runs in a worker, never on the
+            # client's connection) and its workers scale on the queue without HPA windows: neither check applies.
+            problems.extend(_realtime_problems(spec, config))
         if problems:
             raise SpecError(f"{folder / 'api.yaml'} (stack {config.stack})", problems)
         deployed.append(DeployedApi(folder=folder, spec=spec))

@@ -31,7 +31,8 @@ class Network(pulumi.ComponentResource):
     internal_lb_cidrs: list[str]
 
     def __init__(self, name: str, config: NetworkConfig, cluster_name: str, region: str,
-                 opts: pulumi.ResourceOptions | None = None):
+                 extra_endpoints: tuple[str, ...] = (), opts: pulumi.ResourceOptions | None = None):
+        """`extra_endpoints`: interface endpoints the stack's APIs need without NAT (an AsyncAPI: sqs)."""
         super().__init__("myelin:infra:Network", name, None, opts)
         if config.existing:
             ex = config.existing
@@ -158,7 +159,7 @@ class Network(pulumi.ComponentResource):
                                                           cidr_blocks=[config.vpc_cidr])],
                 opts=child,
             )
-            for svc in _INTERFACE_ENDPOINTS:
+            for svc in (*_INTERFACE_ENDPOINTS, *extra_endpoints):
                 aws.ec2.VpcEndpoint(
                     f"{name}-{svc.replace('.', '-')}",
                     vpc_id=vpc.id,

@@ -50,7 +50,12 @@ AWS_LOAD_BALANCER_CONTROLLER = Chart(
 )
 # kedacore/charts tag v2.20.2 keda/values.yaml; KEDA 2.20 supports Kubernetes 1.33-1.35
 # (kedacore/keda-docs content/docs/2.20/operate/cluster.md, "Kubernetes Compatibility").
-KEDA = Chart("keda", "https://kedacore.github.io/charts", "2.20.2", ("nodeSelector",), kubernetes=("1.33", "1.35"))
+# kedacore/charts v2.20.2 keda/values.yaml: podIdentity.aws.irsa.{enabled,roleArn} annotate the operator's
+# ServiceAccount (templates/manager/serviceaccount.yaml); podAnnotations.keda goes on the operator's pods
+# (templates/manager/deployment.yaml). Both set only when the stack has an AsyncAPI (its SQS scaler).
+KEDA = Chart("keda", "https://kedacore.github.io/charts", "2.20.2",
+             ("nodeSelector", "podIdentity.aws.irsa.enabled", "podIdentity.aws.irsa.roleArn", "podAnnotations.keda"),
+             kubernetes=("1.33", "1.35"))
 # kedacore/charts commit c4b92e9 ("release v0.15.0") http-add-on/values.yaml: the KEDA HTTP add-on v0.15.0, whose
 # interceptor holds requests while an API scales from zero (tested upstream with KEDA 2.20 on Kubernetes 1.34-1.36:
 # kedacore/http-add-on v0.15.0 Makefile KEDA_VERSION and .github/workflows/e2e-tests.yaml). Installed only when an

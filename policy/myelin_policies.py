@@ -8,6 +8,7 @@ the engine's camelCase inputs; unknown values (None during a preview) are not ju
 from __future__ import annotations
 
 import ipaddress
+import json
 from typing import Any, Callable, Iterable, Mapping
 
 from pulumi_policy import (
@@ -92,6 +93,53 @@ def eks_cluster(props: Props) -> list[str]:
     return out
 
 
+def sqs_queue(props: Props) -> list[str]:
+    if props.get("sqsManagedSseEnabled") is True or props.get("kmsMasterKeyId"):
+        return []
+    return ["SQS queue must be encrypted at rest (sqsManagedSseEnabled: true, or kmsMasterKeyId)"]
+
+
+S3_ENCRYPTION = ("AES256", "aws:kms", "aws:kms:dsse")
+
+
+def bucket_encryption(props: Props) -> list[str]:
+    algorithms = [_get(r, "applyServerSideEncryptionByDefault", "sseAlgorithm") for r in props.get("rules") or []]
+    if not algorithms or any(a not in S3_ENCRYPTION for a in algorithms if a is not None):
+        return [f"S3 bucket default encryption must be one of {', '.join(S3_ENCRYPTION)}"]
+    return []
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def role_policy(props: Props) -> list[str]:
+    """No IAM statement allows every action, or every SQS or S3 action; SQS and S3 actions name their queues and
+    buckets (an AsyncAPI's role: its own queue, dead-letter queue and bucket)."""
+    raw = props.get("policy")
+    if not isinstance(raw, str):
+        return []  # unknown during a preview
+    doc = json.loads(raw)
+    out = []
+    for st in _list(doc.get("Statement") or []):
+        if st.get("Effect") != "Allow":
+            continue
+        sid = st.get("Sid") or "a statement"
+        actions = [a for a in _list(st.get("Action") or []) if isinstance(a, str)]
+        if st.get("NotAction") or any(a == "*" or a.lower() in ("sqs:*", "s3:*") for a in actions):
+            out.append(f"IAM policy {sid}: allows {actions or 'NotAction'}; list the actions the workload calls")
+        data = [a for a in actions if a.lower().startswith(("sqs:", "s3:"))]
+        if not data:
+            continue
+        for res in _list(st.get("Resource") or []):
+            if not isinstance(res, str):
+                continue
+            name = res.split(":")[-1] if res.startswith("arn:") else res
+            if res == "*" or st.get("NotResource") or (res.startswith("arn:aws") and "*" in name.split("/")[0]):
+                out.append(f"IAM policy {sid}: {', '.join(data)} on {res}; name the API's own queues and bucket")
+    return out
+
+
 # -- Kubernetes -----------------------------------------------------------------------------------
 
 
@@ -170,6 +218,17 @@ def ingress(props: Props) -> list[str]:
 LB_ROLE_TAGS = ("kubernetes.io/role/elb", "kubernetes.io/role/internal-elb")
 
 
+def buckets_encrypted(resources: Iterable[tuple[str, Props]]) -> list[str]:
+    """Every S3 bucket has a default encryption configuration (counted: bucket names are unknown in a preview)."""
+    items = list(resources)
+    buckets = sum(1 for typ, _ in items if typ == "aws:s3/bucket:Bucket")
+    configs = sum(1 for typ, _ in items
+                  if typ == "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    if configs < buckets:
+        return [f"{buckets} S3 buckets but {configs} default encryption configurations: encrypt every bucket"]
+    return []
+
+
 def network_policies(resources: Iterable[tuple[str, Props]]) -> list[str]:
     """Every namespace with Deployments denies ingress and egress by default; every Deployment has its own policy,
     which admits addresses only from load balancer subnets (never from the subnets nodes and pods live in)."""
@@ -218,6 +277,9 @@ RESOURCE_RULES: dict[str, Callable[[Props], list[str]]] = {
     "kubernetes:apps/v1:Deployment": deployment,
     "kubernetes:core/v1:Namespace": namespace,
     "kubernetes:networking.k8s.io/v1:Ingress": ingress,
+    "aws:sqs/queue:Queue": sqs_queue,
+    "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration": bucket_encryption,
+    "aws:iam/rolePolicy:RolePolicy": role_policy,
 }
 
 
@@ -245,6 +307,11 @@ def _stack_network_policies(args, report_violation):
         report_violation(message)
 
 
+def _stack_buckets_encrypted(args, report_violation):
+    for message in buckets_encrypted((r.resource_type, r.props) for r in args.resources):
+        report_violation(message)
+
+
 POLICIES = [
     _resource_policy("ecr-scan-immutable", "aws:ecr/repository:Repository", ecr_repository,
                      "ECR repositories scan on push and have immutable tags."),
@@ -263,6 +330,19 @@ POLICIES = [
                      "Namespaces enforce the restricted Pod Security Standard (or state why not)."),
     _resource_policy("ingress-endpoints-only", "kubernetes:networking.k8s.io/v1:Ingress", ingress,
                      "Ingresses route only API endpoints (never health/metrics) and redirect HTTP to HTTPS."),
+    _resource_policy("sqs-encrypted", "aws:sqs/queue:Queue", sqs_queue,
+                     "SQS queues are encrypted at rest (SSE-SQS or KMS)."),
+    _resource_policy("s3-default-encryption", "aws:s3/bucketServerSideEncryptionConfiguration:"
+                     "BucketServerSideEncryptionConfiguration", bucket_encryption,
+                     "S3 default encryption is SSE-S3 or SSE-KMS."),
+    _resource_policy("iam-no-wildcards", "aws:iam/rolePolicy:RolePolicy", role_policy,
+                     "No IAM statement allows *, sqs:* or s3:*; SQS and S3 actions name their queues and buckets."),
+    StackValidationPolicy(
+        name="s3-buckets-encrypted",
+        description="Every S3 bucket has a default encryption configuration.",
+        enforcement_level=EnforcementLevel.MANDATORY,
+        validate=_stack_buckets_encrypted,
+    ),
     StackValidationPolicy(
         name="network-policies",
         description="Namespaces with workloads deny ingress and egress by default; each Deployment has its own "

@@ -41,9 +41,11 @@ class Addons(pulumi.ComponentResource):
     prometheus_url: str = PROMETHEUS_URL
     monitoring_namespace: str = MONITORING_NAMESPACE
     grafana_admin_password: pulumi.Output[str] | None = None
+    keda_role = None  # the KEDA operator's IRSA role, when the stack has an AsyncAPI
 
     def __init__(self, name: str, config: StackConfig, cluster: Cluster, vpc_id: pulumi.Input[str],
-                 api_names: list[str], scale_to_zero: bool = False, opts: pulumi.ResourceOptions | None = None):
+                 api_names: list[str], scale_to_zero: bool = False, aws_scalers: bool = False,
+                 opts: pulumi.ResourceOptions | None = None):
         super().__init__("myelin:infra:Addons", name, None, opts)
         ctx = AddonContext(self, name, config, cluster)
         ctx.namespace(MONITORING_NAMESPACE, "baseline", "prometheus-server runs with the chart's baseline security context")
@@ -59,7 +61,8 @@ class Addons(pulumi.ComponentResource):
         self.metrics_server = MetricsServer(ctx)
         self.cluster_autoscaler = ClusterAutoscaler(ctx)
         self.load_balancer_controller = LoadBalancerController(ctx, vpc_id)
-        self.keda = Keda(ctx)
+        self.keda = Keda(ctx, aws_scalers)  # aws_scalers: an AsyncAPI's workers scale on its SQS queue
+        self.keda_role = self.keda.role
         if scale_to_zero:  # an API with autoscaling.min_replicas 0: its requests are held while it wakes
             self.keda_http = KedaHttpAddOn(ctx, self.keda.release)
         self.prometheus = Prometheus(ctx, api_names)

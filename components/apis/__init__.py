@@ -1,9 +1,10 @@
 """The APIs in the cluster: what every kind shares (shared.py, autoscaling.py, namespace.py) and one module
-per kind (realtime.py for `kind: RealtimeAPI`); scale to zero (scale_to_zero.py, cold_start.py)."""
+per kind (realtime.py for `kind: RealtimeAPI`, asyncapi.py for `kind: AsyncAPI`); scale to zero (scale_to_zero.py, cold_start.py)."""
 
+from .asyncapi import AsyncCloudArgs, AsyncPredictorApi
 from .cold_start import ColdStartResponder
 from .namespace import ApiNamespace
 from .realtime import PredictorApi
 from .shared import PredictorApiArgs
 
-__all__ = ["ApiNamespace", "ColdStartResponder", "PredictorApi", "PredictorApiArgs"]
+__all__ = ["ApiNamespace", "AsyncCloudArgs", "AsyncPredictorApi", "ColdStartResponder", "PredictorApi", "PredictorApiArgs"]

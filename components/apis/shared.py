@@ -69,8 +69,11 @@ def labels_for(spec: ApiSpec) -> dict[str, str]:
     return {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/instance": spec.name}
 
 
+COMPONENT_LABEL = "app.kubernetes.io/component"
+
+
 def all_labels(spec: ApiSpec, component: str = "predictor") -> dict[str, str]:
-    return {**labels_for(spec), "app.kubernetes.io/part-of": "myelin", "app.kubernetes.io/component": component}
+    return {**labels_for(spec), "app.kubernetes.io/part-of": "myelin", COMPONENT_LABEL: component}
 
 
 def grace_period(spec: ApiSpec, pods: PodConfig) -> int:
@@ -79,13 +82,23 @@ def grace_period(spec: ApiSpec, pods: PodConfig) -> int:
 
 
 class Parts:
-    """Builds one API's Kubernetes objects as children of its component, each after `args.after`."""
+    """Builds one API's Kubernetes objects as children of its component, each after `args.after`.
 
-    def __init__(self, component: pulumi.ComponentResource, name: str, args: PredictorApiArgs):
+    `role` (an AsyncAPI's `gateway` or `worker`) is the `app.kubernetes.io/component` label of the objects and
+    part of every selector, so two Deployments of one API never select each other's pods; `object_suffix` goes
+    after the API's name in the objects' names.
+    """
+
+    def __init__(self, component: pulumi.ComponentResource, name: str, args: PredictorApiArgs,
+                 role: str | None = None, object_suffix: str = ""):
         self.component = component
         self.name = name
         self.args = args
         self.spec = args.spec
+        self.object_suffix = object_suffix
+        #: The labels of this Parts' objects, and those that select its pods.
+        self.labels = all_labels(args.spec, role or "predictor")
+        self.selector = {**labels_for(args.spec), **({COMPONENT_LABEL: role} if role else {})}
 
     # ------------------------------------------------------------------ options and metadata
     def opts(self, *depends_on: pulumi.Resource | None, **kwargs: Any) -> pulumi.ResourceOptions:
@@ -93,8 +106,8 @@ class Parts:
         return pulumi.ResourceOptions(parent=self.component, depends_on=deps, **kwargs)
 
     def meta(self, suffix: str = "", **extra: Any) -> k8s.meta.v1.ObjectMetaArgs:
-        return k8s.meta.v1.ObjectMetaArgs(name=f"{self.spec.name}{suffix}", namespace=self.args.namespace,
-                                          labels=all_labels(self.spec), **extra)
+        return k8s.meta.v1.ObjectMetaArgs(name=f"{self.spec.name}{self.object_suffix}{suffix}",
+                                          namespace=self.args.namespace, labels=self.labels, **extra)
 
     # ------------------------------------------------------------------ identity and secrets
     def service_account(self) -> k8s.core.v1.ServiceAccount:
@@ -117,7 +130,8 @@ class Parts:
     # ------------------------------------------------------------------ pods
     def pod_template(self, image: pulumi.Input[str], service_account: k8s.core.v1.ServiceAccount,
                      secret: k8s.core.v1.Secret | None,
-                     extra_env: dict[str, str] | None = None) -> k8s.core.v1.PodTemplateSpecArgs:
+                     extra_env: dict[str, str] | None = None,
+                     container_args: list[str] | None = None) -> k8s.core.v1.PodTemplateSpecArgs:
         spec, args = self.spec, self.args
         gpu = spec.compute.gpu > 0
         env: list[k8s.core.v1.EnvVarArgs] = [
@@ -161,6 +175,7 @@ class Parts:
         container = k8s.core.v1.ContainerArgs(
             name="predictor",
             image=image,
+            args=container_args,  # after the image's ENTRYPOINT (`myelin serve /app/api ...`)
             ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=PORT, protocol="TCP")],
             env=env,
             resources=k8s.core.v1.ResourceRequirementsArgs(**resources),
@@ -206,10 +221,10 @@ class Parts:
         elif args.node_pools:
             node_selector = CPU_NODE_SELECTOR
 
-        labels = labels_for(spec)
+        labels = self.selector
         return k8s.core.v1.PodTemplateSpecArgs(
             metadata=k8s.meta.v1.ObjectMetaArgs(
-                labels=all_labels(spec),
+                labels=self.labels,
                 annotations={
                     "prometheus.io/scrape": "true",
                     "prometheus.io/port": str(PORT),
@@ -256,7 +271,7 @@ class Parts:
             metadata=self.meta(),
             spec=k8s.core.v1.ServiceSpecArgs(
                 type="ClusterIP",
-                selector=labels_for(self.spec),
+                selector=self.selector,
                 ports=[k8s.core.v1.ServicePortArgs(name="http", port=80, target_port="http", protocol="TCP")],
             ),
             opts=self.opts(),
@@ -269,15 +284,18 @@ class Parts:
             spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
                 # One pod at a time: node drains progress, capacity never drops by more than one replica.
                 max_unavailable=1,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels_for(self.spec)),
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=self.selector),
                 unhealthy_pod_eviction_policy="AlwaysAllow",
             ),
             opts=self.opts(),
         )
 
-    def network_policy(self, *extra_ingress: k8s.networking.v1.NetworkPolicyPeerArgs) -> k8s.networking.v1.NetworkPolicy:
-        """In: the API's load balancer (by the addresses of its subnets) and Prometheus, on the port. Out: DNS and
-        what `networking.egress` declares. The namespace denies everything else (ApiNamespace)."""
+    def network_policy(self, *extra_ingress: k8s.networking.v1.NetworkPolicyPeerArgs, load_balancer: bool = True,
+                       extra_egress: list[k8s.networking.v1.NetworkPolicyEgressRuleArgs] | None = None,
+                       ) -> k8s.networking.v1.NetworkPolicy:
+        """In: the API's load balancer (by the addresses of its subnets; unless `load_balancer` is False) and
+        Prometheus, on the port. Out: DNS, what `networking.egress` declares and `extra_egress`. The namespace
+        denies everything else (ApiNamespace)."""
         spec, args = self.spec, self.args
         np = k8s.networking.v1
         port = [np.NetworkPolicyPortArgs(port=PORT, protocol="TCP")]
@@ -297,20 +315,21 @@ class Parts:
                 )
                 for rule in spec.networking.egress
             ),
+            *(extra_egress or []),
         ]
         return np.NetworkPolicy(
             f"{self.name}-netpol",
             metadata=self.meta(),
             spec=np.NetworkPolicySpecArgs(
-                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels_for(spec)),
+                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=self.selector),
                 policy_types=["Ingress", "Egress"],
                 ingress=[
                     # The ALB (target type ip) reaches pods from its addresses in these subnets, which hold
                     # nothing but load balancers (and NAT gateways for the public ones).
-                    np.NetworkPolicyIngressRuleArgs(
+                    *([np.NetworkPolicyIngressRuleArgs(
                         from_=[np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr=c)) for c in lb_cidrs],
                         ports=port,
-                    ),
+                    )] if load_balancer else []),
                     # Prometheus scrapes /metrics.
                     np.NetworkPolicyIngressRuleArgs(
                         from_=[np.NetworkPolicyPeerArgs(
@@ -329,9 +348,10 @@ class Parts:
         )
 
     def ingress(self, service: k8s.core.v1.Service, *depends_on: pulumi.Resource,
-                via: "IngressBackend | None" = None) -> k8s.networking.v1.Ingress:
+                via: "IngressBackend | None" = None, path_type: str = "Exact") -> k8s.networking.v1.Ingress:
         """The API's path on the stack's shared ALB; to its Service, or `via` another backend (the interceptor
-        that holds requests of an API scaled to zero, in its own namespace)."""
+        that holds requests of an API scaled to zero, in its own namespace). `path_type` Prefix also routes
+        `<endpoint>/<anything>` (an AsyncAPI's job status)."""
         spec, args = self.spec, self.args
         annotations = ingress_annotations(spec, args)
         if via is None:
@@ -357,7 +377,7 @@ class Parts:
                                 # Only the prediction path: /healthz, /readyz and /metrics stay on the pod network.
                                 k8s.networking.v1.HTTPIngressPathArgs(
                                     path=spec.endpoint,
-                                    path_type="Exact",
+                                    path_type=path_type,
                                     backend=k8s.networking.v1.IngressBackendArgs(service=backend),
                                 )
                             ]

@@ -108,9 +108,19 @@ class StackRun:
         return [r for r in self.resources if r.typ.startswith("kubernetes:") and r.inputs.get("kind") == kind]
 
     def api_deployments(self) -> list[Recorded]:
-        """The APIs' Deployments (the predictor pods), not the platform's own (the cold-start responder)."""
-        return [r for r in self.k8s("Deployment")
-                if r.inputs["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "predictor"]
+        """The RealtimeAPIs' Deployments (the predictor pods), not the platform's own (the cold-start responder)
+        nor an AsyncAPI's (components `gateway` and `worker`: tests/infra/test_asyncapi.py)."""
+        return self.api_objects("Deployment")
+
+    def api_objects(self, kind: str, component: str = "predictor") -> list[Recorded]:
+        """Objects of `kind` labelled with this `app.kubernetes.io/component`: `predictor` (a RealtimeAPI),
+        `gateway` or `worker` (an AsyncAPI)."""
+        return [r for r in self.k8s(kind)
+                if r.inputs["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component]
+
+    def async_apis(self) -> list[str]:
+        """The AsyncAPIs of the stack, by their gateway Deployments."""
+        return sorted(r.inputs["metadata"]["name"] for r in self.api_objects("Deployment", "gateway"))
 
     def named(self, typ: str, name: str) -> Recorded:
         matches = [r for r in self.resources if r.typ == typ and r.name == name]

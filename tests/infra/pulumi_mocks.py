@@ -93,6 +93,16 @@ class MyelinMocks(pulumi.runtime.Mocks):
             out.setdefault("name", args.name)
         elif t == "aws:kms/key:Key":
             out["arn"] = f"arn:aws:kms:{self.region}:{ACCOUNT}:key/{rid}"
+        elif t == "aws:sqs/queue:Queue":
+            # SQS names the queue `<name>-<random>` and its id is the queue URL.
+            qname = inputs.get("name") or f"{args.name}-{rid[:7]}"
+            out.update(name=qname, arn=f"arn:aws:sqs:{self.region}:{ACCOUNT}:{qname}",
+                       url=f"https://sqs.{self.region}.amazonaws.com/{ACCOUNT}/{qname}")
+            rid = out["url"]
+        elif t == "aws:s3/bucket:Bucket":
+            bucket = inputs.get("bucket") or f"{inputs.get('bucketPrefix') or args.name + '-'}{rid[:12]}"
+            out.update(bucket=bucket, arn=f"arn:aws:s3:::{bucket}")
+            rid = bucket
         elif t == "random:index/randomPassword:RandomPassword":
             out["result"] = "generated-" + rid
         elif t == "kubernetes:networking.k8s.io/v1:Ingress":

@@ -17,6 +17,7 @@ SCHEMAS = Path(__file__).parent / "schemas"
 CRD_SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): SCHEMAS / "scaledobject-keda-v1alpha1.json",
     ("http.keda.sh/v1beta1", "InterceptorRoute"): SCHEMAS / "interceptorroute-http-v1beta1.json",
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): SCHEMAS / "triggerauthentication-keda-v1alpha1.json",
 }
 
 
@@ -34,7 +35,7 @@ def manifest(recorded) -> dict:
 def test_program_emits_the_expected_kinds(run):
     kinds = {r.inputs["kind"] for r in k8s_objects(run)}
     assert {"Namespace", "ServiceAccount", "Deployment", "Service", "ScaledObject", "PodDisruptionBudget",
-            "NetworkPolicy", "Ingress"} <= kinds
+            "NetworkPolicy", "Ingress", "TriggerAuthentication"} <= kinds
 
 
 def test_cluster_version_is_validated(run):

@@ -181,7 +181,7 @@ def test_prometheus_loads_the_rules_for_the_stack_apis(run):
     apis = sorted(run.config["myelin:apis"])
     thresholds = doc["groups"][0]["rules"]
     assert [r["labels"]["api"] for r in thresholds] == sorted(
-        d["metadata"]["name"] for d in (r.inputs for r in run.api_deployments()))
+        [d["metadata"]["name"] for d in (r.inputs for r in run.api_deployments())] + run.async_apis())
     assert len(thresholds) == len(apis)
     assert doc["groups"][1] == rules.alerts_group(AlertsConfig())  # the committed file's alerts, default thresholds
     am = values["alertmanager"]
@@ -225,7 +225,8 @@ def test_fluent_bit_metrics_are_scraped(run):
 
 
 def test_keda_trigger_is_the_shared_query(run):
-    for so in run.k8s("ScaledObject"):
+    # A RealtimeAPI's; an AsyncAPI's workers scale on its queue (tests/infra/test_asyncapi.py).
+    for so in run.api_objects("ScaledObject"):
         name = so.inputs["metadata"]["name"]
         trigger = next(t for t in so.inputs["spec"]["triggers"] if t["type"] == "prometheus")
         assert trigger["metadata"]["query"].startswith(f'sum(avg_over_time({contract.IN_FLIGHT}{{api="{name}",namespace="apis"}}')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import importlib.util
 import sys
 from pathlib import Path
@@ -108,6 +109,10 @@ BROKEN = [
     ("ingress exposes metrics", "kubernetes:networking.k8s.io/v1:Ingress",
      lambda p: p["spec"]["rules"][0]["http"]["paths"].append(
          {**p["spec"]["rules"][0]["http"]["paths"][0], "path": "/metrics"}), "health/metrics"),
+    ("unencrypted queue", "aws:sqs/queue:Queue", lambda p: p.pop("sqsManagedSseEnabled"), "encrypted at rest"),
+    ("bucket without default encryption", "aws:s3/bucketServerSideEncryptionConfiguration:"
+     "BucketServerSideEncryptionConfiguration",
+     lambda p: p["rules"][0]["applyServerSideEncryptionByDefault"].update(sseAlgorithm="none"), "default encryption"),
     ("ingress catch-all", "kubernetes:networking.k8s.io/v1:Ingress",
      lambda p: p["spec"]["rules"][0]["http"]["paths"][0].update(path="/", pathType="Prefix"), "health/metrics"),
 ]
@@ -157,3 +162,45 @@ def test_missing_network_policies_fail(policies, dev):
     items = [(t, p) for t, p in resources(dev) if t != "kubernetes:networking.k8s.io/v1:NetworkPolicy"]
     found = violations(policies, items)
     assert any("default-deny" in v for v in found) and any("no NetworkPolicy admits" in v for v in found)
+
+
+SSE_CONFIG = "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+
+
+def test_bucket_without_encryption_configuration_fails(policies, dev):
+    items = [(t, p) for t, p in resources(dev) if t != SSE_CONFIG]
+    assert any("default encryption configurations" in v for v in violations(policies, items))
+
+
+def _async_role_policy(role):
+    """A predicate picking the AsyncAPI's gateway or worker role policy."""
+    return lambda props: isinstance(props.get("policy"), str) and f'"Sid": "JobObjects"' in props["policy"] and (
+        ("sqs:ReceiveMessage" in props["policy"]) == (role == "worker"))
+
+
+def _edit_statements(edit):
+    def mutate(props):
+        doc = json.loads(props["policy"])
+        for st in doc["Statement"]:
+            edit(st)
+        props["policy"] = json.dumps(doc)
+    return mutate
+
+
+@pytest.mark.parametrize("role", ["gateway", "worker"])
+@pytest.mark.parametrize("label, edit, message", [
+    ("sqs:*", lambda st: st.update(Action="sqs:*") if st["Sid"] == "ReadQueues" else None, "allows"),
+    ("s3:*", lambda st: st.update(Action=["s3:*"]) if st["Sid"] == "JobObjects" else None, "allows"),
+    ("*", lambda st: st.update(Action="*") if st["Sid"] == "Bucket" else None, "allows"),
+    ("Resource *", lambda st: st.update(Resource="*") if st["Sid"] == "ReadQueues" else None, "on *"),
+    ("every queue", lambda st: st.update(Resource="arn:aws:sqs:us-west-2:123456789012:*")
+     if st["Sid"] == "ReadQueues" else None, "name the API's own"),
+    ("every bucket", lambda st: st.update(Resource="arn:aws:s3:::*") if st["Sid"] == "Bucket" else None,
+     "name the API's own"),
+])
+def test_wildcarded_asyncapi_role_fails(policies, dev, role, label, edit, message):
+    items = resources(dev)
+    assert violations(policies, items) == []
+    found = violations(policies, _break(items, "aws:iam/rolePolicy:RolePolicy", _edit_statements(edit),
+                                        pick=_async_role_policy(role)))
+    assert any(v.startswith("iam-no-wildcards") and message in v for v in found), found

@@ -82,8 +82,8 @@ def test_the_scaled_object_wakes_on_held_requests_and_cools_down_to_zero(run):
     route = next(r for r in run.k8s("InterceptorRoute"))
     so_node = run.node("kubernetes:keda.sh/v1alpha1:ScaledObject", so.name)
     assert route.name in {d.name for d in run.direct_deps(so_node)}
-    # Every other ScaledObject has its in-flight trigger alone and no cooldown of its own.
-    for other in run.k8s("ScaledObject"):
+    # Every other RealtimeAPI's ScaledObject has its in-flight trigger alone and no cooldown of its own.
+    for other in run.api_objects("ScaledObject"):
         if other.inputs["metadata"]["name"] != name:
             assert len(other.inputs["spec"]["triggers"]) == 1 and "cooldownPeriod" not in other.inputs["spec"]
 

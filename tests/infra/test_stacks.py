@@ -31,7 +31,9 @@ def spec_of(deployment) -> ApiSpec:
 
 
 def selected(run) -> dict[str, dict]:
-    return {name: (sel or {}).get("overrides", {}) for name, sel in run.config["myelin:apis"].items()}
+    """The stack's RealtimeAPIs and their overrides (AsyncAPIs: tests/infra/test_asyncapi.py)."""
+    return {name: (sel or {}).get("overrides", {}) for name, sel in run.config["myelin:apis"].items()
+            if name not in run.async_apis()}
 
 
 # -- stacks --------------------------------------------------------------------------------------
@@ -189,8 +191,10 @@ def test_each_aws_controller_has_its_own_scoped_irsa_role(run):
     }
     arns = {sa["annotations"]["eks.amazonaws.com/role-arn"] for sa in role_of.values()}
     assert len(arns) == 3  # one role each
-    roles = [r.inputs for r in run.of_type("aws:iam/role:Role") if r.name.endswith("-irsa")]
-    assert len(roles) == 4  # and the VPC CNI's
+    # An AsyncAPI's gateway and worker roles: tests/infra/test_asyncapi.py.
+    roles = [r.inputs for r in run.of_type("aws:iam/role:Role") if r.name.endswith("-irsa")
+             and ":serviceaccount:apis:" not in r.inputs["assumeRolePolicy"]]
+    assert len(roles) == 5  # and the VPC CNI's, and KEDA's (its SQS scaler: the stacks have an AsyncAPI)
     subjects = set()
     for role in roles:
         trust = json.loads(role["assumeRolePolicy"])["Statement"][0]
@@ -203,6 +207,7 @@ def test_each_aws_controller_has_its_own_scoped_irsa_role(run):
         "system:serviceaccount:kube-system:aws-load-balancer-controller",
         "system:serviceaccount:logging:aws-for-fluent-bit",
         "system:serviceaccount:kube-system:aws-node",
+        "system:serviceaccount:keda:keda-operator",
     }
     for pol in run.of_type("aws:iam/rolePolicy:RolePolicy"):
         doc = json.loads(pol.inputs["policy"])
@@ -235,7 +240,7 @@ def test_every_selected_api_is_deployed_with_its_effective_spec(run):
     for name, overrides in selected(run).items():
         expected = load_api_spec(REPO_ROOT / "apis" / name, overrides, "test")
         assert spec_of(deps[name]) == expected
-    assert set(run.outputs["endpoints"]) == set(selected(run))
+    assert set(run.outputs["endpoints"]) == set(selected(run)) | set(run.async_apis())
 
 
 def test_ecr_repositories_scan_on_push_with_immutable_tags(run):
@@ -243,7 +248,8 @@ def test_ecr_repositories_scan_on_push_with_immutable_tags(run):
     to_zero = any(spec_of(d).autoscaling.min_replicas == 0 for d in deployments(run).values())
     # One per API, and the cold-start responder's (the runtime alone) when an API scales to zero.
     assert sorted(r.name for r in repos) == sorted(
-        [f"{run.stack}-{n}" for n in selected(run)] + ([f"{run.stack}-myelin-cold-start"] if to_zero else []))
+        [f"{run.stack}-{n}" for n in [*selected(run), *run.async_apis()]]
+        + ([f"{run.stack}-myelin-cold-start"] if to_zero else []))
     for r in repos:
         assert r.inputs["imageTagMutability"] == "IMMUTABLE"
         assert r.inputs["imageScanningConfiguration"]["scanOnPush"] is True
@@ -429,7 +435,7 @@ def test_services_and_pdbs(run):
 def test_ingresses_route_only_the_endpoint_on_a_shared_alb(run):
     https = "myelin:ingress" in run.config and run.config["myelin:ingress"].get("certificate_arn")
     deps = deployments(run)
-    for ing in run.k8s("Ingress"):
+    for ing in run.api_objects("Ingress"):
         name = ing.inputs["metadata"]["name"].removesuffix("-via-interceptor")
         spec = spec_of(deps[name])
         ann = ing.inputs["metadata"]["annotations"]
@@ -502,11 +508,13 @@ def test_api_keys_come_from_a_secret_mounted_as_a_file(prod):
     # Not in the environment (subprocesses inherit it): a file in a Secret volume, named by <VAR>_FILE.
     assert spec.networking.auth.api_keys_env not in env
     path = env[spec.networking.auth.api_keys_env + "_FILE"]["value"]
-    (secret,) = [s for s in prod.k8s("Secret") if s.inputs["metadata"].get("namespace") == "apis"]
+    (secret,) = [s for s in prod.api_objects("Secret") if s.inputs["metadata"].get("namespace") == "apis"]
     (volume,) = [v for v in pod["volumes"] if "secret" in v]
     assert volume["secret"] == {"secretName": secret.inputs["metadata"]["name"], "defaultMode": 0o440}
     (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
     assert mount["readOnly"] is True and path == mount["mountPath"] + "/keys"
     assert is_secret(secret.inputs["stringData"])  # never stored in plain text in the state
     assert unwrap_secrets(secret.inputs["stringData"])["keys"]
-    assert "api_keys" in prod.secret_outputs and set(prod.outputs["api_keys"]) == {"iris-classifier"}
+    # And the AsyncAPI's gateway (tests/infra/test_asyncapi.py).
+    assert "api_keys" in prod.secret_outputs
+    assert set(prod.outputs["api_keys"]) == {"iris-classifier", "hyperparameter-search"}
