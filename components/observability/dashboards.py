@@ -13,7 +13,7 @@ from typing import Any
 
 from myelin import contract as c
 
-from .queries import Panel, api_panels, cluster_panels
+from .queries import Panel, api_panels, async_panels, cluster_panels
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboards"
 DATASOURCE_UID = "prometheus"  # the uid the Grafana add-on gives its Prometheus data source
@@ -70,16 +70,39 @@ def api_dashboard() -> dict[str, Any]:
         ("Scale to zero: replicas woken (1h) and requests at the interceptor", [p["cold_starts"], p["held_requests"]],
          "short", False),
         ("Scale to zero: mean cold start (1d)", [p["cold_start_mean"]], "s", False),
+        ("Streaming: time to first item", [p["first_item_p50"], p["first_item_p99"]], "s", False),
     ]
-    variable = {
+    return _dashboard("myelin-api", "Myelin / API", _layout(groups), [_api_variable(c.REQUESTS_TOTAL)],
+                      "One API: traffic, errors, latency, in-flight against the autoscaling target, queue, "
+                      "admission refusals, batching, replicas and, for an API scaled to zero, its cold starts; for "
+                      "a streaming API, the time to its first item. AsyncAPI jobs: the Myelin / AsyncAPI dashboard.")
+
+
+def _api_variable(metric: str) -> dict[str, Any]:
+    """The `api` variable: the values of the `api` label of `metric`."""
+    return {
         "name": "api", "label": "API", "type": "query", "datasource": DATASOURCE, "refresh": 2, "sort": 1,
-        "query": {"query": f"label_values({c.REQUESTS_TOTAL}, {c.LABEL_API})", "refId": "api"},
-        "definition": f"label_values({c.REQUESTS_TOTAL}, {c.LABEL_API})",
+        "query": {"query": f"label_values({metric}, {c.LABEL_API})", "refId": "api"},
+        "definition": f"label_values({metric}, {c.LABEL_API})",
         "includeAll": False, "multi": False, "current": {},
     }
-    return _dashboard("myelin-api", "Myelin / API", _layout(groups), [variable],
-                      "One API: traffic, errors, latency, in-flight against the autoscaling target, queue, "
-                      "admission refusals, batching, replicas and, for an API scaled to zero, its cold starts.")
+
+
+def async_dashboard() -> dict[str, Any]:
+    p = {panel.key: panel for panel in async_panels()}
+    groups = [
+        ("Jobs waiting (queue depth)", [p["async_queue_depth"]], "short", False),
+        ("Jobs/s by status", [p["async_jobs_by_status"]], "ops", False),
+        ("Failed and dead-lettered share of finished jobs", [p["async_failed_ratio"]], "percentunit", False),
+        ("Job duration (one attempt): p50, p99", [p["async_job_p50"], p["async_job_p99"]], "s", False),
+        ("Replicas: workers desired, workers ready, gateway ready",
+         [p["async_workers_desired"], p["async_workers_ready"], p["async_gateway_ready"]], "short", False),
+        ("Gateway requests/s by status (submits and status reads)", [p["async_gateway_requests"]], "reqps", True),
+    ]
+    # Only AsyncAPIs export the queue depth: the variable lists them and nothing else.
+    return _dashboard("myelin-asyncapi", "Myelin / AsyncAPI", _layout(groups), [_api_variable(c.ASYNC_QUEUE_DEPTH)],
+                      "One AsyncAPI: jobs waiting, jobs by outcome, the failed and dead-lettered share, job duration, "
+                      "its workers (Deployment <api>-worker) and gateway (Deployment <api>).")
 
 
 def cluster_dashboard() -> dict[str, Any]:
@@ -96,7 +119,8 @@ def cluster_dashboard() -> dict[str, Any]:
                       "Capacity (node pools, spot/on-demand, pending pods), GPUs (DCGM exporter) and log delivery.")
 
 
-DASHBOARDS = {"myelin-api.json": api_dashboard, "myelin-cluster.json": cluster_dashboard}
+DASHBOARDS = {"myelin-api.json": api_dashboard, "myelin-asyncapi.json": async_dashboard,
+              "myelin-cluster.json": cluster_dashboard}
 
 
 def render(name: str) -> str:

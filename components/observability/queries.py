@@ -18,7 +18,7 @@ from myelin import contract as c
 from myelin.cold_start import mean_cold_start_query
 
 from .. import labels
-from ..labels import ksm_label
+from ..labels import async_worker_deployment, ksm_label
 
 API = c.LABEL_API
 NS = c.LABEL_NAMESPACE
@@ -47,6 +47,15 @@ def in_flight_autoscaling(api: str, namespace: str, window_s: int) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- per API
+#: Which kind of API a panel is for (`Panel.for_api`); the end-to-end test evaluates each panel against a
+#: served API of that kind. REALTIME panels read what every request-serving API exports (the batching and
+#: cold-start ones show data for batched and scaled-to-zero APIs); STREAMING ones need a generator
+#: `predict`; ASYNC ones need `kind: AsyncAPI`.
+REALTIME = "realtime"
+STREAMING = "streaming"
+ASYNC = "async"
+
+
 @dataclass(frozen=True)
 class Panel:
     """One dashboard panel's query: what it answers, the PromQL, the legend and the unit."""
@@ -60,6 +69,12 @@ class Panel:
     source: str = "myelin"
     #: Labels every series of this query must carry (checked by the end-to-end test).
     labels: tuple[str, ...] = ()
+    #: The kind of API it shows data for: REALTIME, STREAMING or ASYNC.
+    for_api: str = REALTIME
+
+
+def _quantile(q: float, histogram: str, selector: str, window: str) -> str:
+    return f"histogram_quantile({q:g}, sum by (le) (rate({histogram}_bucket{selector}[{window}])))"
 
 
 def api_panels(api: str = API_VAR, window: str = RATE_WINDOW_VAR, namespace: str = "apis") -> list[Panel]:
@@ -106,6 +121,45 @@ def api_panels(api: str = API_VAR, window: str = RATE_WINDOW_VAR, namespace: str
         Panel("held_requests", "Requests at the interceptor (held or in flight)",
               f'sum(interceptor_request_concurrency{_sel(route_name=api, route_namespace=namespace)})',
               "at the interceptor", source="keda-http-add-on"),
+        # Streaming (a generator predict): from the request's arrival to its first item on the wire.
+        Panel("first_item_p50", "Time to first item p50", _quantile(0.5, c.TIME_TO_FIRST_ITEM, s, window), "p50",
+              "s", for_api=STREAMING),
+        Panel("first_item_p99", "Time to first item p99", _quantile(0.99, c.TIME_TO_FIRST_ITEM, s, window), "p99",
+              "s", for_api=STREAMING),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------- per AsyncAPI
+def async_panels(api: str = API_VAR, window: str = RATE_WINDOW_VAR, namespace: str = "apis") -> list[Panel]:
+    """The AsyncAPI dashboard, in display order: the queue, jobs by outcome, job duration, the workers (their
+    Deployment `<api>-worker`, `labels.async_worker_deployment`) and the gateway (the Deployment `<api>`)."""
+    s = _sel(**{API: api})
+    jobs = f"rate({c.ASYNC_JOBS_TOTAL}{{selector}}[{window}])"
+    lost = _sel(**{API: api, c.LABEL_STATUS: "~" + "|".join((c.JOB_FAILED, c.JOB_DEAD_LETTERED))})
+    finished = _sel(**{API: api, c.LABEL_STATUS: "~" + "|".join((c.JOB_COMPLETED, c.JOB_FAILED, c.JOB_DEAD_LETTERED))})
+    workers = _sel(**{NS: namespace, "deployment": async_worker_deployment(api)})
+    gateway = _sel(**{NS: namespace, "deployment": api})
+    return [
+        # Every process of the gateway and the workers samples the same queue: max, not sum.
+        Panel("async_queue_depth", "Jobs waiting", f"max({c.ASYNC_QUEUE_DEPTH}{s})", "waiting", for_api=ASYNC),
+        Panel("async_jobs_by_status", "Jobs/s by status", f"sum by ({c.LABEL_STATUS}) ({jobs.format(selector=s)})",
+              "{{status}}", "ops", labels=(c.LABEL_STATUS,), for_api=ASYNC),
+        Panel("async_failed_ratio", "Failed and dead-lettered share of finished jobs",
+              f"sum({jobs.format(selector=lost)}) / sum({jobs.format(selector=finished)})", "failed / finished",
+              "percentunit", for_api=ASYNC),
+        Panel("async_job_p50", "Job duration p50", _quantile(0.5, c.ASYNC_JOB_DURATION, s, window), "p50", "s",
+              for_api=ASYNC),
+        Panel("async_job_p99", "Job duration p99", _quantile(0.99, c.ASYNC_JOB_DURATION, s, window), "p99", "s",
+              for_api=ASYNC),
+        Panel("async_workers_desired", "Worker replicas desired", f"max(kube_deployment_spec_replicas{workers})",
+              "workers desired", source="kube-state-metrics", for_api=ASYNC),
+        Panel("async_workers_ready", "Worker replicas ready", f"max(kube_deployment_status_replicas_ready{workers})",
+              "workers ready", source="kube-state-metrics", for_api=ASYNC),
+        Panel("async_gateway_ready", "Gateway replicas ready", f"max(kube_deployment_status_replicas_ready{gateway})",
+              "gateway ready", source="kube-state-metrics", for_api=ASYNC),
+        Panel("async_gateway_requests", "Gateway requests/s by status (submits and status reads)",
+              f"sum by ({c.LABEL_STATUS}) (rate({c.REQUESTS_TOTAL}{s}[{window}]))", "{{status}}", "reqps",
+              labels=(c.LABEL_STATUS,), for_api=ASYNC),
     ]
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from myelin import contract as c
 
+from ..labels import ASYNC_WORKER_SUFFIX
 from .queries import NS
 
 API = c.LABEL_API
@@ -64,6 +65,11 @@ class AlertsConfig(BaseModel):
     rejections_per_second: float = Field(
         1.0, gt=0, description="503s from admission control (overloaded) per second, sustained 10m, that page.")
     gpu_pending_minutes: int = Field(15, ge=1, le=240, description="How long a GPU pod may wait for a node.")
+    async_no_worker_minutes: int = Field(
+        20, ge=1, le=240, description="How long an AsyncAPI may have jobs waiting while no worker replica is ready "
+        "(a worker scaled from zero needs a node, its image and its model first).")
+    async_dead_lettered_jobs: int = Field(
+        0, ge=0, description="Dead-lettered jobs of an AsyncAPI in an hour above which it pages (0: any).")
     receiver: ReceiverConfig | None = Field(None, description="Where alerts go; none = visible in Prometheus only.")
 
     @field_validator("latency_p99_seconds_by_api")
@@ -89,6 +95,12 @@ class Alert:
     source: str = "myelin"
 
 
+def async_workers_ready(namespace: str = "apis") -> str:
+    """Ready worker replicas of each AsyncAPI (kube-state-metrics, Deployment `<api>-worker`), labelled `api`."""
+    return (f'label_replace(kube_deployment_status_replicas_ready{{{NS}="{namespace}",deployment=~".+{ASYNC_WORKER_SUFFIX}"}} '
+            f'> 0, "{API}", "$1", "deployment", "(.+){ASYNC_WORKER_SUFFIX}")')
+
+
 def alerts(cfg: AlertsConfig, namespace: str = "apis") -> list[Alert]:
     ns = f'{NS}="{namespace}"'
     err = (f'sum by ({BY_API}) (rate({c.REQUESTS_TOTAL}{{{c.LABEL_STATUS}=~"5.."}}[5m])) '
@@ -106,6 +118,11 @@ def alerts(cfg: AlertsConfig, namespace: str = "apis") -> list[Alert]:
                    'and on (namespace, pod) '
                    '(sum by (namespace, pod) (kube_pod_container_resource_requests{resource="nvidia_com_gpu"}) > 0)')
     logs = "sum(rate(fluentbit_output_errors_total[5m])) + sum(rate(fluentbit_output_retries_failed_total[5m]))"
+    # Every process of an AsyncAPI's gateway and workers samples the same queue: max, not sum. With no worker
+    # ready the queue cannot shrink: jobs waiting means a queue that grows or is stuck.
+    waiting = f"max by ({BY_API}) ({c.ASYNC_QUEUE_DEPTH})"
+    no_worker = f"({waiting} > 0) unless on ({BY_API}) ({async_workers_ready(namespace)})"
+    dead = (f'sum by ({BY_API}) (increase({c.ASYNC_JOBS_TOTAL}{{{c.LABEL_STATUS}="{c.JOB_DEAD_LETTERED}"}}[1h]))')
     return [
         Alert("MyelinApiNotReady", wanted, not_ready, "5m", "critical",
               "API {{ $labels.api }} has no ready replica",
@@ -138,6 +155,16 @@ def alerts(cfg: AlertsConfig, namespace: str = "apis") -> list[Alert]:
               "Container logs are not reaching CloudWatch",
               "Fluent Bit reports output errors or failed retries: check the aws-for-fluent-bit pods' logs and "
               "their IAM role.", source="fluent-bit"),
+        Alert("MyelinAsyncQueueNoWorker", waiting, no_worker, f"{cfg.async_no_worker_minutes}m", "critical",
+              "AsyncAPI {{ $labels.api }} has {{ $value | humanize }} jobs waiting and no worker ready",
+              f"Jobs of {{{{ $labels.api }}}} have been waiting for {cfg.async_no_worker_minutes} minutes while its worker "
+              f"Deployment {{{{ $labels.namespace }}}}/{{{{ $labels.api }}}}{ASYNC_WORKER_SUFFIX} has no ready replica: "
+              "look at its pods (a node, the image, the model load) and at its autoscaler."),
+        Alert("MyelinAsyncJobsDeadLettered", dead, f"{dead} > {cfg.async_dead_lettered_jobs}", "0m", "warning",
+              "AsyncAPI {{ $labels.api }} dead-lettered jobs in the last hour",
+              "Jobs of {{ $labels.api }} were started jobs.max_attempts times and their worker stopped each time "
+              "(crash, OOM kill, node loss): they are failed (attempts_exhausted) and kept in the dead-letter store. "
+              "Look at the workers' restarts and memory."),
     ]
 
 

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 import yaml
 
+from components import labels
 from components.config import StackConfigError, load_settings
 from components.observability import dashboards, queries, rules
 from components.observability.rules import AlertsConfig
@@ -54,12 +55,13 @@ def test_committed_dashboards_are_the_render_of_dashboards_py():
 
 def _known_myelin_metrics() -> set[str]:
     names = {v for k, v in vars(contract).items() if isinstance(v, str) and v.startswith(contract.METRIC_PREFIX)}
-    histograms = {contract.REQUEST_DURATION, contract.BATCH_SIZE, contract.COLD_START_DURATION}
+    histograms = {contract.REQUEST_DURATION, contract.BATCH_SIZE, contract.COLD_START_DURATION,
+                  contract.TIME_TO_FIRST_ITEM, contract.ASYNC_JOB_DURATION}
     return names | {f"{h}_{suffix}" for h in histograms for suffix in ("bucket", "sum", "count")}
 
 
 def _all_expressions() -> list[str]:
-    exprs = [p.expr for p in queries.api_panels() + queries.cluster_panels()]
+    exprs = [p.expr for p in queries.api_panels() + queries.async_panels() + queries.cluster_panels()]
     exprs += [a.expr for a in rules.alerts(AlertsConfig())]
     exprs.append(queries.in_flight_autoscaling("x", "apis", 60))
     return exprs
@@ -86,7 +88,7 @@ def test_every_query_parses(promtool, tmp_path):
 
 def test_promtool_checks_the_committed_rules(promtool):
     out = subprocess.run([promtool, "check", "rules", str(rules.RULES_FILE)], capture_output=True, text=True)
-    assert out.returncode == 0 and "SUCCESS: 7 rules found" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "SUCCESS: 9 rules found" in out.stdout, out.stdout + out.stderr
 
 
 def test_promtool_unit_tests_fire_and_stay_quiet(promtool, tmp_path):
@@ -110,7 +112,8 @@ def test_promtool_unit_tests_fire_and_stay_quiet(promtool, tmp_path):
 
 def test_thresholds_come_from_the_stack_config():
     cfg = AlertsConfig(error_ratio=0.2, latency_p99_seconds=1.0, latency_p99_seconds_by_api={"kmeans": 0.05},
-                       rejections_per_second=7, gpu_pending_minutes=30)
+                       rejections_per_second=7, gpu_pending_minutes=30, async_no_worker_minutes=45,
+                       async_dead_lettered_jobs=3)
     doc = rules.alert_rules(cfg, ["kmeans", "iris-classifier"])
     thresholds = {r["labels"]["api"]: r["expr"] for r in doc["groups"][0]["rules"]}
     assert thresholds == {"iris-classifier": "vector(1)", "kmeans": "vector(0.05)"}
@@ -118,6 +121,8 @@ def test_thresholds_come_from_the_stack_config():
     assert alerts["MyelinHighErrorRatio"]["expr"].endswith("> 0.2")
     assert alerts["MyelinAdmissionRejections"]["expr"].endswith("> 7")
     assert alerts["MyelinGpuPodPending"]["for"] == "30m"
+    assert alerts["MyelinAsyncQueueNoWorker"]["for"] == "45m"
+    assert alerts["MyelinAsyncJobsDeadLettered"]["expr"].endswith("> 3")
     with pytest.raises(ValueError, match="not deployed: nope"):
         rules.alert_rules(AlertsConfig(latency_p99_seconds_by_api={"nope": 1}), ["kmeans"])
 
@@ -167,9 +172,24 @@ def test_api_dashboard_answers_what_operators_ask():
     text = json.dumps(board)
     for metric in (contract.REQUESTS_TOTAL, contract.REQUEST_DURATION, contract.IN_FLIGHT, contract.TARGET_IN_FLIGHT,
                    contract.QUEUE_LENGTH, contract.REJECTED_TOTAL, contract.BATCH_SIZE, "kube_deployment_spec_replicas",
-                   "kube_deployment_status_replicas_ready"):
+                   "kube_deployment_status_replicas_ready", contract.TIME_TO_FIRST_ITEM):
         assert metric in text, metric
     assert [v["name"] for v in board["templating"]["list"]] == ["api"]
+
+
+def test_asyncapi_dashboard_answers_what_operators_ask():
+    board = dashboards.async_dashboard()
+    text = json.dumps(board)
+    for metric in (contract.ASYNC_QUEUE_DEPTH, contract.ASYNC_JOBS_TOTAL, contract.ASYNC_JOB_DURATION,
+                   contract.REQUESTS_TOTAL, contract.JOB_FAILED, contract.JOB_DEAD_LETTERED):
+        assert metric in text, metric
+    workers = labels.async_worker_deployment(queries.API_VAR)
+    assert workers == "$api-worker"
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    assert any(f'deployment="{workers}"' in e and "kube_deployment_status_replicas_ready" in e for e in exprs)
+    assert any(f'deployment="{workers}"' in e and "kube_deployment_spec_replicas" in e for e in exprs)
+    (variable,) = board["templating"]["list"]
+    assert variable["name"] == "api" and variable["definition"] == f"label_values({contract.ASYNC_QUEUE_DEPTH}, api)"
 
 
 # -- the add-ons that ship them -------------------------------------------------------------------------

@@ -1,12 +1,17 @@
-"""A real Prometheus on 127.0.0.1 scraping a real `myelin serve` the way the cluster does.
+"""A real Prometheus on 127.0.0.1 scraping real `myelin serve` processes the way the cluster does.
 
-`ObservedStack` runs the Pulumi program under mocks for a stack that deploys the test API
-(tests/observability/apis/observed) and takes from what the program emits: the KEDA trigger query, the
-Prometheus alert rules, the Grafana dashboards and the API pod's labels and annotations. It then starts
-`myelin serve` for that folder (processes=2), a Prometheus whose `kubernetes-pods` job has the chart's
-relabelling rules and a target carrying the `__meta_kubernetes_*` labels Kubernetes discovery would give
-that pod, and an exporter of the kube-state-metrics, DCGM, KEDA interceptor and Fluent Bit series (synthetic: no cluster or
-GPU here; names and labels as those exporters emit them) so every dashboard and alert query has data.
+Three test APIs under tests/observability/apis, one per kind of dashboard panel: `observed` (batched, two
+processes, scaled to zero), `streamed` (a generator `predict`) and `queued` (`kind: AsyncAPI`, embedded
+SQLite store in a temporary MYELIN_STATE_DIR, gateway and worker in each of its two processes).
+
+`ObservedStack` runs the Pulumi program under mocks for a stack that deploys `observed` and `streamed` and
+takes from what it emits: the KEDA trigger query, the Prometheus alert rules, the Grafana dashboards and the
+API pods' labels and annotations. The program does not deploy AsyncAPIs yet (README, AsyncAPI): `queued`'s
+gateway pod gets the labels and annotations of the other API pods, its own name in place of theirs. It then
+starts `myelin serve` for each folder, a Prometheus whose `kubernetes-pods` job has the chart's relabelling
+rules and one target per API carrying the `__meta_kubernetes_*` labels Kubernetes discovery would give that
+pod, and an exporter of the kube-state-metrics, DCGM, KEDA interceptor and Fluent Bit series (synthetic: no
+cluster or GPU here; names and labels as those exporters emit them) so every dashboard and alert query has data.
 
 Used by tests/observability/test_prometheus_e2e.py and by `make docs-images`.
 """
@@ -30,12 +35,18 @@ from typing import Any
 import httpx
 import yaml
 
+from components.labels import async_worker_deployment
+
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 API_DIR = HERE / "apis" / "observed"
 API = "observed"
+STREAMED = "streamed"  # a streaming RealtimeAPI
+QUEUED = "queued"  # an AsyncAPI
+APIS = (API, STREAMED, QUEUED)
 NAMESPACE = "apis"
 POD = "observed-6d5f7c9b8-x2x7q"
+PODS = {API: POD, STREAMED: "streamed-7f9c8d6b5-q4w8z", QUEUED: "queued-5c6d7f8b9-m3n7p"}
 NODE = "ip-10-0-128-10.us-west-2.compute.internal"
 GPU_NODE = "ip-10-0-129-20.us-west-2.compute.internal"
 GPU_POD = "sentence-embedding-5b7d9c6f4-k8m2p"
@@ -54,16 +65,24 @@ def _sanitize(name: str) -> str:
 
 
 @dataclass
-class Emitted:
-    """What the Pulumi program emits for the test API, taken from a mocked run."""
+class Pod:
+    """An API pod's metadata as the program emits it."""
 
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    #: The MYELIN_* variables the program sets on the pod that change what the runtime exports.
+    env: dict[str, str]
+
+
+@dataclass
+class Emitted:
+    """What the Pulumi program emits for the test APIs, taken from a mocked run."""
+
+    #: `observed`'s KEDA trigger.
     keda_query: str
     alerting_rules: dict[str, Any]
     dashboards: dict[str, dict[str, Any]]
-    pod_labels: dict[str, str]
-    pod_annotations: dict[str, str]
-    #: The MYELIN_* variables the program sets on the pod that change what the runtime exports.
-    pod_env: dict[str, str]
+    pods: dict[str, Pod]
 
 
 def emitted_for_test_api() -> Emitted:
@@ -72,22 +91,28 @@ def emitted_for_test_api() -> Emitted:
 
     config = user_config("dev")
     config["myelin:apis_dir"] = "tests/observability/apis"
-    # Scaled to zero, as a stack would ship it: the pod reads arrival times and exports cold starts.
-    config["myelin:apis"] = {API: {"overrides": {"autoscaling": {"min_replicas": 0}}}}
+    # `observed` scaled to zero, as a stack would ship it: the pod reads arrival times and exports cold starts.
+    config["myelin:apis"] = {API: {"overrides": {"autoscaling": {"min_replicas": 0}}}, STREAMED: {}}
     run = run_program("dev", config)
-    (scaled,) = run.k8s("ScaledObject")
-    (deployment,) = run.api_deployments()
+    (scaled,) = [so for so in run.k8s("ScaledObject") if so.inputs["metadata"]["name"] == API]
     releases = {r.inputs["chart"]: unwrap_secrets(r.inputs) for r in run.of_type("kubernetes:helm.sh/v3:Release")}
-    template = deployment.inputs["spec"]["template"]["metadata"]
+    pods = {}
+    for deployment in run.api_deployments():
+        template = deployment.inputs["spec"]["template"]
+        pods[deployment.inputs["metadata"]["name"]] = Pod(
+            labels=dict(template["metadata"]["labels"]), annotations=dict(template["metadata"]["annotations"]),
+            env={e["name"]: e["value"] for e in template["spec"]["containers"][0]["env"]
+                 if e["name"] == "MYELIN_ARRIVAL_HEADER"})
+    # Not deployed by the program yet: the AsyncAPI's gateway pod as the shared pod template would label it.
+    like = pods[STREAMED]
+    pods[QUEUED] = Pod(labels={k: QUEUED if v == STREAMED else v for k, v in like.labels.items()},
+                       annotations=dict(like.annotations), env={})
     grafana = releases["grafana"]["values"]["dashboards"]["myelin"]
     return Emitted(
         keda_query=scaled.inputs["spec"]["triggers"][0]["metadata"]["query"],
         alerting_rules=releases["prometheus"]["values"]["serverFiles"]["alerting_rules.yml"],
         dashboards={name: json.loads(d["json"]) for name, d in grafana.items()},
-        pod_labels=dict(template["labels"]),
-        pod_annotations=dict(template["annotations"]),
-        pod_env={e["name"]: e["value"] for e in deployment.inputs["spec"]["template"]["spec"]["containers"][0]["env"]
-                 if e["name"] == "MYELIN_ARRIVAL_HEADER"},
+        pods=pods,
     )
 
 
@@ -101,6 +126,13 @@ def synthetic_series() -> str:
         f'kube_deployment_status_replicas_ready{{namespace="{NAMESPACE}",deployment="{API}"}} 2',
         f'kube_horizontalpodautoscaler_spec_max_replicas{{namespace="{NAMESPACE}",horizontalpodautoscaler="{API}"}} 2',
         f'kube_horizontalpodautoscaler_status_current_replicas{{namespace="{NAMESPACE}",horizontalpodautoscaler="{API}"}} 2',
+        f'kube_deployment_spec_replicas{{namespace="{NAMESPACE}",deployment="{STREAMED}"}} 1',
+        f'kube_deployment_status_replicas_ready{{namespace="{NAMESPACE}",deployment="{STREAMED}"}} 1',
+        # The AsyncAPI's gateway (Deployment <api>) and workers (Deployment <api>-worker)
+        f'kube_deployment_spec_replicas{{namespace="{NAMESPACE}",deployment="{QUEUED}"}} 1',
+        f'kube_deployment_status_replicas_ready{{namespace="{NAMESPACE}",deployment="{QUEUED}"}} 1',
+        f'kube_deployment_spec_replicas{{namespace="{NAMESPACE}",deployment="{async_worker_deployment(QUEUED)}"}} 2',
+        f'kube_deployment_status_replicas_ready{{namespace="{NAMESPACE}",deployment="{async_worker_deployment(QUEUED)}"}} 2',
         f'kube_node_labels{{node="{NODE}",label_myelin_dev_pool="cpu",label_myelin_dev_capacity="spot"}} 1',
         f'kube_node_labels{{node="{GPU_NODE}",label_myelin_dev_pool="gpu",label_myelin_dev_capacity="on_demand"}} 1',
         f'kube_pod_status_phase{{namespace="{NAMESPACE}",pod="{POD}",uid="u1",phase="Running"}} 1',
@@ -137,18 +169,29 @@ class _Exporter(BaseHTTPRequestHandler):
 
 
 # ---------------------------------------------------------------------------------------------------- the stack
+#: Processes `myelin serve` runs per API (serving.processes in its api.yaml), awaited before the load starts.
+PROCESSES = {API: 2, STREAMED: 1, QUEUED: 2}
+
+
 @dataclass
 class ObservedStack:
     workdir: Path
     emitted: Emitted = None  # type: ignore[assignment]
-    api_port: int = 0
+    ports: dict[str, int] = field(default_factory=dict)
     prom_port: int = 0
     procs: list[subprocess.Popen] = field(default_factory=list)
     exporter: ThreadingHTTPServer | None = None
 
     @property
+    def api_port(self) -> int:
+        return self.ports[API]
+
+    @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}/{API}"
+        return self.url(API)
+
+    def url(self, api: str) -> str:
+        return f"http://127.0.0.1:{self.ports[api]}/{api}"
 
     @property
     def prom_url(self) -> str:
@@ -156,17 +199,19 @@ class ObservedStack:
 
     def start(self, prometheus: str) -> None:
         self.emitted = emitted_for_test_api()
-        self.api_port = free_port()
+        self.ports = {api: free_port() for api in APIS}
         self.prom_port = free_port()
         self.exporter = ThreadingHTTPServer(("127.0.0.1", 0), _Exporter)
         threading.Thread(target=self.exporter.serve_forever, daemon=True).start()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.emitted.pod_env}
-        env.pop("PORT", None)
         self.started_at = time.time()  # before the server starts: a request "arriving" earlier was held for it
-        self.procs.append(subprocess.Popen(
-            [sys.executable, "-m", "myelin.cli", "serve", str(API_DIR), "--port", str(self.api_port)],
-            stdout=open(self.workdir / "server.out", "wb"), stderr=open(self.workdir / "server.err", "wb"),
-            env=env, cwd=str(REPO)))
+        for api in APIS:
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.emitted.pods[api].env,
+                   "MYELIN_STATE_DIR": str(self.workdir / "state")}  # the AsyncAPI's SQLite store
+            env.pop("PORT", None)
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "myelin.cli", "serve", str(HERE / "apis" / api), "--port", str(self.ports[api])],
+                stdout=open(self.workdir / f"server-{api}.out", "wb"),
+                stderr=open(self.workdir / f"server-{api}.err", "wb"), env=env, cwd=str(REPO)))
         (self.workdir / "rules.yml").write_text(yaml.safe_dump(self.emitted.alerting_rules))
         (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(self._config()))
         self.procs.append(subprocess.Popen(
@@ -177,20 +222,23 @@ class ObservedStack:
 
     def _config(self) -> dict[str, Any]:
         pods_job = yaml.safe_load((HERE / "kubernetes-pods-job.yml").read_text())
-        meta = {
-            "__meta_kubernetes_namespace": NAMESPACE,
-            "__meta_kubernetes_pod_name": POD,
-            "__meta_kubernetes_pod_ip": "127.0.0.1",
-            "__meta_kubernetes_pod_phase": "Running",
-            "__meta_kubernetes_pod_node_name": NODE,
-        }
-        for key, value in self.emitted.pod_labels.items():
-            meta[f"__meta_kubernetes_pod_label_{_sanitize(key)}"] = value
-        for key, value in self.emitted.pod_annotations.items():
-            meta[f"__meta_kubernetes_pod_annotation_{_sanitize(key)}"] = value
-        # The pod listens on 8080 in the cluster; here the server has a free port of its own.
-        meta["__meta_kubernetes_pod_annotation_prometheus_io_port"] = str(self.api_port)
-        pods_job["static_configs"] = [{"targets": [f"127.0.0.1:{self.api_port}"], "labels": meta}]
+        pods_job["static_configs"] = []
+        for api in APIS:
+            pod = self.emitted.pods[api]
+            meta = {
+                "__meta_kubernetes_namespace": NAMESPACE,
+                "__meta_kubernetes_pod_name": PODS[api],
+                "__meta_kubernetes_pod_ip": "127.0.0.1",
+                "__meta_kubernetes_pod_phase": "Running",
+                "__meta_kubernetes_pod_node_name": NODE,
+            }
+            for key, value in pod.labels.items():
+                meta[f"__meta_kubernetes_pod_label_{_sanitize(key)}"] = value
+            for key, value in pod.annotations.items():
+                meta[f"__meta_kubernetes_pod_annotation_{_sanitize(key)}"] = value
+            # The pod listens on 8080 in the cluster; here each server has a free port of its own.
+            meta["__meta_kubernetes_pod_annotation_prometheus_io_port"] = str(self.ports[api])
+            pods_job["static_configs"].append({"targets": [f"127.0.0.1:{self.ports[api]}"], "labels": meta})
         exporter = f"127.0.0.1:{self.exporter.server_address[1]}"
         return {
             "global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": f"{SCRAPE_S}s"},
@@ -209,18 +257,18 @@ class ObservedStack:
                 if proc.poll() is not None:
                     raise AssertionError(f"{proc.args[0]} exited with {proc.returncode}: {self.logs()}")
             try:
-                api = httpx.get(f"http://127.0.0.1:{self.api_port}/readyz", timeout=2).status_code
+                apis = [httpx.get(f"http://127.0.0.1:{self.ports[api]}/readyz", timeout=2).status_code for api in APIS]
                 prom = httpx.get(f"{self.prom_url}/-/ready", timeout=2).status_code
-                if api == 200 and prom == 200 and self._workers_ready():
+                if apis == [200] * len(APIS) and prom == 200 and all(self._workers_ready(api) for api in APIS):
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
         raise AssertionError(f"stack not ready in {timeout}s: {self.logs()}")
 
-    def _workers_ready(self) -> bool:
-        text = httpx.get(f"http://127.0.0.1:{self.api_port}/metrics", timeout=2).text
-        return f'myelin_ready_processes{{api="{API}"}} 2.0' in text
+    def _workers_ready(self, api: str) -> bool:
+        text = httpx.get(f"http://127.0.0.1:{self.ports[api]}/metrics", timeout=2).text
+        return f'myelin_ready_processes{{api="{api}"}} {PROCESSES[api]:.1f}' in text
 
     def logs(self) -> str:
         return "\n".join(
@@ -299,6 +347,44 @@ class Load:
         self.stop_event.set()
         for t in self._threads:
             t.join(timeout=20)
+        return dict(self.statuses)
+
+
+class Jobs:
+    """Submits AsyncAPI jobs at a steady rate until stopped, reading the status of each right after."""
+
+    def __init__(self, url: str, interval_s: float = 0.2):
+        self.url = url
+        self.interval_s = interval_s
+        self.stop_event = threading.Event()
+        self.statuses: dict[str, int] = {}  # "submit 202", "status 200", ...
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def submit(self, client: httpx.Client, payload: dict[str, Any]) -> str | None:
+        r = client.post(self.url, json=payload)
+        self._count(f"submit {r.status_code}")
+        return r.json()["id"] if r.status_code == 202 else None
+
+    def _count(self, key: str) -> None:
+        self.statuses[key] = self.statuses.get(key, 0) + 1
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=15) as client:
+            while not self.stop_event.wait(self.interval_s):
+                try:
+                    job = self.submit(client, {"n": 1})
+                    if job:
+                        self._count(f"status {client.get(f'{self.url}/{job}').status_code}")
+                except httpx.HTTPError:
+                    self._count("error")
+
+    def start(self) -> "Jobs":
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, int]:
+        self.stop_event.set()
+        self._thread.join(timeout=20)
         return dict(self.statuses)
 
 

@@ -1,10 +1,12 @@
-"""Every query Myelin ships, proven against a real Prometheus scraping a real `myelin serve` (processes=2).
+"""Every query Myelin ships, proven against a real Prometheus scraping real `myelin serve` processes.
 
 The KEDA trigger string, the alert rules and the dashboards are the ones the Pulumi program emits for a
-stack deploying tests/observability/apis/observed (see harness.py). Under a bounded load (4 clients, one
-asking for failures, then a burst past the admission limits), each expression must return series with the
-labels its consumers group by, the in-flight query must track the load, and Prometheus must evaluate every
-alert rule without error.
+stack deploying tests/observability/apis/observed and .../streamed (see harness.py); an AsyncAPI
+(.../queued) is served and scraped beside them. Under a bounded load (4 clients of `observed`, one asking
+for failures, then a burst past the admission limits; 2 clients streaming from `streamed`; a job every
+0.2 s submitted to `queued`, after one job that fails and one whose process dies), each dashboard panel, evaluated
+for an API of the kind it is for, and each alert signal must return series with the labels its consumers
+group by, the in-flight query must track the load, and Prometheus must evaluate every alert rule without error.
 
 `MYELIN_DASHBOARD_PNG=docs/dashboard-api.png` also renders the per-API dashboard's main panels from this
 run's data (`make docs-images`).
@@ -19,12 +21,18 @@ import httpx
 import pytest
 
 from components.observability import queries
-from components.observability.rules import AlertsConfig, alerts
+from components.observability.rules import AlertsConfig, alerts, async_workers_ready
 from myelin import contract
 
-from .harness import API, ObservedStack, Load, burst
+from .harness import API, QUEUED, STREAMED, Jobs, Load, ObservedStack, burst
 
 CLIENTS = 4  # one of them sends requests that fail
+STREAM_CLIENTS = 2
+#: The API each kind of panel is evaluated for.
+API_OF_KIND = {queries.REALTIME: API, queries.STREAMING: STREAMED, queries.ASYNC: QUEUED}
+#: Each provisioned dashboard (Grafana's name for it) and the panels it is built from.
+PANELS_OF = {"myelin-api": queries.api_panels, "myelin-asyncapi": queries.async_panels,
+             "myelin-cluster": queries.cluster_panels}
 WINDOW = "10s"  # $__rate_interval for the dashboard queries (scrapes every second)
 
 
@@ -50,6 +58,15 @@ def loaded(stack):
     held = httpx.post(stack.api_url, json={"x": 1},
                       headers={"x-amzn-trace-id": f"Root=1-{int(stack.started_at) - 2:08x}-0123456789abcdef01234567"})
     assert held.status_code in (200, 503), held.text
+    # The AsyncAPI first gets a job that fails and one whose process dies mid-job (started again after its
+    # visibility timeout, past jobs.max_attempts 1: dead-lettered), then a steady flow of jobs.
+    jobs = Jobs(stack.url(QUEUED))
+    with httpx.Client(timeout=15) as client:
+        failing = jobs.submit(client, {"fail": True})
+        dying = jobs.submit(client, {"die": True})
+    assert failing and dying, jobs.statuses
+    jobs.start()
+    streams = Load(stack.url(STREAMED), STREAM_CLIENTS, failing=0).start()
     load = Load(stack.api_url, CLIENTS).start()
     window_s = int(stack.emitted.keda_query.split("[")[1].split("s]")[0])
     time.sleep(window_s + 3)
@@ -57,9 +74,12 @@ def loaded(stack):
     in_flight_now = stack.query(f'sum({contract.IN_FLIGHT}{{api="{API}"}})')
     burst_statuses = burst(stack.api_url, 40)
     time.sleep(4)  # two scrapes and rule evaluations after the burst
-    yield {"start": start, "keda": keda, "in_flight_now": in_flight_now, "burst": burst_statuses, "load": load}
+    yield {"start": start, "keda": keda, "in_flight_now": in_flight_now, "burst": burst_statuses, "load": load,
+           "failing": failing, "dying": dying}
     statuses = load.stop()
-    print(f"\nobservability e2e: steady load {statuses}, burst {burst_statuses}")
+    print(f"\nobservability e2e: KEDA query {keda[0]['value'][1] if keda else None}, steady load {statuses}, "
+          f"burst {burst_statuses}, streams {streams.stop()}, "
+          f"jobs {jobs.stop()}")
     png = os.environ.get("MYELIN_DASHBOARD_PNG")
     if png:
         from .render import render_api_dashboard
@@ -93,29 +113,33 @@ def test_the_burst_met_admission_control(loaded):
     assert loaded["burst"].get(503, 0) > 0 and loaded["burst"].get(200, 0) > 0, loaded["burst"]
 
 
-def _dashboard_exprs(stack) -> list[tuple[str, str, str]]:
-    """(dashboard, panel, expr) for every target of every provisioned dashboard, variables substituted."""
+def _dashboard_exprs(stack) -> list[tuple[str, str, str, queries.Panel]]:
+    """(dashboard, panel title, expr, Panel) for every target of every provisioned dashboard, its variables
+    substituted: `$api` by the served API of the kind the panel is for."""
+    assert set(stack.emitted.dashboards) == set(PANELS_OF)
     out = []
     for name, board in stack.emitted.dashboards.items():
+        panels = {p.expr: p for p in PANELS_OF[name]()}
         for panel in board["panels"]:
             for target in panel["targets"]:
-                expr = target["expr"].replace(queries.API_VAR, API).replace(queries.RATE_WINDOW_VAR, WINDOW)
-                out.append((name, panel["title"], expr))
+                built = panels[target["expr"]]
+                expr = (target["expr"].replace(queries.API_VAR, API_OF_KIND[built.for_api])
+                        .replace(queries.RATE_WINDOW_VAR, WINDOW))
+                out.append((name, panel["title"], expr, built))
     return out
 
 
 def test_every_dashboard_query_returns_data_with_its_labels(stack, loaded):
-    expected = {p.expr.replace(queries.API_VAR, API).replace(queries.RATE_WINDOW_VAR, WINDOW): p
-                for p in queries.api_panels() + queries.cluster_panels()}
     exprs = _dashboard_exprs(stack)
-    assert len(exprs) == len(expected)
+    assert len(exprs) == sum(len(panels()) for panels in PANELS_OF.values())  # every panel, each once
+    assert {built.for_api for *_, built in exprs} == set(API_OF_KIND)
     empty = []
-    for board, title, expr in exprs:
+    for board, title, expr, built in exprs:
         series = stack.wait_for(expr, timeout=10)
         if not series:
             empty.append(f"{board} / {title}: {expr}")
             continue
-        missing = set(expected[expr].labels) - _labels(series)
+        missing = set(built.labels) - _labels(series)
         assert not missing, f"{board} / {title}: {expr} lacks labels {missing}: {series}"
     assert not empty, "queries without data:\n" + "\n".join(empty)
 
@@ -150,7 +174,7 @@ def test_prometheus_evaluates_every_rule_without_error(stack, loaded):
     for rule in rules:
         assert rule["health"] == "ok" and not rule.get("lastError"), rule
     thresholds = [r for r in rules if r["type"] == "recording"]
-    assert [r["labels"]["api"] for r in thresholds] == [API]
+    assert [r["labels"]["api"] for r in thresholds] == [API, STREAMED]
 
 
 def test_alerts_fire_on_this_load(stack, loaded):
@@ -173,3 +197,45 @@ def test_the_cold_start_of_an_api_scaled_to_zero_is_measured_and_estimated(stack
     (mean,) = stack.wait_for(mean_cold_start_query(API))
     seconds = float(mean["value"][1])
     assert 1.0 <= seconds <= 60.0, seconds  # from the request's arrival (before the server started) to readiness
+
+
+def test_streams_record_their_time_to_first_item(stack, loaded):
+    """Each stream observed its time to first item once; the predictor sleeps 50 ms before its first item."""
+    (count,) = stack.wait_for(f'sum({contract.TIME_TO_FIRST_ITEM}_count{{api="{STREAMED}"}})')
+    (total,) = stack.query(f'sum({contract.TIME_TO_FIRST_ITEM}_sum{{api="{STREAMED}"}})')
+    assert float(count["value"][1]) > 0
+    assert float(total["value"][1]) / float(count["value"][1]) >= 0.05
+    assert stack.query(f'{contract.TIME_TO_FIRST_ITEM}_count{{api="{API}"}}') == []  # not a streaming API
+
+
+def _job_counts(stack) -> dict[str, float]:
+    return {s["metric"]["status"]: float(s["value"][1]) for s in stack.query(
+        f'sum by (status) ({contract.ASYNC_JOBS_TOTAL}{{api="{QUEUED}"}})')}
+
+
+def test_the_asyncapi_fails_one_job_and_dead_letters_the_one_whose_process_died(stack, loaded):
+    deadline = time.monotonic() + 45  # the visibility timeout (7 s) and a replacement process, with room to spare
+    while _job_counts(stack).get(contract.JOB_DEAD_LETTERED, 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    counts = _job_counts(stack)
+    assert set(counts) == set(contract.JOB_STATUSES), counts  # every status exported, 0 until it happens
+    assert counts[contract.JOB_DEAD_LETTERED] == 1 and counts[contract.JOB_FAILED] == 1, counts
+    assert counts[contract.JOB_COMPLETED] > 0 and counts[contract.JOB_SUBMITTED] >= counts[contract.JOB_COMPLETED] + 2
+    dead = httpx.get(f"{stack.url(QUEUED)}/{loaded['dying']}", timeout=5).json()
+    assert dead["status"] == "failed" and dead["error"]["type"] == "attempts_exhausted", dead
+    failed = httpx.get(f"{stack.url(QUEUED)}/{loaded['failing']}", timeout=5).json()
+    assert failed["status"] == "failed" and failed["error"]["type"] == "predictor_failure", failed
+    # The alert's full expression holds for this API (any dead letter in the last hour pages by default).
+    rules = {a.name: a.expr for a in alerts(AlertsConfig())}
+    (fired,) = stack.wait_for(rules["MyelinAsyncJobsDeadLettered"], timeout=10)
+    assert fired["metric"] == {"namespace": "apis", "api": QUEUED}
+
+
+def test_the_asyncapi_worker_join_matches_the_queue(stack, loaded):
+    """MyelinAsyncQueueNoWorker subtracts APIs whose worker Deployment (<api>-worker) has a ready replica: the
+    kube-state-metrics side, relabelled, joins the runtime's queue depth on (namespace, api). Its workers are
+    ready here, so the alert is quiet."""
+    (alert,) = [a for a in alerts(AlertsConfig()) if a.name == "MyelinAsyncQueueNoWorker"]
+    joined = stack.wait_for(f"({alert.signal}) and on (namespace, api) ({async_workers_ready()})")
+    assert [s["metric"] for s in joined] == [{"namespace": "apis", "api": QUEUED}]
+    assert stack.query(alert.expr) == []
