@@ -17,12 +17,16 @@ from components import (
     read_pulumi_config,
 )
 from components.addons import MONITORING_NAMESPACE, PROMETHEUS_POD_LABELS, PROMETHEUS_URL
+from components.apis.model import partition_of, resolve_models
 
 API_NAMESPACE = "apis"
 
 # Everything is validated here, before the first resource is registered.
 raw, stack, region = read_pulumi_config()
 settings = load_settings(raw, stack, region)
+# The version of every s3:// model, listed now with the deployer's credentials: recorded in the pod templates,
+# so a new model at the same URI shows in `pulumi preview` and rolls on `pulumi up` (components/apis/model.py).
+models = resolve_models(settings.apis, stack, preview=pulumi.runtime.is_dry_run())
 cfg = settings.config
 cluster_name = f"myelin-{stack}"
 
@@ -78,6 +82,10 @@ for deployed in settings.apis:
         force_delete_images=stack != "prod",
         # Created after, deleted before, the controllers that act on them (and their IAM permissions).
         after=[addons, namespace],
+        model=models.get(spec.name),
+        oidc_provider_arn=cluster.oidc_provider_arn,
+        oidc_provider_url=cluster.oidc_provider_url,
+        partition=partition_of(region),
     )
     if spec.kind == "AsyncAPI":
         cloud = AsyncCloudArgs(region=region, oidc_provider_arn=cluster.oidc_provider_arn,

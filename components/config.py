@@ -17,7 +17,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from myelin.spec import ApiSpec, SpecError, check_unique, load_api_spec, validation_problems
+from myelin.spec import ApiSpec, SpecError, check_unique, load_api_spec, parse_model_uri, validation_problems
 
 from . import gpu
 from .observability.rules import AlertsConfig
@@ -347,6 +347,7 @@ def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) 
             # An AsyncAPI's gateway answers submit and status at once (the job runs in a worker, never on the
             # client's connection) and its workers scale on the queue without HPA windows: neither check applies.
             problems.extend(_realtime_problems(spec, config))
+        problems.extend(_model_problems(spec, folder, config))
         if problems:
             raise SpecError(f"{folder / 'api.yaml'} (stack {config.stack})", problems)
         deployed.append(DeployedApi(folder=folder, spec=spec))
@@ -358,6 +359,46 @@ def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) 
             (f"{NAMESPACE}:observability.alerts.latency_p99_seconds_by_api.{name}",
              f"no deployed API is named {name!r} (deployed: {', '.join(sorted(names))})") for name in unknown])
     return tuple(deployed)
+
+
+def _model_problems(spec: ApiSpec, folder: Path, config: StackConfig) -> list[tuple[str, str]]:
+    """`predictor.model_uri` in the cloud: an s3:// model needs its volume (`compute.model_disk`), sized to fit a
+    node; a local one must be in the image, i.e. git-tracked files inside the API folder (components/image.py)."""
+    if spec.predictor.model_uri is None:
+        return []
+    uri = parse_model_uri(spec.predictor.model_uri)
+    problems: list[tuple[str, str]] = []
+    if uri.is_s3:
+        disk = spec.compute.model_disk_bytes
+        if disk is None:
+            problems.append(("compute.model_disk", (
+                f"required with an s3:// predictor.model_uri ({uri.raw}): the size of the pod's own volume for the "
+                "model cache, e.g. '2Gi' (at least the model's size; the cache may use all but 5% of it)")))
+        elif config.cluster.existing is None:
+            pool = config.cluster.gpu_nodes if spec.compute.gpu else config.cluster.cpu_nodes
+            if pool is not None and disk >= pool.disk_size_gib * 2**30:
+                which = "gpu_nodes" if spec.compute.gpu else "cpu_nodes"
+                problems.append(("compute.model_disk", (
+                    f"{spec.compute.model_disk} does not fit on a node: {NAMESPACE}:cluster.{which}.disk_size_gib is "
+                    f"{pool.disk_size_gib} (the pod's volume lives on the node's disk, beside the images)")))
+        return problems
+    local = Path(uri.local_path or "").expanduser()
+    target = local if local.is_absolute() else folder / local
+    try:
+        rel = target.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return [("predictor.model_uri", (
+            f"{uri.raw!r} is outside the API folder {folder}: only the API folder goes into the image. Move the "
+            "files into the folder (and commit them), or upload them to S3 and use an s3:// URI")) ]
+    from .image import context_files  # image.py imports this module
+
+    prefix = rel.as_posix()
+    files = context_files(folder)
+    if not any(prefix in (".", f) or f.startswith(prefix + "/") for f in files):
+        problems.append(("predictor.model_uri", (
+            f"{uri.raw!r}: no file at {target} goes into the image, which holds the API folder's git-tracked files "
+            "only: commit the model files (git add), or upload them to S3 and use an s3:// URI")))
+    return problems
 
 
 def parse_api_keys(raw: Any, apis: tuple[DeployedApi, ...], source: str) -> dict[str, str]:

@@ -53,25 +53,29 @@ def irsa_role(
     *,
     oidc_provider_arn: pulumi.Input[str],
     oidc_provider_url: pulumi.Input[str],
-    namespace: str,
+    namespace: pulumi.Input[str],
     service_account: str,
     parent: pulumi.Resource,
-    policy: dict | None = None,
+    policy: pulumi.Input[dict] | None = None,
     managed_policy_arns: list[str] | None = None,
+    policy_name: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> IrsaRole:
     """A role assumable only by `system:serviceaccount:<namespace>:<service_account>`, with an inline policy
-    and/or AWS managed policies."""
+    (named `policy_name`, else auto-named) and/or AWS managed policies."""
     role = aws.iam.Role(
         f"{name}-irsa",
-        assume_role_policy=pulumi.Output.all(oidc_provider_arn, oidc_provider_url).apply(
-            lambda a: trust_policy(a[0], a[1], namespace, service_account)),
-        description=f"IRSA role for {namespace}/{service_account}",
+        assume_role_policy=pulumi.Output.all(oidc_provider_arn, oidc_provider_url, namespace).apply(
+            lambda a: trust_policy(a[0], a[1], a[2], service_account)),
+        description=pulumi.Output.concat("IRSA role for ", namespace, "/", service_account),
+        tags=tags,
         opts=pulumi.ResourceOptions(parent=parent),
     )
     out = IrsaRole(role=role, resources=[role])
     if policy is not None:
         out.resources.append(aws.iam.RolePolicy(
             f"{name}-irsa",
+            name=policy_name,
             role=role.id,
             policy=pulumi.Output.from_input(policy).apply(json.dumps),
             opts=pulumi.ResourceOptions(parent=parent),

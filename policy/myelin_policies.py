@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import urlsplit
 
 from pulumi_policy import (
     EnforcementLevel,
@@ -268,6 +270,113 @@ def network_policies(resources: Iterable[tuple[str, Props]]) -> list[str]:
     return out
 
 
+#: The inline policy of an API's own IAM role is named this + the API's name (components/apis/model.py).
+MODEL_POLICY_PREFIX = "myelin-model-"
+SPEC_ENV = "MYELIN_API_SPEC"
+#: What reading a model takes (myelin.spec.S3Scope): objects, their versions, and listing the prefix.
+MODEL_OBJECT_ACTIONS = {"s3:getobject", "s3:getobjectversion"}
+MODEL_LIST_ACTION = "s3:listbucket"
+_S3_ARN = re.compile(r"^arn:[a-z-]+:s3:::([^/]+)(?:/(.*))?$")
+
+
+def _model_uris(resources: Iterable[tuple[str, Props]]) -> dict[str, str | None]:
+    """Deployment name -> its predictor.model_uri, from the api.yaml the pods get (None: no model_uri)."""
+    out: dict[str, str | None] = {}
+    for typ, props in resources:
+        if typ != "kubernetes:apps/v1:Deployment":
+            continue
+        for c in _get(props, "spec", "template", "spec", "containers") or []:
+            for env in c.get("env") or []:
+                if env.get("name") == SPEC_ENV and isinstance(env.get("value"), str):
+                    try:
+                        spec = json.loads(env["value"])
+                    except ValueError:
+                        continue
+                    out[str(_get(props, "metadata", "name"))] = _get(spec, "predictor", "model_uri")
+    return out
+
+
+def _within(pattern: str, prefix: str) -> bool:
+    """Every key the IAM pattern can match lies in the model: under `prefix` ('' = whole bucket, 'x/' = the prefix
+    x/), or for a prefix without a trailing slash (one object or a folder), that key or anything under `prefix/`."""
+    literal = re.split(r"[*?]", pattern, maxsplit=1)[0]
+    wild = literal != pattern
+    if prefix == "" or prefix.endswith("/"):
+        return literal.startswith(prefix)
+    return (not wild and pattern == prefix) or literal.startswith(prefix + "/")
+
+
+def model_role_policy(api: str, model_uri: str | None, document: Any) -> list[str]:
+    """An API's role may read its model and nothing else: s3:GetObject(Version) on keys within its prefix, and
+    s3:ListBucket on its bucket limited (s3:prefix) to that prefix."""
+    where = f"IAM policy {MODEL_POLICY_PREFIX}{api}"
+    if not isinstance(model_uri, str) or not model_uri.startswith("s3://"):
+        return [f"{where}: grants S3 reads, but API {api} has no s3:// predictor.model_uri"]
+    parts = urlsplit(model_uri)
+    bucket, prefix = parts.netloc, parts.path.lstrip("/")
+    out = []
+    statements = _get(document, "Statement") if isinstance(document, Mapping) else None
+    if isinstance(statements, Mapping):
+        statements = [statements]
+    for st in statements or []:
+        if not isinstance(st, Mapping) or st.get("Effect") != "Allow":
+            continue
+        if "NotAction" in st or "NotResource" in st:
+            out.append(f"{where}: NotAction/NotResource grants everything else; list what {model_uri} needs")
+            continue
+        actions = st.get("Action") or []
+        actions = [actions] if isinstance(actions, str) else list(actions)
+        resources = st.get("Resource") or []
+        resources = [resources] if isinstance(resources, str) else list(resources)
+        for action in actions:
+            a = str(action).lower()
+            if a not in MODEL_OBJECT_ACTIONS and a != MODEL_LIST_ACTION:
+                out.append(f"{where}: action {action} is more than reading the model {model_uri} "
+                           "(s3:GetObject, s3:GetObjectVersion, s3:ListBucket)")
+                continue
+            for resource in resources:
+                m = _S3_ARN.match(str(resource))
+                if m is None or m.group(1) != bucket:
+                    out.append(f"{where}: {action} on {resource} reads beyond the model's bucket {bucket}")
+                elif a == MODEL_LIST_ACTION:
+                    if m.group(2) is not None:
+                        out.append(f"{where}: s3:ListBucket applies to the bucket ARN, not {resource}")
+                        continue
+                    cond = _get(st, "Condition") or {}
+                    values = (_get(cond, "StringLike", "s3:prefix") or _get(cond, "StringEquals", "s3:prefix"))
+                    values = [values] if isinstance(values, str) else list(values or [])
+                    if not values:
+                        out.append(f"{where}: s3:ListBucket on {resource} without an s3:prefix condition lists the "
+                                   f"whole bucket, beyond {model_uri}")
+                    for v in values:
+                        if not _within(str(v), prefix):
+                            out.append(f"{where}: s3:ListBucket s3:prefix {v} reaches beyond the model {model_uri}")
+                elif m.group(2) is None or not _within(m.group(2), prefix):
+                    out.append(f"{where}: {action} on {resource} reads beyond the model {model_uri}")
+    return out
+
+
+def model_roles(resources: Iterable[tuple[str, Props]]) -> list[str]:
+    """Each API's role (its inline policy `myelin-model-<api>`) reads exactly its model_uri's prefix."""
+    resources = list(resources)
+    uris = _model_uris(resources)
+    out = []
+    for typ, props in resources:
+        name = props.get("name")
+        if typ != "aws:iam/rolePolicy:RolePolicy" or not isinstance(name, str) or not name.startswith(MODEL_POLICY_PREFIX):
+            continue
+        policy = props.get("policy")
+        if not isinstance(policy, str):
+            continue  # unknown during a preview
+        try:
+            document = json.loads(policy)
+        except ValueError:
+            out.append(f"IAM policy {name}: not JSON")
+            continue
+        out.extend(model_role_policy(name[len(MODEL_POLICY_PREFIX):], uris.get(name[len(MODEL_POLICY_PREFIX):]), document))
+    return out
+
+
 RESOURCE_RULES: dict[str, Callable[[Props], list[str]]] = {
     "aws:ecr/repository:Repository": ecr_repository,
     "aws:ec2/launchTemplate:LaunchTemplate": launch_template,
@@ -312,6 +421,11 @@ def _stack_buckets_encrypted(args, report_violation):
         report_violation(message)
 
 
+def _stack_model_roles(args, report_violation):
+    for message in model_roles((r.resource_type, r.props) for r in args.resources):
+        report_violation(message)
+
+
 POLICIES = [
     _resource_policy("ecr-scan-immutable", "aws:ecr/repository:Repository", ecr_repository,
                      "ECR repositories scan on push and have immutable tags."),
@@ -349,5 +463,12 @@ POLICIES = [
                     "policy, admitting only load balancer subnets and Prometheus.",
         enforcement_level=EnforcementLevel.MANDATORY,
         validate=_stack_network_policies,
+    ),
+    StackValidationPolicy(
+        name="model-roles-least-privilege",
+        description="An API's IAM role reads its own predictor.model_uri and nothing else: s3:GetObject(Version) "
+                    "within its prefix, s3:ListBucket on its bucket conditioned on that prefix.",
+        enforcement_level=EnforcementLevel.MANDATORY,
+        validate=_stack_model_roles,
     ),
 ]

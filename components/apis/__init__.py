@@ -1,5 +1,6 @@
 """The APIs in the cluster: what every kind shares (shared.py, autoscaling.py, namespace.py) and one module
-per kind (realtime.py for `kind: RealtimeAPI`, asyncapi.py for `kind: AsyncAPI`); scale to zero (scale_to_zero.py, cold_start.py)."""
+per kind (realtime.py for `kind: RealtimeAPI`, asyncapi.py for `kind: AsyncAPI`); scale to zero (scale_to_zero.py,
+cold_start.py); models from S3 (model.py: the resolved version, the cache volume, the API's IAM scope)."""
 
 from .asyncapi import AsyncCloudArgs, AsyncPredictorApi
 from .cold_start import ColdStartResponder

@@ -29,6 +29,7 @@ from myelin import contract as c
 from myelin.spec import AsyncApiSpec
 from myelin.spec.fields import ComputeSpec
 
+from ..labels import ASYNC_WORKER_SUFFIX
 from ..image import PredictorImage
 from ..irsa import irsa_role
 from ..versions import CPU_BASE_IMAGE, CPU_TORCH_INDEX, GPU_BASE_IMAGE, GPU_TORCH_INDEX
@@ -262,7 +263,7 @@ class AsyncPredictorApi(pulumi.ComponentResource):
         self.ingress = gw.ingress(self.service, self.gateway, path_type="Prefix")
 
         # ------------------------------------------------------------ workers: scaled on the queue
-        wk = Parts(self, f"{name}-worker", args, role=c.ROLE_WORKER, object_suffix="-worker")
+        wk = Parts(self, f"{name}-worker", args, role=c.ROLE_WORKER, object_suffix=ASYNC_WORKER_SUFFIX)
         self.worker_service_account = self._service_account(wk, f"{name}-worker-sa", "", self.worker_role)
         self.worker = k8s.apps.v1.Deployment(
             f"{name}-worker",

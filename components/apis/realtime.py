@@ -1,6 +1,6 @@
 """`PredictorApi` for `kind: RealtimeAPI`: one API folder served in the cluster.
 
-ECR image -> ServiceAccount, (Secret) -> Deployment -> Service -> KEDA ScaledObject -> PDB -> NetworkPolicy ->
+ECR image -> (IAM role for an s3:// model) -> ServiceAccount, (Secret) -> Deployment -> Service -> KEDA ScaledObject -> PDB -> NetworkPolicy ->
 Ingress on the stack's shared ALB (IngressGroup per visibility). Every Kubernetes object comes after the add-ons
 and the namespace (`args.after`), so on `pulumi destroy` it goes before them: the load balancer controller
 is still there to delete the ALB of the Ingress, KEDA to release its ScaledObject.
@@ -42,7 +42,9 @@ class PredictorApi(pulumi.ComponentResource):
             force_delete=args.force_delete_images,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        sa = parts.service_account()
+        # An s3:// model: the API's own IAM role, reading exactly its model (IRSA; None otherwise).
+        self.model_role = parts.model_role()
+        sa = parts.service_account(self.model_role)
         self.secret = parts.api_keys_secret()
 
         a = spec.autoscaling

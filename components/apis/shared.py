@@ -21,12 +21,17 @@ from myelin.spec import ApiSpec
 
 from ..cluster import CPU_NODE_SELECTOR, GPU_NODE_SELECTOR, GPU_TAINT_KEY
 from ..config import IngressConfig, PodConfig
+from ..irsa import IrsaRole, irsa_role
+from .model import MODEL_CACHE_DIR, MODEL_POLICY_PREFIX, MODEL_VOLUME, ResolvedModel
 
 PORT = contract.CONTAINER_PORT
 RUN_AS_USER = 10001
 ALB = "alb.ingress.kubernetes.io/"
 API_KEYS_VOLUME = "api-keys"
 API_KEYS_FILE = "keys"
+#: IRSA: the pod identity webhook gives pods whose ServiceAccount carries this annotation the role's web identity
+#: (AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE and a projected token volume of its own).
+ROLE_ARN_ANNOTATION = "eks.amazonaws.com/role-arn"
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,12 @@ class PredictorApiArgs:
     #: Every Kubernetes object of the API is created after these (and deleted before them): the add-ons whose
     #: controllers act on the objects (load balancer controller, KEDA) and the namespace.
     after: list[pulumi.Resource] = field(default_factory=list)
+    #: The API's s3:// model as the program found it (components/apis/model.py); None without one.
+    model: ResolvedModel | None = None
+    #: The cluster's OIDC provider: the API's own IAM role (IRSA) trusts it; needed with an s3:// model.
+    oidc_provider_arn: pulumi.Input[str] | None = None
+    oidc_provider_url: pulumi.Input[str] | None = None
+    partition: str = "aws"  # of the ARNs in the model policy
 
 
 @dataclass(frozen=True)
@@ -110,9 +121,39 @@ class Parts:
                                           namespace=self.args.namespace, labels=self.labels, **extra)
 
     # ------------------------------------------------------------------ identity and secrets
-    def service_account(self) -> k8s.core.v1.ServiceAccount:
-        return k8s.core.v1.ServiceAccount(f"{self.name}-sa", metadata=self.meta(),
-                                          automount_service_account_token=False, opts=self.opts())
+    def model_role(self) -> IrsaRole | None:
+        """The API's own IAM role, reading exactly its model (`s3_scope(model_uri).policy_document()`); None
+        without an s3:// model (such an API has no AWS identity at all).
+
+        IRSA rather than EKS Pod Identity: the cluster already trusts its OIDC provider for the add-ons
+        (components/irsa.py), while Pod Identity needs the eks-pod-identity-agent add-on on every node (a
+        hostNetwork DaemonSet, an EKS Auth endpoint in private subnets without NAT) and API pods' egress to
+        the agent's link-local address; with IRSA the pod's egress needs only STS and S3 over HTTPS.
+        """
+        model, args = self.args.model, self.args
+        if model is None:
+            return None
+        if args.oidc_provider_arn is None or args.oidc_provider_url is None:
+            raise ValueError(f"{self.spec.name}: an s3:// model_uri needs the cluster's OIDC provider (IRSA)")
+        return irsa_role(
+            f"{self.name}-model",
+            oidc_provider_arn=args.oidc_provider_arn,
+            oidc_provider_url=args.oidc_provider_url,
+            namespace=args.namespace,
+            service_account=self.spec.name,
+            policy=model.scope(args.partition).policy_document(),
+            # The policy pack finds an API's S3 grants by this name and checks them against its model_uri.
+            policy_name=MODEL_POLICY_PREFIX + self.spec.name,
+            tags={"myelin:stack": args.stack, "myelin:api": self.spec.name},
+            parent=self.component,
+        )
+
+    def service_account(self, role: IrsaRole | None = None) -> k8s.core.v1.ServiceAccount:
+        """The API's ServiceAccount (no Kubernetes API token). With a role: annotated for IRSA, and created after
+        the role's policy, so no pod starts before it may read its model."""
+        metadata = self.meta(annotations={ROLE_ARN_ANNOTATION: role.arn}) if role is not None else self.meta()
+        return k8s.core.v1.ServiceAccount(f"{self.name}-sa", metadata=metadata, automount_service_account_token=False,
+                                          opts=self.opts(*(role.resources if role is not None else [])))
 
     def api_keys_secret(self) -> k8s.core.v1.Secret | None:
         if self.spec.networking.auth is None:
@@ -149,12 +190,27 @@ class Parts:
             "requests": {"cpu": spec.compute.cpu, "memory": spec.compute.mem},
             "limits": {"memory": spec.compute.mem},
         }
+        model = args.model
+        if model is not None:
+            env.extend([
+                k8s.core.v1.EnvVarArgs(name=contract.MODEL_CACHE_ENV, value=MODEL_CACHE_DIR),
+                k8s.core.v1.EnvVarArgs(name=contract.MODEL_CACHE_MAX_BYTES_ENV, value=str(model.cache_max_bytes)),
+                # What S3 held at `pulumi up`: a new model at the same URI changes the template and rolls the pods.
+                k8s.core.v1.EnvVarArgs(name=contract.MODEL_VERSION_ENV, value=model.version),
+            ])
+            # The scheduler places the pod on a node with room for its model volume.
+            resources["requests"]["ephemeral-storage"] = model.volume_size
         if gpu:
             resources["requests"]["nvidia.com/gpu"] = str(spec.compute.gpu)
             resources["limits"]["nvidia.com/gpu"] = str(spec.compute.gpu)
 
         volumes = [k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="4Gi"))]
         mounts = [k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp")]
+        if model is not None:
+            # The model cache on the pod's own disk: survives container restarts, goes with the pod.
+            volumes.append(k8s.core.v1.VolumeArgs(
+                name=MODEL_VOLUME, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=model.volume_size)))
+            mounts.append(k8s.core.v1.VolumeMountArgs(name=MODEL_VOLUME, mount_path=MODEL_CACHE_DIR))
         if gpu:
             # CUDA libraries and data loaders use shared memory; the default 64Mi /dev/shm is too small.
             volumes.append(k8s.core.v1.VolumeArgs(
@@ -317,6 +373,16 @@ class Parts:
             ),
             *(extra_egress or []),
         ]
+        if args.model is not None:
+            # The model: STS (the web identity exchange) and S3, over HTTPS. S3 is reached through the VPC's
+            # gateway endpoint (or NAT) at S3's public addresses, which only a managed prefix list names, and
+            # NetworkPolicies take CIDRs only; STS at public addresses, or at an interface endpoint's private
+            # ones in the VPC (network.nat: none). So: port 443 anywhere, for this API alone. What it may read
+            # is bounded by its IAM role, not by the address it connects to.
+            egress.append(np.NetworkPolicyEgressRuleArgs(
+                to=[np.NetworkPolicyPeerArgs(ip_block=np.IPBlockArgs(cidr="0.0.0.0/0"))],
+                ports=[np.NetworkPolicyPortArgs(port=443, protocol="TCP")],
+            ))
         return np.NetworkPolicy(
             f"{self.name}-netpol",
             metadata=self.meta(),
