@@ -368,6 +368,11 @@ def _model_problems(spec: ApiSpec, folder: Path, config: StackConfig) -> list[tu
         return []
     uri = parse_model_uri(spec.predictor.model_uri)
     problems: list[tuple[str, str]] = []
+    if uri.is_s3 and spec.kind != "RealtimeAPI":
+        # The AsyncAPI worker has its job-store role only: no model role, cache volume or recorded version yet.
+        return [("predictor.model_uri", (
+            f"an s3:// model ({uri.raw}) is served from S3 in the cloud for kind RealtimeAPI only; for kind "
+            f"{spec.kind} ship the model in the API folder (a local model_uri) or load it in __init__"))]
     if uri.is_s3:
         disk = spec.compute.model_disk_bytes
         if disk is None:

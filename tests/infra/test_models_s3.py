@@ -397,3 +397,19 @@ def test_a_local_model_the_image_would_not_hold_is_refused(uri, message):
 def test_partitions():
     assert [partition_of(r) for r in ("us-west-2", "cn-north-1", "us-gov-west-1")] == ["aws", "aws-cn", "aws-us-gov"]
     assert s3_scope(URI, partition_of("cn-north-1")).bucket_arn == f"arn:aws-cn:s3:::{BUCKET}"
+
+
+def test_an_asyncapi_with_an_s3_model_is_refused_clearly():
+    """The AsyncAPI worker gets no model role or cache volume in the cloud: refused, naming the file and field."""
+    import copy
+
+    from components.config import load_settings
+    from myelin.spec import SpecError
+
+    from .test_config_errors import raw_of
+
+    raw = copy.deepcopy(raw_of("dev"))
+    raw["apis"]["hyperparameter-search"] = {"overrides": {"predictor": {"model_uri": "s3://my-models/m/"},
+                                                           "compute": {"model_disk": "1Gi"}}}
+    with pytest.raises(SpecError, match=r"hyperparameter-search/api.yaml.*predictor.model_uri.*RealtimeAPI only"):
+        load_settings(raw, "dev", "us-west-2")
