@@ -30,11 +30,9 @@ from myelin.spec import AsyncApiSpec
 from myelin.spec.fields import ComputeSpec
 
 from ..labels import ASYNC_WORKER_SUFFIX
-from ..image import PredictorImage
 from ..irsa import irsa_role
-from ..versions import CPU_BASE_IMAGE, CPU_TORCH_INDEX, GPU_BASE_IMAGE, GPU_TORCH_INDEX
 from .autoscaling import number, plain
-from .shared import Parts, PredictorApiArgs
+from .shared import Parts, api_image, PredictorApiArgs
 
 #: Gateway pods: always up, two so that a node drain or an AZ loss never stops submits (the PDB lets one go).
 GATEWAY_REPLICAS = 2
@@ -136,14 +134,7 @@ class AsyncPredictorApi(pulumi.ComponentResource):
         aws_opts = pulumi.ResourceOptions(parent=self)
         tags = {"myelin:stack": args.stack, "myelin:api": spec.name}
 
-        self.image = PredictorImage(
-            f"{args.stack}-{spec.name}",
-            args.folder,
-            GPU_BASE_IMAGE if spec.compute.gpu > 0 else CPU_BASE_IMAGE,
-            GPU_TORCH_INDEX if spec.compute.gpu > 0 else CPU_TORCH_INDEX,
-            force_delete=args.force_delete_images,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        self.image = api_image(self, args)
 
         # ------------------------------------------------------------ the job store: queues and bucket
         self.dead_letter_queue = aws.sqs.Queue(

@@ -11,8 +11,6 @@ from __future__ import annotations
 import pulumi
 import pulumi_kubernetes as k8s
 
-from ..image import PredictorImage
-from ..versions import CPU_BASE_IMAGE, CPU_TORCH_INDEX, GPU_BASE_IMAGE, GPU_TORCH_INDEX
 from .autoscaling import autoscaled, in_flight_trigger, plain, scaled_object
 from .scale_to_zero import (
     ALB_TRACE_HEADER,
@@ -23,7 +21,7 @@ from .scale_to_zero import (
     push_trigger,
     scales_to_zero,
 )
-from .shared import Parts, PredictorApiArgs, labels_for
+from .shared import Parts, api_image, PredictorApiArgs, labels_for
 
 
 class PredictorApi(pulumi.ComponentResource):
@@ -34,14 +32,7 @@ class PredictorApi(pulumi.ComponentResource):
         spec = args.spec
         parts = Parts(self, name, args)
 
-        self.image = PredictorImage(
-            f"{args.stack}-{spec.name}",
-            args.folder,
-            GPU_BASE_IMAGE if spec.compute.gpu > 0 else CPU_BASE_IMAGE,
-            GPU_TORCH_INDEX if spec.compute.gpu > 0 else CPU_TORCH_INDEX,
-            force_delete=args.force_delete_images,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        self.image = api_image(self, args)
         # An s3:// model: the API's own IAM role, reading exactly its model (IRSA; None otherwise).
         self.model_role = parts.model_role()
         sa = parts.service_account(self.model_role)

@@ -21,6 +21,8 @@ from myelin.spec import ApiSpec
 
 from ..cluster import CPU_NODE_SELECTOR, GPU_NODE_SELECTOR, GPU_TAINT_KEY
 from ..config import IngressConfig, PodConfig
+from ..image import PredictorImage
+from ..versions import CPU_BASE_IMAGE, CPU_TORCH_INDEX, GPU_BASE_IMAGE, GPU_TORCH_INDEX
 from ..irsa import IrsaRole, irsa_role
 from .model import MODEL_CACHE_DIR, MODEL_POLICY_PREFIX, MODEL_VOLUME, ResolvedModel
 
@@ -73,6 +75,19 @@ class IngressBackend:
     port: int
     annotations: dict[str, str]
     suffix: str = ""
+
+
+def api_image(parent: pulumi.Resource, args: "PredictorApiArgs") -> PredictorImage:
+    """The API's image in ECR: the GPU base (and CUDA torch) when it asks for GPUs, else the CPU one."""
+    gpu = args.spec.compute.gpu > 0
+    return PredictorImage(
+        f"{args.stack}-{args.spec.name}",
+        args.folder,
+        GPU_BASE_IMAGE if gpu else CPU_BASE_IMAGE,
+        GPU_TORCH_INDEX if gpu else CPU_TORCH_INDEX,
+        force_delete=args.force_delete_images,
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
 
 
 def labels_for(spec: ApiSpec) -> dict[str, str]:
