@@ -231,21 +231,12 @@ class AsyncPredictorApi(pulumi.ComponentResource):
         gw = Parts(self, name, dataclasses.replace(args, spec=gateway_spec), role=c.ROLE_GATEWAY)
         self.gateway_service_account = self._service_account(gw, f"{name}-gateway-sa", "-gateway", self.gateway_role)
         self.secret = gw.api_keys_secret()
-        self.gateway = k8s.apps.v1.Deployment(
-            f"{name}-gateway",
-            metadata=gw.meta(),
-            spec=k8s.apps.v1.DeploymentSpecArgs(
-                replicas=GATEWAY_REPLICAS,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=gw.selector),
-                revision_history_limit=5,
-                progress_deadline_seconds=args.pods.rollout_seconds(False),
-                strategy=k8s.apps.v1.DeploymentStrategyArgs(
-                    type="RollingUpdate",
-                    rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_surge=1, max_unavailable=0)),
-                template=gw.pod_template(self.image.ref, self.gateway_service_account, self.secret,
-                                         _env(store_env, c.ROLE_GATEWAY), ["--role", c.ROLE_GATEWAY]),
-            ),
-            opts=gw.opts(self.secret, *self.gateway_role.resources, custom_timeouts=gw.rollout_timeouts()),
+        self.gateway = gw.deployment(
+            f"{name}-gateway", GATEWAY_REPLICAS,
+            gw.pod_template(self.image.ref, self.gateway_service_account, self.secret,
+                            _env(store_env, c.ROLE_GATEWAY), ["--role", c.ROLE_GATEWAY]),
+            gw.opts(self.secret, *self.gateway_role.resources, custom_timeouts=gw.rollout_timeouts()),
+            max_surge=1, max_unavailable=0,
         )
         self.service = gw.service()
         self.gateway_pdb = gw.pdb()
@@ -256,24 +247,12 @@ class AsyncPredictorApi(pulumi.ComponentResource):
         # ------------------------------------------------------------ workers: scaled on the queue
         wk = Parts(self, f"{name}-worker", args, role=c.ROLE_WORKER, object_suffix=ASYNC_WORKER_SUFFIX)
         self.worker_service_account = self._service_account(wk, f"{name}-worker-sa", "", self.worker_role)
-        self.worker = k8s.apps.v1.Deployment(
-            f"{name}-worker",
-            metadata=wk.meta(),
-            spec=k8s.apps.v1.DeploymentSpecArgs(
-                # KEDA's HPA owns the replica count (and KEDA itself the step to and from zero).
-                replicas=None,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=wk.selector),
-                revision_history_limit=5,
-                progress_deadline_seconds=args.pods.rollout_seconds(spec.compute.gpu > 0),
-                strategy=k8s.apps.v1.DeploymentStrategyArgs(
-                    type="RollingUpdate",
-                    rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(
-                        max_surge=spec.update_strategy.max_surge, max_unavailable=spec.update_strategy.max_unavailable),
-                ),
-                template=wk.pod_template(self.image.ref, self.worker_service_account, None,
-                                         _env(store_env, c.ROLE_WORKER), ["--role", c.ROLE_WORKER]),
-            ),
-            opts=wk.opts(*self.worker_role.resources, custom_timeouts=wk.rollout_timeouts()),
+        # KEDA's HPA owns the replica count (and KEDA itself the step to and from zero).
+        self.worker = wk.deployment(
+            f"{name}-worker", None,
+            wk.pod_template(self.image.ref, self.worker_service_account, None,
+                            _env(store_env, c.ROLE_WORKER), ["--role", c.ROLE_WORKER]),
+            wk.opts(*self.worker_role.resources, custom_timeouts=wk.rollout_timeouts()),
         )
         self.worker_pdb = wk.pdb()
         # In: Prometheus only (no load balancer reaches a worker). Out: DNS and HTTPS (SQS, S3, STS).

@@ -9,7 +9,6 @@ is still there to delete the ALB of the Ingress, KEDA to release its ScaledObjec
 from __future__ import annotations
 
 import pulumi
-import pulumi_kubernetes as k8s
 
 from .autoscaling import autoscaled, in_flight_trigger, plain, scaled_object
 from .scale_to_zero import (
@@ -21,7 +20,7 @@ from .scale_to_zero import (
     push_trigger,
     scales_to_zero,
 )
-from .shared import Parts, api_image, PredictorApiArgs, labels_for
+from .shared import Parts, api_image, PredictorApiArgs
 
 
 class PredictorApi(pulumi.ComponentResource):
@@ -42,27 +41,11 @@ class PredictorApi(pulumi.ComponentResource):
         to_zero = scales_to_zero(spec)
         # Scaled to zero: the load balancer's trace header tells the runtime when a held request arrived.
         extra_env = {ARRIVAL_HEADER_ENV: ALB_TRACE_HEADER} if to_zero else None
-        rollout = args.pods.rollout_seconds(spec.compute.gpu > 0)
-        self.deployment = k8s.apps.v1.Deployment(
-            f"{name}-deployment",
-            metadata=parts.meta(),
-            spec=k8s.apps.v1.DeploymentSpecArgs(
-                # Autoscaled: KEDA's HPA owns the replica count; a `replicas` field would fight it on every update.
-                replicas=None if autoscaled(spec) else a.min_replicas,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels_for(spec)),
-                revision_history_limit=5,
-                # The same budget as `pulumi up` waits: a node, the image, the model load.
-                progress_deadline_seconds=rollout,
-                strategy=k8s.apps.v1.DeploymentStrategyArgs(
-                    type="RollingUpdate",
-                    rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(
-                        max_surge=spec.update_strategy.max_surge,
-                        max_unavailable=spec.update_strategy.max_unavailable,
-                    ),
-                ),
-                template=parts.pod_template(self.image.ref, sa, self.secret, extra_env),
-            ),
-            opts=parts.opts(self.secret, custom_timeouts=parts.rollout_timeouts()),
+        # Autoscaled: KEDA's HPA owns the replica count; a `replicas` field would fight it on every update.
+        self.deployment = parts.deployment(
+            f"{name}-deployment", None if autoscaled(spec) else a.min_replicas,
+            parts.pod_template(self.image.ref, sa, self.secret, extra_env),
+            parts.opts(self.secret, custom_timeouts=parts.rollout_timeouts()),
         )
         self.service = parts.service()
         self.scaled_object = None

@@ -330,6 +330,33 @@ class Parts:
             ),
         )
 
+    def deployment(self, resource_name: str, replicas: int | None, template: k8s.core.v1.PodTemplateSpecArgs,
+                   opts: pulumi.ResourceOptions, max_surge: Any = None,
+                   max_unavailable: Any = None) -> k8s.apps.v1.Deployment:
+        """The Deployment of this Parts' pods: a rolling update (by default `update_strategy` from api.yaml) with the
+        same progress deadline as `pulumi up` waits (`rollout_timeouts`). `replicas` None: an autoscaler owns it."""
+        update = self.spec.update_strategy
+        return k8s.apps.v1.Deployment(
+            resource_name,
+            metadata=self.meta(),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                replicas=replicas,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=self.selector),
+                revision_history_limit=5,
+                # The same budget as `pulumi up` waits: a node, the image, the model load.
+                progress_deadline_seconds=self.args.pods.rollout_seconds(self.spec.compute.gpu > 0),
+                strategy=k8s.apps.v1.DeploymentStrategyArgs(
+                    type="RollingUpdate",
+                    rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(
+                        max_surge=update.max_surge if max_surge is None else max_surge,
+                        max_unavailable=update.max_unavailable if max_unavailable is None else max_unavailable,
+                    ),
+                ),
+                template=template,
+            ),
+            opts=opts,
+        )
+
     def rollout_timeouts(self) -> pulumi.CustomTimeouts:
         """How long `pulumi up` waits for the Deployment: a node, the image pull, the model load (stack config)."""
         seconds = self.args.pods.rollout_seconds(self.spec.compute.gpu > 0)
