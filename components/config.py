@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from myelin.spec import ApiSpec, SpecError, check_unique, load_api_spec, parse_model_uri, validation_problems
 
-from . import gpu
+from . import capacity, gpu
 from .observability.rules import AlertsConfig
 from .versions import KUBERNETES_VERSION
 
@@ -381,11 +381,16 @@ def _model_problems(spec: ApiSpec, folder: Path, config: StackConfig) -> list[tu
                 "model cache, e.g. '2Gi' (at least the model's size; the cache may use all but 5% of it)")))
         elif config.cluster.existing is None:
             pool = config.cluster.gpu_nodes if spec.compute.gpu else config.cluster.cpu_nodes
-            if pool is not None and disk >= pool.disk_size_gib * 2**30:
-                which = "gpu_nodes" if spec.compute.gpu else "cpu_nodes"
-                problems.append(("compute.model_disk", (
-                    f"{spec.compute.model_disk} does not fit on a node: {NAMESPACE}:cluster.{which}.disk_size_gib is "
-                    f"{pool.disk_size_gib} (the pod's volume lives on the node's disk, beside the images)")))
+            if pool is not None:
+                kind = "gpu" if spec.compute.gpu else "cpu"
+                ami = pool.ami_type if isinstance(pool, GpuNodePoolConfig) else "AL2023_x86_64_STANDARD"
+                room = capacity.ephemeral_storage_gib(pool.disk_size_gib, ami, kind)
+                if disk > room * 2**30:
+                    problems.append(("compute.model_disk", (
+                        f"{spec.compute.model_disk} does not fit on a node: {NAMESPACE}:cluster.{kind}_nodes.disk_size_gib "
+                        f"is {pool.disk_size_gib}, of which pods get {room}Gi (the pod's volume lives on the node's "
+                        "disk beside the OS and the images: components/capacity.py); the cluster autoscaler would "
+                        "never add a node for it. Raise disk_size_gib or lower compute.model_disk")))
         return problems
     local = Path(uri.local_path or "").expanduser()
     target = local if local.is_absolute() else folder / local

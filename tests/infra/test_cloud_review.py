@@ -1,0 +1,168 @@
+"""The cloud path's second review (issue 19): scale from zero that really scales, nodes that really shrink,
+held requests that survive a drain, and the smaller items. Each test names the upstream source it encodes.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import pytest
+
+from components import capacity
+from components.config import REPO_ROOT, load_settings
+from myelin.spec import SpecError
+
+from .harness import StackRun, run_program, user_config
+from .scheduling import TemplateNode, misfit, pod_of, template_node
+
+WINE = "wine-classifier"
+S3_URI = "s3://myelin-models/models/wine-classifier/"
+
+
+# -- S3 models without S3: the program lists the model through myelin.model_files (components/apis/model.py) ------
+
+
+@dataclass(frozen=True)
+class _Listing:
+    version: str = "0" * 64
+    total_bytes: int = 4096
+
+
+@pytest.fixture(scope="module")
+def fake_s3():
+    """`pulumi up` lists each s3:// model; here the listing is canned (tests/infra/test_models_s3.py runs moto)."""
+    import myelin.model_files as mf
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mf, "s3_client", lambda: object())
+        mp.setattr(mf, "list_model", lambda uri, client: _Listing())
+        yield
+
+
+def with_s3_wine(stack: str, compute: dict) -> dict:
+    config = copy.deepcopy(user_config(stack))
+    config["myelin:apis"][WINE] = {"overrides": {"predictor": {"model_uri": S3_URI}, "compute": compute}}
+    return config
+
+
+def _raw(config: dict) -> dict:
+    return {k.split(":", 1)[1]: v for k, v in config.items() if k.startswith("myelin:")}
+
+
+#: The largest model volume each stack's pools take (components/capacity.py): dev CPU nodes have a 50 GiB disk.
+DEV_CPU_ROOM = capacity.ephemeral_storage_gib(50, "AL2023_x86_64_STANDARD", "cpu")
+PROD_GPU_ROOM = capacity.ephemeral_storage_gib(150, "AL2023_x86_64_NVIDIA", "gpu")
+
+
+@pytest.fixture(scope="module")
+def s3_runs(fake_s3) -> dict[str, StackRun]:
+    """dev with wine-classifier's model from S3 on CPU nodes at the largest volume the stack config accepts;
+    prod with it on GPU nodes, likewise."""
+    return {
+        "dev+s3": run_program("dev", with_s3_wine("dev", {"model_disk": f"{DEV_CPU_ROOM}Gi"})),
+        "prod+s3-gpu": run_program("prod", with_s3_wine("prod", {"gpu": 1, "model_disk": f"{PROD_GPU_ROOM}Gi"})),
+    }
+
+
+# -- item 1: every pod fits a group the autoscaler can scale from zero ---------------------------------------------
+
+
+def scalable_templates(run: StackRun) -> list[TemplateNode]:
+    """The node each group that can scale from zero shows cluster-autoscaler while it has no node: from its ASG's
+    tags only (the EKS API's labels and taints come on top for a managed group; this is the floor)."""
+    tags_by_asg: dict[str, dict[str, str]] = {}
+    for t in run.of_type("aws:autoscaling/tag:Tag"):
+        tags_by_asg.setdefault(t.inputs["autoscalingGroupName"], {})[t.inputs["tag"]["key"]] = t.inputs["tag"]["value"]
+    out = []
+    for g in run.of_type("aws:eks/nodeGroup:NodeGroup"):
+        scaling = g.inputs["scalingConfig"]
+        if scaling["minSize"] == scaling["maxSize"]:
+            continue  # fixed (the system group): never scaled, from zero or otherwise
+        asg = g.outputs["resources"][0]["autoscalingGroups"][0]["name"]
+        out.append(template_node(g.name, g.inputs["instanceTypes"][0], tags_by_asg.get(asg, {})))
+    return out
+
+
+def unschedulable_from_zero(run: StackRun) -> list[str]:
+    templates = scalable_templates(run)
+    assert templates
+    problems = []
+    for dep in run.k8s("Deployment"):
+        if dep.inputs["metadata"]["namespace"] != "apis":
+            continue
+        pod = pod_of(dep.inputs)
+        if not any(not misfit(pod, node) for node in templates):
+            reasons = "; ".join(f"{n.group}: {', '.join(misfit(pod, n))}" for n in templates)
+            problems.append(f"{run.stack}: {pod.name} fits no group that scales from zero ({reasons})")
+    return problems
+
+
+def test_every_api_pod_fits_a_group_that_scales_from_zero(run):
+    assert not unschedulable_from_zero(run)
+
+
+def test_pods_with_a_model_from_s3_fit_a_group_that_scales_from_zero(s3_runs):
+    for stack_run in s3_runs.values():
+        (dep,) = [d.inputs for d in stack_run.k8s("Deployment") if d.inputs["metadata"]["name"] == WINE]
+        assert "ephemeral-storage" in dep["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+        assert not unschedulable_from_zero(stack_run)
+
+
+def test_each_scalable_group_carries_its_ephemeral_storage(run):
+    """The figure: 90% of the disk (the kubelet's nodefs.available eviction margin) less the OS and the images."""
+    pools = {"cpu": run.config["myelin:cluster"]["cpu_nodes"], "gpu": run.config["myelin:cluster"]["gpu_nodes"]}
+    for node in scalable_templates(run):
+        pool = node.labels["myelin.dev/pool"]
+        disk = pools[pool].get("disk_size_gib", 50 if pool == "cpu" else 100)
+        ami = pools[pool].get("ami_type", "AL2023_x86_64_NVIDIA") if pool == "gpu" else "AL2023_x86_64_STANDARD"
+        expected = int(disk * 0.9) - capacity.OS_RESERVE_GIB[ami] - capacity.IMAGES_RESERVE_GIB[pool]
+        assert node.allocatable["ephemeral-storage"] == expected * 2**30, node.group
+        assert expected < disk - 1  # below the node's own allocatable (kubeReserved ephemeral-storage: 1Gi)
+
+
+def test_a_model_volume_larger_than_the_template_is_refused_by_the_stack_config():
+    """What the config accepts is what the template admits: one GiB more than the room is refused."""
+    with pytest.raises(SpecError, match=rf"compute.model_disk: {DEV_CPU_ROOM + 1}Gi does not fit on a node: "
+                                        rf"myelin:cluster.cpu_nodes.disk_size_gib is 50, of which pods get {DEV_CPU_ROOM}Gi"):
+        load_settings(_raw(with_s3_wine("dev", {"model_disk": f"{DEV_CPU_ROOM + 1}Gi"})), "dev", "us-west-2")
+    settings = load_settings(_raw(with_s3_wine("dev", {"model_disk": f"{DEV_CPU_ROOM}Gi"})), "dev", "us-west-2")
+    assert any(d.spec.name == WINE for d in settings.apis)
+
+
+def test_ephemeral_storage_leaves_every_allowed_disk_some_room():
+    for ami, pool, smallest in (("AL2023_x86_64_STANDARD", "cpu", 20), ("AL2023_x86_64_NVIDIA", "gpu", 40),
+                                ("BOTTLEROCKET_x86_64_NVIDIA", "gpu", 40)):
+        assert capacity.ephemeral_storage_gib(smallest, ami, pool) >= 1
+
+
+# -- item 7: ASG tag resources are named by key ----------------------------------------------------------------------
+
+
+def test_node_template_tags_are_named_by_key_and_keep_their_old_resources(run):
+    from components.cluster import legacy_tag_names, tag_resource_name
+
+    groups = {g.name: g for g in run.of_type("aws:eks/nodeGroup:NodeGroup")}
+    asg_group = {g.outputs["resources"][0]["autoscalingGroups"][0]["name"]: name for name, g in groups.items()}
+    tags = run.of_type("aws:autoscaling/tag:Tag")
+    assert tags
+    for t in tags:
+        group = asg_group[t.inputs["autoscalingGroupName"]]
+        key = t.inputs["tag"]["key"]
+        assert t.name == tag_resource_name(group, key)
+        labels = groups[group].inputs["labels"]
+        legacy = legacy_tag_names(group, labels, bool(groups[group].inputs.get("taints")))
+        if key.endswith("resources/ephemeral-storage"):
+            assert t.name not in run.aliases  # new with this change: nothing to keep
+        else:
+            # The name it had when tags were numbered: `pulumi up` keeps the tag instead of replacing it.
+            assert run.aliases[t.name] == [legacy[key]]
+
+
+def test_adding_a_tag_renames_no_other_tag():
+    from components.cluster import tag_resource_name, template_tags
+
+    labels = {"myelin.dev/pool": "gpu", "myelin.dev/capacity": "spot"}
+    before = {tag_resource_name("g", k) for k in template_tags(labels, True, 50)}
+    after = {tag_resource_name("g", k) for k in template_tags({**labels, "a.example/first": "x"}, True, 50)}
+    assert before < after and len(after - before) == 1
