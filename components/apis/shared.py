@@ -34,6 +34,20 @@ API_KEYS_FILE = "keys"
 #: IRSA: the pod identity webhook gives pods whose ServiceAccount carries this annotation the role's web identity
 #: (AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE and a projected token volume of its own).
 ROLE_ARN_ANNOTATION = "eks.amazonaws.com/role-arn"
+#: cluster-autoscaler never removes a node running a pod with a disk-backed emptyDir (or hostPath) unless the pod
+#: names every such volume here (kubernetes/autoscaler cluster-autoscaler-1.34.1 cluster-autoscaler/FAQ.md, "What
+#: types of pods can prevent CA from removing a node?"; utils/drain/drain.go HasBlockingLocalStorage: the value is
+#: split on "," with no trimming, and an emptyDir of medium Memory is not local storage).
+SAFE_TO_EVICT_LOCAL_VOLUMES = "cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes"
+
+
+def scratch_volumes_annotation(volumes: list[k8s.core.v1.VolumeArgs]) -> dict[str, str]:
+    """The annotation that lets the cluster autoscaler evict a pod whose only local storage is scratch: exactly
+    its disk-backed emptyDirs (/tmp, the model cache), which a replacement pod rebuilds on any node."""
+    names = [v.name for v in volumes
+             if v.empty_dir is not None and getattr(v.empty_dir, "medium", None) != "Memory"]
+    assert not any(getattr(v, "host_path", None) is not None for v in volumes), "hostPath is not scratch"
+    return {SAFE_TO_EVICT_LOCAL_VOLUMES: ",".join(names)} if names else {}
 
 
 @dataclass(frozen=True)
@@ -300,6 +314,8 @@ class Parts:
                     "prometheus.io/scrape": "true",
                     "prometheus.io/port": str(PORT),
                     "prometheus.io/path": contract.METRICS_PATH,
+                    # Scratch only: the autoscaler may move the pod and remove its node after a spike.
+                    **scratch_volumes_annotation(volumes),
                 },
             ),
             spec=k8s.core.v1.PodSpecArgs(

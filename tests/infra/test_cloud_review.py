@@ -166,3 +166,43 @@ def test_adding_a_tag_renames_no_other_tag():
     before = {tag_resource_name("g", k) for k in template_tags(labels, True, 50)}
     after = {tag_resource_name("g", k) for k in template_tags({**labels, "a.example/first": "x"}, True, 50)}
     assert before < after and len(after - before) == 1
+
+
+# -- item 2: Myelin's pods do not pin their nodes ------------------------------------------------------------------
+
+SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes"
+
+
+def _blocks_scale_down(pod_template: dict) -> list[str]:
+    """cluster-autoscaler-1.34.1 utils/drain/drain.go HasBlockingLocalStorage: a hostPath, or an emptyDir not of
+    medium Memory, not named in the annotation (split on ',')."""
+    named = set(((pod_template["metadata"].get("annotations") or {}).get(SAFE_TO_EVICT) or "").split(","))
+    return [v["name"] for v in pod_template["spec"].get("volumes") or []
+            if ("hostPath" in v or ("emptyDir" in v and v["emptyDir"].get("medium") != "Memory"))
+            and v["name"] not in named]
+
+
+def _every_run(run, s3_runs):
+    return [run, *s3_runs.values()]
+
+
+def test_no_myelin_pod_blocks_scale_down_with_its_scratch_volumes(run, s3_runs):
+    checked = 0
+    for stack_run in _every_run(run, s3_runs):
+        for dep in stack_run.k8s("Deployment"):
+            template = dep.inputs["spec"]["template"]
+            assert not _blocks_scale_down(template), (stack_run.stack, dep.name)
+            annotation = (template["metadata"].get("annotations") or {}).get(SAFE_TO_EVICT)
+            local = [v["name"] for v in template["spec"]["volumes"]
+                     if "emptyDir" in v and v["emptyDir"].get("medium") != "Memory"]
+            # Exactly the scratch volumes: no space after a comma (not trimmed upstream), nothing else named.
+            assert annotation == ",".join(local), (dep.name, annotation)
+            checked += 1
+    assert checked >= 10
+
+
+def test_the_model_cache_is_named_and_shared_memory_is_not(s3_runs):
+    run = s3_runs["prod+s3-gpu"]
+    (dep,) = [d.inputs for d in run.k8s("Deployment") if d.inputs["metadata"]["name"] == WINE]
+    assert dep["spec"]["template"]["metadata"]["annotations"][SAFE_TO_EVICT] == "tmp,model-cache"
+    assert "dshm" in {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]}
