@@ -52,8 +52,7 @@ class PredictorApi(pulumi.ComponentResource):
         self.route = None
         triggers = [in_flight_trigger(spec, plain(args.namespace), args.prometheus_url)]
         if to_zero:
-            hosts = [args.ingress.domain] if args.ingress.domain and spec.networking.visibility == "public" else None
-            self.route = interceptor_route(name, spec, parts.meta(), self.service.metadata.name, hosts, parts.opts())
+            self.route = interceptor_route(name, spec, parts.meta(), self.service.metadata.name, parts.opts())
             triggers.append(push_trigger(spec.name))
         if autoscaled(spec):
             self.scaled_object = scaled_object(

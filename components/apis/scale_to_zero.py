@@ -67,10 +67,13 @@ def concurrency_target(spec: ApiSpec) -> int:
 
 
 def interceptor_route(name: str, spec: ApiSpec, metadata: k8s.meta.v1.ObjectMetaArgs, service_name: pulumi.Input[str],
-                      hosts: list[str] | None, opts: pulumi.ResourceOptions) -> k8s.apiextensions.CustomResource:
+                      opts: pulumi.ResourceOptions) -> k8s.apiextensions.CustomResource:
+    # No `hosts`: the add-on matches them byte for byte (kedacore/http-add-on v0.15.0 pkg/routing/tablememory.go,
+    # Route: the request's Host as is, no case folding), while the ALB's host condition ignores case, so a Host
+    # differing only in case would pass the ALB and get the interceptor's 404. The route's path, behind the
+    # Ingress's Exact path on the ALB (and its host rule for a public API with a domain), already scopes it: a
+    # route without hosts is the catch-all for its path.
     rule: dict[str, Any] = {"paths": [{"value": spec.endpoint}]}
-    if hosts:
-        rule["hosts"] = hosts
     return k8s.apiextensions.CustomResource(
         f"{name}-interceptorroute",
         api_version="http.keda.sh/v1beta1",

@@ -206,3 +206,22 @@ def test_the_model_cache_is_named_and_shared_memory_is_not(s3_runs):
     (dep,) = [d.inputs for d in run.k8s("Deployment") if d.inputs["metadata"]["name"] == WINE]
     assert dep["spec"]["template"]["metadata"]["annotations"][SAFE_TO_EVICT] == "tmp,model-cache"
     assert "dshm" in {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]}
+
+
+# -- item 4: the interceptor's route matches whatever case the ALB let through ---------------------------------------
+
+
+def test_interceptor_routes_match_by_path_only(run):
+    routes = run.k8s("InterceptorRoute")
+    assert routes
+    for route in routes:
+        for rule in route.inputs["spec"]["rules"]:
+            # Hosts are matched byte for byte by the add-on, case-insensitively by the ALB: none is set.
+            assert "hosts" not in rule and rule["paths"], route.name
+
+
+def test_prod_public_api_at_zero_keeps_the_host_rule_on_the_alb(prod):
+    """The scope the route no longer repeats: the Ingress's host rule (domain) and Exact path."""
+    (ingress,) = [i.inputs for i in prod.k8s("Ingress") if i.inputs["metadata"]["name"] == "sentence-embedding-via-interceptor"]
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "api.example.com" and rule["http"]["paths"][0]["pathType"] == "Exact"
