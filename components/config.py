@@ -304,6 +304,46 @@ def parse_stack_config(raw: Mapping[str, Any], stack: str, region: str, source: 
 HPA_MAX_STABILIZATION_S = 3600
 #: For APIs scaled to zero: the interceptor's request deadline over serving.timeout (components/apis/scale_to_zero.py).
 SCALE_TO_ZERO_SLACK_S = 10
+#: An ALB target group's deregistration_delay.timeout_seconds is at most 3600 (an hour).
+ALB_MAX_DEREGISTRATION_S = 3600
+#: The interceptor's own shutdownDelay floor (the chart's default, 5s) and its margin for process exit.
+INTERCEPTOR_MIN_SHUTDOWN_DELAY_S = 5
+INTERCEPTOR_EXIT_MARGIN_S = 5
+
+
+def held_request_seconds(spec: ApiSpec) -> int:
+    """The longest a request to an API scaled to zero stays at the interceptor: held up to serving.timeout, and the
+    route's request deadline (`timeouts.request`) is that plus the slack for the fallback's answer."""
+    return math.ceil(spec.serving.timeout.seconds) + SCALE_TO_ZERO_SLACK_S
+
+
+@dataclass(frozen=True)
+class InterceptorTimings:
+    """How an interceptor pod of KEDA's HTTP add-on stops without cutting a held request (chart keda-add-ons-http
+    0.15.0, kedacore/charts c4b92e9 http-add-on/values.yaml: shutdownDelay, drainTimeout,
+    terminationGracePeriodSeconds, which must be at least the first two together):
+
+    SIGTERM -> `shutdown_delay_s` still accepting (readiness 503) while the ALB deregisters it (as an API pod's
+    preStop pause) -> listener closed -> up to `drain_s` for the requests it holds, the longest a held request can
+    last -> exit. The ALB's deregistration delay on the interceptor's target groups is the whole grace period,
+    so the ALB never closes a connection the interceptor is still answering."""
+
+    shutdown_delay_s: int
+    drain_s: int
+
+    @property
+    def grace_s(self) -> int:
+        return self.shutdown_delay_s + self.drain_s + INTERCEPTOR_EXIT_MARGIN_S
+
+    @property
+    def deregistration_delay_s(self) -> int:
+        return self.grace_s
+
+
+def interceptor_timings(specs: list[ApiSpec], pods: "PodConfig") -> InterceptorTimings:
+    """The timings that cover every API of the stack scaled to zero (one interceptor fleet holds them all)."""
+    return InterceptorTimings(shutdown_delay_s=max(pods.pre_stop_seconds, INTERCEPTOR_MIN_SHUTDOWN_DELAY_S),
+                              drain_s=max(held_request_seconds(s) for s in specs))
 
 
 def _realtime_problems(spec: ApiSpec, config: StackConfig) -> list[tuple[str, str]]:
@@ -318,6 +358,17 @@ def _realtime_problems(spec: ApiSpec, config: StackConfig) -> list[tuple[str, st
     # silence the API allows (serving.timeout: a prediction's deadline, a stream's gap between two items), so
     # the client gets the API's own answer (a JSON 504 or the next item) and never the ALB's HTML 504. An API
     # scaled to zero is also held by the interceptor for up to serving.timeout while it starts.
+    if a.min_replicas == 0:
+        # A held request must end within an interceptor's drain, which the ALB's deregistration delay must cover.
+        timings = interceptor_timings([spec], config.pods)
+        if timings.deregistration_delay_s > ALB_MAX_DEREGISTRATION_S:
+            longest = ALB_MAX_DEREGISTRATION_S - (timings.grace_s - math.ceil(spec.serving.timeout.seconds))
+            problems.append(("serving.timeout", (
+                f"{spec.serving.timeout} with autoscaling.min_replicas 0: a request is held at the interceptor for up "
+                f"to serving.timeout (+{SCALE_TO_ZERO_SLACK_S}s), and a stopping interceptor drains it for that long "
+                f"after {timings.shutdown_delay_s}s ({NAMESPACE}:pods.pre_stop_seconds), all within the load "
+                f"balancer's deregistration delay, at most {ALB_MAX_DEREGISTRATION_S}s: use at most {longest}s, or "
+                "min_replicas 1 (README, Scale to zero)")))
     need = math.ceil(spec.serving.timeout.seconds) + (SCALE_TO_ZERO_SLACK_S if a.min_replicas == 0 else 1)
     if config.ingress.idle_timeout_seconds < need:
         why = ("a request is held while the API scales from zero for up to serving.timeout"

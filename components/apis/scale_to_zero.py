@@ -34,7 +34,7 @@ import pulumi_kubernetes as k8s
 from myelin.spec import ApiSpec
 
 from .. import versions
-from ..config import SCALE_TO_ZERO_SLACK_S
+from ..config import SCALE_TO_ZERO_SLACK_S, InterceptorTimings, held_request_seconds
 from ..addons.base import KEDA_NAMESPACE
 from .shared import ALB, IngressBackend
 
@@ -57,7 +57,7 @@ def route_timeouts(spec: ApiSpec) -> dict[str, str]:
     timeout = math.ceil(spec.serving.timeout.seconds)
     return {
         "readiness": f"{timeout}s",
-        "request": f"{timeout + REQUEST_SLACK_S}s",
+        "request": f"{held_request_seconds(spec)}s",
         "responseHeader": f"{timeout + 5}s",
     }
 
@@ -103,13 +103,19 @@ def push_trigger(route_name: str) -> dict[str, Any]:
     }
 
 
-def interceptor_backend() -> IngressBackend:
+def interceptor_backend(timings: InterceptorTimings) -> IngressBackend:
     return IngressBackend(
         namespace=KEDA_NAMESPACE,
         service=versions.KEDA_HTTP_PROXY_SERVICE,
         port=versions.KEDA_HTTP_PROXY_PORT,
-        # The proxy port has no health route (a health check there is routed like traffic); the admin port does.
-        annotations={ALB + "healthcheck-port": str(versions.KEDA_HTTP_ADMIN_PORT), ALB + "healthcheck-path": "/readyz"},
+        annotations={
+            # The proxy port has no health route (a health check there is routed like traffic); the admin port does.
+            ALB + "healthcheck-port": str(versions.KEDA_HTTP_ADMIN_PORT),
+            ALB + "healthcheck-path": "/readyz",
+            # A stopping interceptor answers what it holds for up to its grace period: the ALB waits as long
+            # before it closes the connections of a deregistered interceptor (not the API pod's shorter drain).
+            ALB + "target-group-attributes": f"deregistration_delay.timeout_seconds={timings.deregistration_delay_s}",
+        },
         suffix="-via-interceptor",
     )
 

@@ -20,7 +20,7 @@ from myelin.contract import SPEC_ENV
 from myelin.spec import ApiSpec
 
 from ..cluster import CPU_NODE_SELECTOR, GPU_NODE_SELECTOR, GPU_TAINT_KEY
-from ..config import IngressConfig, PodConfig
+from ..config import IngressConfig, InterceptorTimings, PodConfig
 from ..image import PredictorImage
 from ..versions import CPU_BASE_IMAGE, CPU_TORCH_INDEX, GPU_BASE_IMAGE, GPU_TORCH_INDEX
 from ..irsa import IrsaRole, irsa_role
@@ -78,6 +78,10 @@ class PredictorApiArgs:
     oidc_provider_arn: pulumi.Input[str] | None = None
     oidc_provider_url: pulumi.Input[str] | None = None
     partition: str = "aws"  # of the ARNs in the model policy
+    #: How the stack's interceptors stop (config.interceptor_timings); set when an API scales to zero.
+    interceptor: InterceptorTimings | None = None
+    #: Objects the API's InterceptorRoute comes after: the cold-start responder's Service it names as fallback.
+    route_after: list[pulumi.Resource] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
