@@ -327,3 +327,30 @@ def test_routes_come_after_the_fallback_service(run):
     assert routes
     for route in routes:
         assert service in run.all_deps(route), route.name
+
+
+# -- item 5: the AsyncAPI gateway is autoscaled, never below two ---------------------------------------------------
+
+
+def test_the_gateway_scales_on_cpu_from_two(run):
+    gateways = run.api_objects("Deployment", "gateway")
+    assert gateways
+    objects = {(o.inputs["kind"], o.inputs["metadata"]["name"]): o.inputs for o in run.k8s("ScaledObject")}
+    for gw in gateways:
+        name = gw.inputs["metadata"]["name"]
+        assert "replicas" not in gw.inputs["spec"]  # the HPA owns it
+        so = objects[("ScaledObject", f"{name}-gateway")]
+        spec = so["spec"]
+        assert spec["scaleTargetRef"]["name"] == name and spec["minReplicaCount"] >= 2
+        assert spec["maxReplicaCount"] > spec["minReplicaCount"]
+        (trigger,) = spec["triggers"]
+        assert trigger["type"] == "cpu" and trigger["metricType"] == "Utilization"
+        assert 0 < int(trigger["metadata"]["value"]) <= 100
+        # Utilization is of the request: the gateway's pods request CPU.
+        assert gw.inputs["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+        assert spec["advanced"]["horizontalPodAutoscalerConfig"]["name"] == f"{name}-gateway"
+        # Its PodDisruptionBudget lets one go: with at least two, one always serves.
+        (pdb,) = [p.inputs for p in run.api_objects("PodDisruptionBudget", "gateway") if p.inputs["metadata"]["name"] == name]
+        assert pdb["spec"]["maxUnavailable"] == 1 < spec["minReplicaCount"]
+        node = run.node("kubernetes:keda.sh/v1alpha1:ScaledObject", f"{name}-gateway-scaledobject")
+        assert run.node("kubernetes:apps/v1:Deployment", f"{name}-gateway") in run.all_deps(node)
