@@ -399,6 +399,7 @@ def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) 
             # client's connection) and its workers scale on the queue without HPA windows: neither check applies.
             problems.extend(_realtime_problems(spec, config))
         problems.extend(_model_problems(spec, folder, config))
+        problems.extend(_image_problems(folder))
         if problems:
             raise SpecError(f"{folder / 'api.yaml'} (stack {config.stack})", problems)
         deployed.append(DeployedApi(folder=folder, spec=spec))
@@ -410,6 +411,18 @@ def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) 
             (f"{NAMESPACE}:observability.alerts.latency_p99_seconds_by_api.{name}",
              f"no deployed API is named {name!r} (deployed: {', '.join(sorted(names))})") for name in unknown])
     return tuple(deployed)
+
+
+def _image_problems(folder: Path) -> list[tuple[str, str]]:
+    """What would go into the API's image: a symlink out of the repository (or to nothing) is refused here, before
+    any resource exists (components/image.py)."""
+    from .image import ImageContextError, context_files  # image.py imports this module
+
+    try:
+        context_files(folder)
+    except ImageContextError as err:
+        return [("", f"{err} (the image holds the API folder's git-tracked files; README, Deploy to AWS)")]
+    return []
 
 
 def _model_problems(spec: ApiSpec, folder: Path, config: StackConfig) -> list[tuple[str, str]]:
@@ -490,6 +503,12 @@ def load_settings(raw: Mapping[str, Any], stack: str, region: str, repo_root: Pa
     if not region:
         raise StackConfigError(source, [("aws:region", "required: the AWS region to deploy to")])
     config = parse_stack_config(raw, stack, region, source)
+    from .image import PREDICTOR_IMAGE_DIR, ImageContextError, context_files  # image.py imports this module
+
+    try:
+        context_files(PREDICTOR_IMAGE_DIR)  # the runtime's files go into every image
+    except ImageContextError as err:
+        raise StackConfigError(source, [("", str(err))]) from None
     apis = resolve_apis(config, source, repo_root)
     keys = parse_api_keys(raw.get("api_keys"), apis, source)
     return Settings(config=config, apis=apis, api_keys=keys)

@@ -354,3 +354,87 @@ def test_the_gateway_scales_on_cpu_from_two(run):
         assert pdb["spec"]["maxUnavailable"] == 1 < spec["minReplicaCount"]
         node = run.node("kubernetes:keda.sh/v1alpha1:ScaledObject", f"{name}-gateway-scaledobject")
         assert run.node("kubernetes:apps/v1:Deployment", f"{name}-gateway") in run.all_deps(node)
+
+
+# -- item 6: symlinks in an image's context --------------------------------------------------------------------------
+
+
+def _repo_with_api(tmp_path):
+    import shutil
+    import subprocess
+
+    repo = tmp_path / "repo"
+    api = repo / "apis" / "kmeans"
+    shutil.copytree(REPO_ROOT / "apis" / "kmeans", api, ignore=shutil.ignore_patterns("__pycache__", "*.joblib"))
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    return repo, api
+
+
+def _commit_all(repo):
+    import subprocess
+
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+
+
+def test_a_symlink_out_of_the_repository_is_refused_naming_the_file(tmp_path):
+    from components.image import ImageContextError, content_tag, context_files, stage
+
+    repo, api = _repo_with_api(tmp_path)
+    secret = tmp_path / "credentials"  # on the build machine, outside the checkout
+    secret.write_text("aws_secret_access_key = do-not-ship\n")
+    (api / "model.bin").symlink_to(secret)
+    _commit_all(repo)
+    for call in (lambda: context_files(api), lambda: content_tag(api, {}), lambda: stage(api, tmp_path / "staged")):
+        with pytest.raises(ImageContextError, match=rf"{api / 'model.bin'}: a symlink to {secret}, outside the repository"):
+            call()
+    assert not (tmp_path / "staged" / "model.bin").exists()
+
+
+def test_a_symlink_out_of_the_repository_stops_the_stack_config(tmp_path):
+    import shutil
+
+    repo, api = _repo_with_api(tmp_path)
+    (tmp_path / "outside.txt").write_text("x")
+    (api / "extra.txt").symlink_to(tmp_path / "outside.txt")
+    _commit_all(repo)
+    shutil.copy(REPO_ROOT / "Pulumi.dev.yaml", repo / "Pulumi.dev.yaml")
+    raw = {"apis": {"kmeans": None}, "cluster": {"endpoint_public_access_cidrs": ["198.18.0.0/24"]}}
+    with pytest.raises(SpecError, match=rf"apis/kmeans/api.yaml \(stack dev\): {api / 'extra.txt'}: a symlink to "):
+        load_settings(raw, "dev", "us-west-2", repo_root=repo)
+
+
+def test_a_symlink_inside_the_repository_is_staged_as_its_content(tmp_path):
+    from components.image import content_tag, context_files, stage
+
+    repo, api = _repo_with_api(tmp_path)
+    shared = repo / "shared"
+    (shared / "weights").mkdir(parents=True)
+    (shared / "weights" / "w.json").write_text('{"w": 1}')
+    (shared / "labels.txt").write_text("a\nb\n")
+    (api / "labels.txt").symlink_to("../../shared/labels.txt")  # relative, as git stores it
+    (api / "weights").symlink_to(shared / "weights")  # a directory
+    _commit_all(repo)
+    files = context_files(api)
+    assert {"labels.txt", "weights/w.json"} <= set(files)
+    staged = stage(api, tmp_path / "staged")
+    assert (staged / "labels.txt").read_text() == "a\nb\n" and not (staged / "labels.txt").is_symlink()
+    assert (staged / "weights" / "w.json").read_text() == '{"w": 1}' and not (staged / "weights").is_symlink()
+    # The tag follows the content the links point to.
+    before = content_tag(api, {})
+    (shared / "labels.txt").write_text("a\nb\nc\n")
+    assert content_tag(api, {}) != before
+
+
+def test_a_dangling_or_looping_symlink_is_refused(tmp_path):
+    from components.image import ImageContextError, context_files
+
+    repo, api = _repo_with_api(tmp_path)
+    (api / "gone").symlink_to(api / "nothing-here")
+    _commit_all(repo)
+    with pytest.raises(ImageContextError, match="does not exist"):
+        context_files(api)
+    (api / "gone").unlink()
+    (api / "loop").symlink_to("..")
+    _commit_all(repo)
+    with pytest.raises(ImageContextError, match="a loop"):
+        context_files(api)
