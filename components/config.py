@@ -210,8 +210,16 @@ class IngressConfig(_Strict):
         return self
 
 
+#: A KMS key's ARN (not an alias: IAM grants on a key name its key ARN).
+KMS_KEY_ARN = r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$"
+
+
 class ApiSelection(_Strict):
     overrides: dict[str, Any] = Field(default_factory=dict, description="api.yaml fields to replace for this stack.")
+    model_kms_key_arn: str | None = Field(
+        None, pattern=KMS_KEY_ARN,
+        description="The customer-managed KMS key the s3:// model's objects are encrypted with (SSE-KMS): the API's "
+                    "role may then kms:Decrypt with it, through S3 and for the model's objects only.")
 
 
 class GrafanaConfig(_Strict):
@@ -272,6 +280,8 @@ KNOWN_KEYS = ("network", "cluster", "ingress", "observability", "pods", "apis", 
 class DeployedApi:
     folder: Path
     spec: ApiSpec
+    #: myelin:apis.<folder>.model_kms_key_arn: the key of an s3:// model under SSE-KMS, if any.
+    model_kms_key_arn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -402,7 +412,14 @@ def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) 
         problems.extend(_image_problems(folder))
         if problems:
             raise SpecError(f"{folder / 'api.yaml'} (stack {config.stack})", problems)
-        deployed.append(DeployedApi(folder=folder, spec=spec))
+        key = selection.model_kms_key_arn
+        if key is not None:
+            uri = spec.predictor.model_uri
+            if uri is None or not parse_model_uri(uri).is_s3:
+                raise StackConfigError(source, [(f"{NAMESPACE}:apis.{folder_name}.model_kms_key_arn", (
+                    f"API {spec.name} has no s3:// predictor.model_uri ({uri or 'none'}): there is no model for this "
+                    "key to decrypt"))])
+        deployed.append(DeployedApi(folder=folder, spec=spec, model_kms_key_arn=key))
     check_unique({d.folder: d.spec for d in deployed})
     names = {d.spec.name for d in deployed}
     unknown = sorted(set(config.observability.alerts.latency_p99_seconds_by_api) - names)

@@ -174,7 +174,7 @@ class Parts:
             oidc_provider_url=args.oidc_provider_url,
             namespace=args.namespace,
             service_account=self.spec.name,
-            policy=model.scope(args.partition).policy_document(),
+            policy=model.policy_document(args.partition),
             # The policy pack finds an API's S3 grants by this name and checks them against its model_uri.
             policy_name=MODEL_POLICY_PREFIX + self.spec.name,
             tags={"myelin:stack": args.stack, "myelin:api": self.spec.name},

@@ -438,3 +438,99 @@ def test_a_dangling_or_looping_symlink_is_refused(tmp_path):
     _commit_all(repo)
     with pytest.raises(ImageContextError, match="a loop"):
         context_files(api)
+
+
+# -- item 7: a model under a customer-managed KMS key -----------------------------------------------------------------
+
+KEY = "arn:aws:kms:us-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def with_kms(key: str | None = KEY) -> dict:
+    config = with_s3_wine("dev", {"model_disk": "1Gi"})
+    if key is not None:
+        config["myelin:apis"][WINE]["model_kms_key_arn"] = key
+    return config
+
+
+@pytest.fixture(scope="module")
+def kms_run(fake_s3) -> StackRun:
+    return run_program("dev", with_kms())
+
+
+def _model_policy(run: StackRun) -> dict:
+    import json
+
+    return json.loads(run.named("aws:iam/rolePolicy:RolePolicy", f"{WINE}-model-irsa").inputs["policy"])
+
+
+def test_a_model_under_a_kms_key_may_decrypt_with_that_key_through_s3_only(kms_run):
+    statements = _model_policy(kms_run)["Statement"]
+    (kms,) = [st for st in statements if st.get("Sid") == "DecryptModel"]
+    assert kms["Action"] == ["kms:Decrypt"] and kms["Resource"] == [KEY]
+    assert kms["Condition"]["StringEquals"] == {"kms:ViaService": "s3.us-west-2.amazonaws.com"}
+    # The object's ARN (no Bucket Key) or the bucket's (with one): only the model's.
+    assert kms["Condition"]["StringLike"]["kms:EncryptionContext:aws:s3:arn"] == [
+        "arn:aws:s3:::myelin-models", "arn:aws:s3:::myelin-models/models/wine-classifier/*"]
+
+
+def test_without_a_key_the_role_has_no_kms(fake_s3, s3_runs):
+    statements = _model_policy(s3_runs["dev+s3"])["Statement"]
+    assert not any("kms" in str(st.get("Action")).lower() for st in statements)
+
+
+@pytest.fixture(scope="module")
+def policies():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("myelin_policies", REPO_ROOT / "policy" / "myelin_policies.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["myelin_policies"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_policy_pack_passes_the_kms_grant(policies, kms_run):
+    from .test_policy import resources, violations
+
+    assert violations(policies, resources(kms_run)) == []
+
+
+KMS_OVER_BROAD = [
+    ("any key", lambda st: st.update(Resource=["*"]), "no wildcard, no alias"),
+    ("an alias", lambda st: st.update(Resource=["arn:aws:kms:us-west-2:123456789012:alias/models"]), "no wildcard"),
+    ("not through S3", lambda st: st["Condition"].pop("StringEquals"), "without kms:ViaService"),
+    ("any object", lambda st: st["Condition"].pop("StringLike"), "without a kms:EncryptionContext"),
+    ("another bucket", lambda st: st["Condition"]["StringLike"].update(
+        {"kms:EncryptionContext:aws:s3:arn": ["arn:aws:s3:::other"]}), "reaches beyond the model"),
+    ("a parent prefix", lambda st: st["Condition"]["StringLike"].update(
+        {"kms:EncryptionContext:aws:s3:arn": ["arn:aws:s3:::myelin-models/models/*"]}), "reaches beyond the model"),
+    ("encrypt too", lambda st: st.update(Action=["kms:Decrypt", "kms:Encrypt"]), "only kms:Decrypt"),
+]
+
+
+@pytest.mark.parametrize("label, mutate, message", KMS_OVER_BROAD, ids=[k[0] for k in KMS_OVER_BROAD])
+def test_the_policy_pack_fails_a_broader_kms_grant(policies, kms_run, label, mutate, message):
+    import json
+
+    from .test_policy import resources, violations
+
+    items = resources(kms_run)
+    for typ, props in items:
+        if typ == "aws:iam/rolePolicy:RolePolicy" and props.get("name") == f"myelin-model-{WINE}":
+            document = json.loads(props["policy"])
+            mutate(next(st for st in document["Statement"] if st.get("Sid") == "DecryptModel"))
+            props["policy"] = json.dumps(document)
+    found = violations(policies, items)
+    assert any(v.startswith("model-roles-least-privilege: ") and message in v for v in found), found
+
+
+def test_a_kms_key_without_an_s3_model_or_not_a_key_arn_is_refused():
+    from components.config import StackConfigError
+
+    config = copy.deepcopy(user_config("dev"))
+    config["myelin:apis"]["kmeans"]["model_kms_key_arn"] = KEY
+    with pytest.raises(StackConfigError, match=r"myelin:apis.kmeans.model_kms_key_arn: API kmeans has no s3:// "):
+        load_settings(_raw(config), "dev", "us-west-2")
+    with pytest.raises(StackConfigError, match=r"myelin:apis.wine-classifier.model_kms_key_arn"):
+        load_settings(_raw(with_kms("alias/models")), "dev", "us-west-2")
