@@ -534,3 +534,42 @@ def test_a_kms_key_without_an_s3_model_or_not_a_key_arn_is_refused():
         load_settings(_raw(config), "dev", "us-west-2")
     with pytest.raises(StackConfigError, match=r"myelin:apis.wine-classifier.model_kms_key_arn"):
         load_settings(_raw(with_kms("alias/models")), "dev", "us-west-2")
+
+
+# -- item 7: the README gives the exact OIDC subject every AWS job presents -----------------------------------------
+
+
+def _oidc_subjects() -> dict[str, str]:
+    """job -> the `sub` claim GitHub puts in its OIDC token (GitHub docs, "About security hardening with OpenID
+    Connect", example subject claims): `environment:<name>` for a job with an environment, else `pull_request`
+    for a pull_request-triggered workflow, else `ref:<ref>`."""
+    import yaml
+
+    out = {}
+    for path in sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml")):
+        workflow = yaml.safe_load(path.read_text())
+        triggers = workflow.get(True) or workflow.get("on")  # YAML 1.1 reads `on` as True
+        for job_name, job in workflow["jobs"].items():
+            if not any("role-to-assume" in (step.get("with") or {}) for step in job.get("steps", [])):
+                continue
+            env = job.get("environment")
+            env = env.get("name") if isinstance(env, dict) else env
+            if env:
+                sub = f"environment:{env}"
+            elif "pull_request" in triggers:
+                sub = "pull_request"
+            else:
+                sub = "ref:refs/heads/main"
+            out[f"{path.name} {job_name}"] = f"repo:<owner>/<repo>:{sub}"
+    return out
+
+
+def test_the_readme_names_every_oidc_subject_the_aws_jobs_present():
+    subjects = _oidc_subjects()
+    assert subjects == {"deploy.yml dev": "repo:<owner>/<repo>:environment:dev",
+                        "deploy.yml prod": "repo:<owner>/<repo>:environment:production",
+                        "preview.yml preview": "repo:<owner>/<repo>:pull_request"}
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("### CI/CD with GitHub Actions"):readme.index("### Tear down")]
+    for job, subject in subjects.items():
+        assert f"`{subject}`" in section, f"README, CI/CD: the trust policy subject of {job}"
