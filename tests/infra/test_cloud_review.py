@@ -573,3 +573,12 @@ def test_the_readme_names_every_oidc_subject_the_aws_jobs_present():
     section = readme[readme.index("### CI/CD with GitHub Actions"):readme.index("### Tear down")]
     for job, subject in subjects.items():
         assert f"`{subject}`" in section, f"README, CI/CD: the trust policy subject of {job}"
+
+
+def test_the_readme_states_the_ephemeral_storage_figures_the_code_uses():
+    readme = (REPO_ROOT / "README.md").read_text()
+    cpu = capacity.ephemeral_storage_gib(50, "AL2023_x86_64_STANDARD", "cpu")
+    gpu = capacity.ephemeral_storage_gib(100, "AL2023_x86_64_NVIDIA", "gpu")
+    assert f"{cpu} GiB for the default 50 GiB CPU disk" in readme and f"{gpu} GiB for the default 100 GiB GPU disk" in readme
+    assert (capacity.OS_RESERVE_GIB, capacity.IMAGES_RESERVE_GIB) == (
+        {"AL2023_x86_64_STANDARD": 4, "AL2023_x86_64_NVIDIA": 10, "BOTTLEROCKET_x86_64_NVIDIA": 0}, {"cpu": 10, "gpu": 20})
