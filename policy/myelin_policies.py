@@ -145,10 +145,20 @@ def role_policy(props: Props) -> list[str]:
 # -- Kubernetes -----------------------------------------------------------------------------------
 
 
+#: cluster-autoscaler keeps a node whose pod has local storage not named here (FAQ, cluster-autoscaler-1.34.1).
+SAFE_TO_EVICT_LOCAL_VOLUMES = "cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes"
+
+
 def deployment(props: Props) -> list[str]:
     pod = _get(props, "spec", "template", "spec") or {}
     name = _get(props, "metadata", "name")
     out = []
+    named = str((_get(props, "spec", "template", "metadata", "annotations") or {}).get(SAFE_TO_EVICT_LOCAL_VOLUMES) or "")
+    for volume in pod.get("volumes") or []:
+        local = "hostPath" in volume or ("emptyDir" in volume and _get(volume, "emptyDir", "medium") != "Memory")
+        if local and volume.get("name") not in named.split(","):
+            out.append(f"Deployment {name}: volume {volume.get('name')} is local storage not named in "
+                       f"{SAFE_TO_EVICT_LOCAL_VOLUMES}: the cluster autoscaler would never remove a node it runs on")
     psc = pod.get("securityContext") or {}
     if pod.get("automountServiceAccountToken") is not False:
         out.append(f"Deployment {name}: automountServiceAccountToken must be false")

@@ -34,7 +34,7 @@ import pulumi_kubernetes as k8s
 from myelin.spec import ApiSpec
 
 from .. import versions
-from ..config import SCALE_TO_ZERO_SLACK_S, InterceptorTimings, held_request_seconds
+from ..config import InterceptorTimings, held_request_seconds
 from ..addons.base import KEDA_NAMESPACE
 from .shared import ALB, IngressBackend
 
@@ -44,8 +44,6 @@ ALB_TRACE_HEADER = "x-amzn-trace-id"
 #: The shared responder answering requests held past their API's readiness timeout (cold_start.py).
 RESPONDER_NAME = "myelin-cold-start"
 RESPONDER_PORT = 8080
-#: Slack on top of serving.timeout for the interceptor's own request deadline (the fallback answer's time).
-REQUEST_SLACK_S = SCALE_TO_ZERO_SLACK_S
 
 
 def scales_to_zero(spec: ApiSpec) -> bool:
