@@ -63,8 +63,10 @@ KEDA = Chart("keda", "https://kedacore.github.io/charts", "2.20.2",
 KEDA_HTTP_ADD_ON = Chart(
     "keda-add-ons-http", "https://kedacore.github.io/charts", "0.15.0",
     ("interceptor.replicas.min", "interceptor.replicas.max", "interceptor.nodeSelector", "interceptor.podAnnotations",
-     "interceptor.resources", "interceptor.responseHeaderTimeout", "operator.nodeSelector", "operator.resources",
-     "scaler.nodeSelector", "scaler.replicas", "scaler.resources"),
+     "interceptor.resources", "interceptor.responseHeaderTimeout", "interceptor.shutdownDelay",
+     "interceptor.drainTimeout", "interceptor.terminationGracePeriodSeconds", "interceptor.pdb.enabled",
+     "interceptor.pdb.maxUnavailable", "operator.nodeSelector", "operator.resources", "scaler.nodeSelector",
+     "scaler.replicas", "scaler.resources"),
     kubernetes=("1.34", "1.36"),
 )
 #: The add-on's Services (templates/interceptor/service-proxy.yaml, service-admin.yaml, scaler/service.yaml at that
