@@ -15,7 +15,8 @@ from .. import contract
 from ..cost import money
 from .child import ChildState
 
-INFO_TIMEOUT_S = 2.0
+#: A busy API process must not hold up the router's /info or page: its cost is left out this time.
+INFO_TIMEOUT_S = 0.5
 
 
 async def _child_cost(api: Any) -> dict[str, Any] | None:
