@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from myelin.spec import ApiSpec, SpecError, check_unique, load_api_spec, parse_model_uri, validation_problems
 
 from . import capacity, gpu
+from .observability.cost import CostConfig
 from .observability.rules import AlertsConfig
 from .versions import KUBERNETES_VERSION
 
@@ -231,6 +232,14 @@ class ObservabilityConfig(_Strict):
     prometheus_retention: str = Field("2d", pattern=r"^\d+[hdw]$")
     grafana: GrafanaConfig = Field(default_factory=GrafanaConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Alert thresholds and receiver.")
+    cost: CostConfig = Field(default_factory=CostConfig, description="OpenCost and what each API costs.")
+
+    @model_validator(mode="after")
+    def _cost_alert_needs_opencost(self) -> "ObservabilityConfig":
+        a = self.alerts
+        if not self.cost.enabled and (a.cost_per_million_predictions_dollars or a.cost_per_million_predictions_dollars_by_api):
+            raise ValueError("alerts.cost_per_million_predictions_dollars needs cost.enabled (OpenCost prices the APIs)")
+        return self
 
 
 class PodConfig(_Strict):
@@ -422,11 +431,12 @@ def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) 
         deployed.append(DeployedApi(folder=folder, spec=spec, model_kms_key_arn=key))
     check_unique({d.folder: d.spec for d in deployed})
     names = {d.spec.name for d in deployed}
-    unknown = sorted(set(config.observability.alerts.latency_p99_seconds_by_api) - names)
-    if unknown:
-        raise StackConfigError(source, [
-            (f"{NAMESPACE}:observability.alerts.latency_p99_seconds_by_api.{name}",
-             f"no deployed API is named {name!r} (deployed: {', '.join(sorted(names))})") for name in unknown])
+    for field_name in ("latency_p99_seconds_by_api", "cost_per_million_predictions_dollars_by_api"):
+        unknown = sorted(set(getattr(config.observability.alerts, field_name)) - names)
+        if unknown:
+            raise StackConfigError(source, [
+                (f"{NAMESPACE}:observability.alerts.{field_name}.{name}",
+                 f"no deployed API is named {name!r} (deployed: {', '.join(sorted(names))})") for name in unknown])
     return tuple(deployed)
 
 

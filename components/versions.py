@@ -87,7 +87,7 @@ PROMETHEUS = Chart(
      "alertmanager.enabled", "alertmanager.persistence.enabled", "alertmanager.config", "alertmanager.nodeSelector",
      "alertmanager.serviceAccount.create", "alertmanager.serviceAccount.name", "alertmanager.serviceAccount.annotations",
      "prometheus-pushgateway.enabled", "prometheus-node-exporter.enabled", "kube-state-metrics.enabled",
-     "kube-state-metrics.metricLabelsAllowlist", "kube-state-metrics.nodeSelector"),
+     "kube-state-metrics.metricLabelsAllowlist", "kube-state-metrics.nodeSelector", "serverFiles.recording_rules.yml"),
 )
 # aws/eks-charts stable/aws-for-fluent-bit chart 0.1.35 (commit 3eb7a62, Fluent Bit 2.32.2).
 AWS_FOR_FLUENT_BIT = Chart(
@@ -108,6 +108,21 @@ GRAFANA = Chart(
 DCGM_EXPORTER = Chart("dcgm-exporter", "https://nvidia.github.io/dcgm-exporter/helm-charts", "4.8.2",
                       ("nodeSelector", "tolerations", "serviceMonitor.enabled", "service.annotations"))
 
+# opencost/opencost-helm-chart tag opencost-2.5.17 charts/opencost/values.yaml (OpenCost 1.120.1): the keys below,
+# and templates/deployment.yaml (EMIT_KSM_V1_METRICS*, PRICING_CONFIGMAP_NAME from customPricing, the UI and MCP
+# containers/ports behind ui.enabled and mcp.enabled), templates/configmap-custom-pricing.yaml (costModel keys
+# become the pricing ConfigMap's keys), templates/service.yaml (service.annotations), _helpers.tpl
+# (prometheus.internal.* -> http://<serviceName>.<namespaceName>.svc.cluster.local:<port>).
+OPENCOST = Chart(
+    "opencost", "https://opencost.github.io/opencost-helm-chart", "2.5.17",
+    ("service.annotations", *_SERVICE_ACCOUNT, "opencost.exporter.defaultClusterId", "opencost.exporter.resources",
+     "opencost.prometheus.internal.enabled", "opencost.prometheus.internal.serviceName",
+     "opencost.prometheus.internal.namespaceName", "opencost.prometheus.internal.port",
+     "opencost.metrics.kubeStateMetrics.emitKsmV1Metrics", "opencost.metrics.kubeStateMetrics.emitKsmV1MetricsOnly",
+     "opencost.ui.enabled", "opencost.mcp.enabled", "opencost.nodeSelector", "opencost.customPricing.enabled",
+     "opencost.customPricing.createConfigmap", "opencost.customPricing.provider", "opencost.customPricing.costModel"),
+)
+
 ALL_CHARTS = (
     NVIDIA_DEVICE_PLUGIN,
     METRICS_SERVER,
@@ -119,6 +134,7 @@ ALL_CHARTS = (
     AWS_FOR_FLUENT_BIT,
     GRAFANA,
     DCGM_EXPORTER,
+    OPENCOST,
 )
 
 #: Base images of the predictor image (build arg BASE_IMAGE). The GPU one carries CUDA and cuDNN runtimes.

@@ -29,6 +29,7 @@ from .keda_http import KedaHttpAddOn
 from .load_balancer_controller import READINESS_GATE_LABEL, LoadBalancerController
 from .metrics_server import MetricsServer
 from .nvidia_device_plugin import NvidiaDevicePlugin
+from .opencost import OpenCost
 from .prometheus import Prometheus
 
 __all__ = [
@@ -74,5 +75,7 @@ class Addons(pulumi.ComponentResource):
         if gpu is not None:
             self.dcgm_exporter = DcgmExporter(ctx)
         self.fluent_bit = FluentBit(ctx)
+        if config.observability.cost.enabled:  # per-API cost: components/observability/cost.py
+            self.opencost = OpenCost(ctx)
         self.releases = ctx.releases
         self.register_outputs({"prometheus_url": PROMETHEUS_URL})

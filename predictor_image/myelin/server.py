@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import PlainTextResponse, Response
 from starlette.staticfiles import StaticFiles
 
+from .cost import CostMeter
 from .errors import error_body
 from .logs import RequestLog
 from .metrics import CONTENT_TYPE, Metrics
@@ -107,6 +108,7 @@ class MyelinApp:
         # Kubernetes shows a crash loop with the reason instead of a pod that is never ready.
         self.exit_on_load_failure = exit_on_load_failure
         self.metrics = metrics or Metrics()
+        self.cost = CostMeter.from_env()  # CPU seconds per prediction and the stack's estimate, in /info
         self.processes = processes
         self.on_loaded = on_loaded
         self.runtimes: dict[str, ApiRuntime] = {}
@@ -204,6 +206,7 @@ class MyelinApp:
         gc.collect()
         gc.freeze()
         runtime.sample_metrics()
+        self.cost.loaded(runtime, self.metrics)
         if self.on_loaded is not None:
             self.on_loaded(runtime)
 
@@ -317,7 +320,7 @@ class MyelinApp:
                 described = r.describe()
                 if not self.expose_errors:
                     described.pop("error", None)
-                apis.append(dict(described, spec=public_spec(r.spec)))
+                apis.append(dict(described, spec=public_spec(r.spec), cost=self.cost.describe(r, self.metrics)))
             return _json({"apis": apis})
 
         for runtime in self.runtimes.values():

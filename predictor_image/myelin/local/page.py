@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..openapi_doc import sample_file, sample_media_type
+from .cost_view import cost_html
 
 SAMPLE_PATH = "/_myelin/sample"
 
@@ -91,6 +92,7 @@ def render(apis: list[dict[str, Any]], base: str) -> str:
             lines.append(f'<p class="meta">POST <code>{html.escape(base + endpoint)}</code>'
                          + (f" · version {api['version']}" if api.get("version") else "")
                          + (f" · loaded in {api['load_seconds']:.2f} s" if api.get("load_seconds") else "") + "</p>")
+        lines.append(cost_html(api.get("cost")))
         if api.get("error"):
             lines.append(f'<p class="err">{html.escape(api["error"])}</p>')
         if api.get("refused"):

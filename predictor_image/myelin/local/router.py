@@ -30,6 +30,7 @@ from ..metrics import CONTENT_TYPE
 from ..openapi_doc import DOCS_ASSETS_PATH, operation, sample_file, swagger_assets, swagger_page
 from ..server import _error_response, with_request_id
 from .child import ChildState
+from .cost_view import attach_costs
 from .manager import ARRIVAL_HEADER, LocalApi, LocalServer
 from .page import SAMPLE_PATH, readme_summary, render, sample_info
 from .scale_metrics import OWN as OWN_FAMILIES
@@ -220,7 +221,7 @@ class LocalRouter:
 
         @app.get("/", summary="The APIs served here: JSON for clients, a page to try them for browsers.")
         async def index(request: Request) -> Response:
-            apis = self._api_list(server.base_url)
+            apis = await attach_costs(self._api_list(server.base_url), server)
             if "text/html" in request.headers.get("accept", ""):
                 return HTMLResponse(render(apis, server.base_url))
             return _json({"apis": apis})
@@ -250,7 +251,7 @@ class LocalRouter:
 
         @app.get(contract.INFO_PATH, summary="Every API: state, serving version, load time, last error.")
         async def info() -> Response:
-            return _json({"apis": self._api_list(server.base_url)})
+            return _json({"apis": await attach_costs(self._api_list(server.base_url), server)})
 
         @app.get(contract.OPENAPI_PATH, include_in_schema=False)
         async def openapi() -> Response:
