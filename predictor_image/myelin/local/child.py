@@ -34,7 +34,7 @@ class ChildState(str, enum.Enum):
 
 
 def describe_exit(code: int | None) -> str:
-    """How a process ended, in words: `killed by SIGKILL (...)`, `exited with code 1`."""
+    """How a process ended, in words: `was killed by SIGKILL (...)`, `exited with code 1`."""
     if code is None:
         return "ended"
     if code < 0:
@@ -43,7 +43,7 @@ def describe_exit(code: int | None) -> str:
         except ValueError:
             name = f"signal {-code}"
         hint = " (as the out-of-memory killer does)" if -code == signal.SIGKILL else ""
-        return f"killed by {name}{hint}"
+        return f"was killed by {name}{hint}"
     return f"exited with code {code}"
 
 

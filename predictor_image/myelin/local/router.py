@@ -61,8 +61,8 @@ class LocalRouter:
         if scope["type"] == "http":
             scope["myelin.arrived"] = time.monotonic()
             if bad_target(scope):
-                await self._reply(None, scope, send, 400, "bad_request", "the request target holds a control "
-                                  "character or a space (percent-encode it)", _request_id(scope))
+                await self._reply(None, scope, send, 400, "bad_request", "the request path holds a control "
+                                  "character", _request_id(scope))
                 return
             api = self.server.route(scope["path"])
             if api is not None:
@@ -217,7 +217,7 @@ class LocalRouter:
             headers.append((ARRIVAL_HEADER, repr(arrived).encode()))
         request = httpx.Request(scope["method"], _upstream_url(scope), headers=headers,
                                 content=body if body.has_body else None)
-        pump = asyncio.ensure_future(self._pump(client, request, send))
+        pump = asyncio.ensure_future(self._pump(client, request, send, body))
         gone = asyncio.ensure_future(_client_leaves(receive=body.receive, body=body))
         try:
             await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
@@ -231,12 +231,6 @@ class LocalRouter:
         err = pump.exception()
         if err is None:
             return
-        if body.error == "too_large":
-            if not send.started:
-                await self._reply(api, scope, send, 413, "payload_too_large",
-                                  f"request body exceeds the {child.max_body} byte limit (serving.max_body_size)",
-                                  request_id, [(b"connection", b"close")])
-            return
         if body.error == "gone":
             return  # the client left while sending its body
         if isinstance(err, (httpx.HTTPError, RuntimeError, OSError)):
@@ -249,11 +243,14 @@ class LocalRouter:
             return  # started: the answer is cut, and the connection closed (uvicorn), never completed falsely
         raise err
 
-    async def _pump(self, client: httpx.AsyncClient, request: httpx.Request, send: ResponseWriter) -> None:
+    async def _pump(self, client: httpx.AsyncClient, request: httpx.Request, send: ResponseWriter,
+                    body: "_Body") -> None:
         response = await client.send(request, stream=True)
         try:
-            await send({"type": "http.response.start", "status": response.status_code,
-                        "headers": [(k, v) for k, v in response.headers.raw if k.lower() not in _RESPONSE_DROP]})
+            headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _RESPONSE_DROP]
+            if body.too_large:  # the rest of the client's body is unread: this connection cannot be reused
+                headers.append((b"connection", b"close"))
+            await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
             async for chunk in response.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -368,14 +365,16 @@ class LocalRouter:
 
 class _Body:
     """The client's request body as an async iterator for httpx: forwarded chunk by chunk as it arrives, never
-    held whole, at most `limit` bytes (beyond: the upload is cut and the client gets 413)."""
+    held whole. A body without a Content-Length (chunked) that grows past `limit` is cut one byte past it: the
+    API's server, which has the same limit, answers that 413 (and logs it) and the router reads no more of it."""
 
     def __init__(self, receive: Any, limit: int, child: ApiProcess, has_body: bool):
         self.receive = receive
         self.limit = limit
         self.has_body = has_body
         self.size = 0
-        self.error: str | None = None  # "gone" (the client left mid-body) or "too_large"
+        self.error: str | None = None  # "gone": the client left mid-body
+        self.too_large = False  # cut past the limit: the rest is never read, the connection closes after
         self.complete = asyncio.Event()
         self._child: ApiProcess | None = child
         child.uploading += 1
@@ -398,11 +397,10 @@ class _Body:
                 raise ClientGone()
             chunk = message.get("body", b"")
             self.size += len(chunk)
-            if self.size > self.limit:
-                self.error = "too_large"
-                self.finish()
-                raise ClientGone()
             more = message.get("more_body", False)
+            if self.size > self.limit:
+                self.too_large = True
+                chunk, more = chunk[:len(chunk) - (self.size - self.limit - 1)], False
             if not more:
                 self.finish()  # from here on the disconnect watcher reads `receive`
             if chunk:
@@ -429,8 +427,8 @@ _REQUEST_DROP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"tra
 #: Response headers the router's own server sets (its `date`: one per response) or that are hop-by-hop.
 _RESPONSE_DROP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer",
                   b"upgrade", b"date", b"server"}
-#: Bytes a request target can never hold (an HTTP client must percent-encode them).
-_CTL = re.compile(rb"[\x00-\x20\x7f]")
+#: Control characters: no API path holds one (a client can still send one percent-encoded, e.g. %0A).
+_CTL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _request_id(scope: dict) -> str:
@@ -474,8 +472,8 @@ def _upstream_url(scope: dict) -> httpx.URL:
 
 
 def bad_target(scope: dict) -> bool:
-    """A control character (or a space) in the request target, which no HTTP client sends unencoded."""
-    return bool(_CTL.search(scope.get("raw_path") or b"") or _CTL.search(scope.get("query_string") or b""))
+    """A control character in the (decoded) path: refused with a JSON 400 before any routing."""
+    return _CTL.search(scope["path"]) is not None
 
 
 def _printable(path: str) -> str:
