@@ -204,6 +204,7 @@ class LocalApi:
             info["restart_in_seconds"] = round(max(0.0, self.restart_at - time.monotonic()), 3)
         if self.serving is not None and self.serving.state is ChildState.READY:
             info["pid"] = self.serving.pid
+            info["in_flight"] = self.serving.in_flight  # requests the router is forwarding to it
         if self.scales_to_zero:
             info["scale_to_zero"] = {
                 "held_requests": self.held,
