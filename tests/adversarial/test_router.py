@@ -184,7 +184,7 @@ def test_clients_that_never_read_release_the_router_and_the_api_memory(local, tm
         return count
 
     assert len(httpx.post(f"{server.base}/big", json={}, params={"big": size}).content) == size
-    api_pid = info(server, "big")["pid"]
+    api_pid = httpx.post(f"{server.base}/big", json={}).json()["pid"]
     idle, rss_before = sockets(router), rss_kb(api_pid)
     head = (b"POST /%s?big=" + str(size).encode() + b" HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
             b"Content-Length: 2\r\n\r\n{}")
