@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where a request's CPU time goes: py-spy samples of `myelin serve` under wrk load, binned per stage.
 
-    python3 benchmarks/breakdown.py                       # this tree, kmeans, c=64, 10 s, --native
+    python3 benchmarks/breakdown.py                       # this tree, kmeans, c=64, 10 s, Python frames
     python3 benchmarks/breakdown.py main --svg benchmarks/results/profile-main-kmeans.svg
     python3 benchmarks/breakdown.py . --api trivial --seconds 8
 
