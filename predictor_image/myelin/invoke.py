@@ -13,12 +13,13 @@ runs on the loop.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+import functools
 from typing import Any, Callable
 
 from .admission import AdmissionControl
 from .batching import Batcher
 from .errors import HTTPError, PredictorError
+from .handoff import Handoff
 from .loader import Predictor
 from .spec import ApiSpec
 
@@ -113,7 +114,7 @@ class Invoker:
         self.admission = AdmissionControl(max_concurrency, max_queue_length)
         self.batcher: Batcher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor = ThreadPoolExecutor(spec.serving.threads, thread_name_prefix=f"predict-{name}")
+        self._executor = Handoff(spec.serving.threads, thread_name_prefix=f"predict-{name}", wrap_error=failure)
         # Predicts still running past their request's deadline: their 504 is sent, their slot still held.
         self._stuck_requests = 0
         self._stuck_calls = 0
@@ -137,7 +138,7 @@ class Invoker:
         self._loop = loop
 
     @property
-    def executor(self) -> ThreadPoolExecutor:
+    def executor(self) -> Handoff:
         """This API's thread pool: a sync predict, and each step of a sync generator, runs here."""
         return self._executor
 
@@ -179,18 +180,10 @@ class Invoker:
         loop = self._loop
         if predictor.is_async:
             return loop.create_task(_guarded(predictor.predict(payload, **kwargs))), None
-        fut = loop.create_future()
-        predict = predictor.predict
-
-        def run() -> None:
-            try:
-                result = predict(payload, **kwargs)
-            except BaseException as err:  # noqa: BLE001 - any type, delivered to the request (wrapped)
-                loop.call_soon_threadsafe(deliver_error, fut, failure(err))
-            else:
-                loop.call_soon_threadsafe(deliver, fut, result)
-
-        return fut, self._executor.submit(run)
+        # Any exception from predict (any BaseException) reaches the request wrapped by failure().
+        if kwargs:
+            return self._executor.start(loop, functools.partial(predictor.predict, payload, **kwargs))
+        return self._executor.start(loop, predictor.predict, payload)
 
     async def invoke(self, payload: Any, kwargs: dict[str, Any], deadline: float) -> Any:
         """The predictor's result for `payload`, or the exception that ends the request."""
