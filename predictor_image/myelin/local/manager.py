@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import contextlib
-import math
 import shutil
 import tempfile
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import orjson
 
 from .. import contract
+from ..errors import retry_after_seconds
 from ..spec import SPEC_FILE, ApiSpec, SpecError, load_api_spec
 from . import requirements
 from .child import ApiProcess, ChildState
@@ -305,10 +305,11 @@ class LocalServer:
         return child
 
     def retry_after(self, api: LocalApi) -> int:
-        """Seconds until the cold start under way should be done, from the last one (5 before any)."""
+        """Seconds until the cold start under way should be done, from the last one (5 before any); clamped to
+        [1, contract.MAX_RETRY_AFTER_S]."""
         if api.last_cold_start is None:
             return 5
-        return max(1, math.ceil(api.last_cold_start - (time.monotonic() - api.wake_started)))
+        return retry_after_seconds(api.last_cold_start - (time.monotonic() - api.wake_started))
 
     async def _unload_idle(self) -> None:
         """APIs scaled to zero give their process (and its memory) back after downscale_stabilization idle."""
