@@ -69,6 +69,9 @@ REJECTED_TOTAL = "myelin_rejected_requests_total"
 REJECT_OVERLOADED = "overloaded"
 REJECT_NOT_READY = "not_ready"
 REJECT_SHUTTING_DOWN = "shutting_down"
+#: The longest Retry-After any Myelin server sends (seconds): every computed value is clamped to [1, this].
+#: Ten minutes is longer than any cold start Myelin expects; a client that comes back earlier gets a fresh estimate.
+MAX_RETRY_AFTER_S = 600
 TIME_TO_FIRST_ITEM = "myelin_time_to_first_item_seconds"  # histogram {api}: streaming predictors only
 
 # -- labels ------------------------------------------------------------------------------------

@@ -138,7 +138,7 @@ class MyelinApp:
 
         for runtime in self.runtimes.values():
             runtime.arrival = ArrivalClock(settings.arrival_header, *runtime.metrics.cold_start_series(),
-                                           marker_dir=multiprocess_dir())
+                                           budget=runtime.timeout, marker_dir=multiprocess_dir())
 
     # ------------------------------------------------------------------ ASGI
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
