@@ -67,6 +67,29 @@ _WAITING = "status IN ('in_queue', 'in_progress') AND visible_at <= :now"
 _MAX_GROUP = 512
 
 
+#: The files hold payloads, stored request headers and results: only their owner may read them. The folder is
+#: made 0700 and the database 0600 when they are created (not changed afterwards, which would leave a moment when
+#: they are readable); SQLite creates its `-wal` and `-shm` files with the database file's permissions.
+FOLDER_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def _create_private(folder: str, path: str) -> None:
+    """Create the state folder (0700) and the empty database file (0600) unless they exist. A database left by
+    an earlier version with wider permissions (0644) is narrowed, with its -wal and -shm files."""
+    os.makedirs(folder, mode=FOLDER_MODE, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE))
+    except FileExistsError:
+        for existing in (path, f"{path}-wal", f"{path}-shm"):
+            try:
+                mode = os.stat(existing).st_mode & 0o777
+                if mode & 0o077:
+                    os.chmod(existing, mode & 0o700)
+            except (FileNotFoundError, PermissionError):  # not there, or not ours to change: left as it is
+                pass
+
+
 def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
     if fut.done():
         return
@@ -103,7 +126,7 @@ class SqliteJobStore:
         folder = os.path.dirname(os.path.abspath(self.path))
         where = f"{c.STATE_DIR_ENV} ({folder})"
         try:
-            os.makedirs(folder, exist_ok=True)
+            _create_private(folder, self.path)
             conn = self._connect()
             try:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
