@@ -121,6 +121,8 @@ ASYNC_WORKER_ACTIONS = (
 
 # Metrics of an AsyncAPI ({api}; counters get `_total` in the exposition).
 ASYNC_QUEUE_DEPTH = "myelin_async_queue_depth"  # gauge {api}: jobs waiting to start
+#: gauge {api}: bytes the job store holds for the API (what jobs.max_stored_bytes bounds); sampled from the store.
+ASYNC_STORED_BYTES = "myelin_async_stored_bytes"
 ASYNC_JOBS = "myelin_async_jobs"  # exposed as myelin_async_jobs_total{api,status}
 ASYNC_JOBS_TOTAL = "myelin_async_jobs_total"
 ASYNC_JOB_DURATION = "myelin_async_job_duration_seconds"  # histogram {api}: one attempt, start to outcome

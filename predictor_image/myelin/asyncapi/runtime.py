@@ -28,7 +28,7 @@ from ..settings import Settings
 from ..spec import AsyncApiSpec
 from . import routes
 from .metrics import JobMetrics
-from .store import StoreError, open_store
+from .store import JobLimits, StoreError, open_store
 from .worker import JobWorker
 
 #: How often the queue depth gauge is refreshed from the store.
@@ -45,6 +45,8 @@ class AsyncApiRuntime(ApiRuntime):
         self.serves_requests = self.role in (c.ROLE_GATEWAY, c.ROLE_ALL)
         self.runs_predictor = self.role in (c.ROLE_WORKER, c.ROLE_ALL)
         self.store = open_store(settings, spec)
+        self.store_limits = JobLimits.of(spec)
+        self.stored_bytes: int | None = None
         self.jobs = JobMetrics(metrics, spec.name)
         self.worker = JobWorker(self) if self.runs_predictor else None
         self.queue_depth: int | None = None
@@ -99,9 +101,19 @@ class AsyncApiRuntime(ApiRuntime):
             try:
                 self.queue_depth = await self.store.depth()
                 self.jobs.depth.set(self.queue_depth)
+                if self.serves_requests:  # where submits are bounded (a worker alone stores no new job)
+                    usage = await self.store.usage()
+                    self.stored_bytes = usage.stored_bytes
+                    self.jobs.stored_bytes.set(usage.stored_bytes)
             except Exception:  # noqa: BLE001 - the worker and the routes report store failures
                 pass
             await asyncio.sleep(DEPTH_INTERVAL_S)
+
+    async def check_room(self, content_length: int) -> None:
+        """Before a submit's body is read: refuse it (StoreFull: 503 + Retry-After) when the store has no room for
+        one more job of `content_length` bytes (0 when unknown) under jobs.max_queued / jobs.max_stored_bytes.
+        The store checks again, with the body's real size, when it stores the job."""
+        self.store_limits.check(await self.store.usage(), max(0, content_length))
 
     # ---------------------------------------------------------------- HTTP
     async def submit(self, scope: dict, receive: Any, send: Any) -> None:
@@ -112,6 +124,6 @@ class AsyncApiRuntime(ApiRuntime):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update(kind=self.spec.kind, role=self.role, queue_depth=self.queue_depth,
+        info.update(kind=self.spec.kind, role=self.role, queue_depth=self.queue_depth, stored_bytes=self.stored_bytes,
                     jobs_running=len(self.worker.running) if self.worker is not None else 0)
         return info
