@@ -163,10 +163,13 @@ class SqsJobStore:
         return sum(int(attrs.get(name, 0)) for name in names)
 
     def _count_stored(self) -> int:
-        total = 0
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+        total, more = 0, {}
+        while True:
+            page = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, **more)
             total += sum(int(item["Size"]) for item in page.get("Contents", []))
-        return total
+            if not page.get("IsTruncated"):
+                return total
+            more = {"ContinuationToken": page["NextContinuationToken"]}
 
     async def _sample(self, what: str) -> None:
         # What this process added before the reading began is in the reading; what it adds meanwhile may not be,
