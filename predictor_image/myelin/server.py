@@ -140,7 +140,7 @@ class MyelinApp:
 
         for runtime in self.runtimes.values():
             runtime.arrival = ArrivalClock(settings.arrival_header, *runtime.metrics.cold_start_series(),
-                                           marker_dir=multiprocess_dir())
+                                           budget=runtime.timeout, marker_dir=multiprocess_dir())
 
     def on_write_timeout(self, path: str) -> None:
         """A connection was aborted for its write deadline (protection.py): count it against its API."""

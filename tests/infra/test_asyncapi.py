@@ -166,6 +166,7 @@ IAM_ACTION = {
     ("sqs", "delete_message"): "sqs:DeleteMessage",
     ("sqs", "change_message_visibility"): "sqs:ChangeMessageVisibility",
     ("s3", "head_bucket"): "s3:ListBucket",
+    ("s3", "list_objects_v2"): "s3:ListBucket",
     ("s3", "get_object"): "s3:GetObject",
     ("s3", "head_object"): "s3:GetObject",
     ("s3", "put_object"): "s3:PutObject",

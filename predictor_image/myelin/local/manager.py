@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import os
 import contextlib
-import math
 import shutil
 import tempfile
 import time
@@ -28,6 +27,7 @@ from typing import Any
 import orjson
 
 from .. import contract
+from ..errors import retry_after_seconds
 from ..spec import SPEC_FILE, ApiSpec, SpecError, load_api_spec
 from . import requirements
 from .child import ApiProcess, ChildState, describe_exit
@@ -169,7 +169,7 @@ class LocalApi:
         """Seconds until a process that ended should be serving again: its back-off, then its last load time."""
         wait = max(0.0, (self.restart_at or self.not_before) - time.monotonic())
         load = self.serving.load_seconds if self.serving is not None and self.serving.load_seconds else 0.0
-        return max(1, math.ceil(wait + (load or self.last_load or 1.0)))
+        return retry_after_seconds(wait + (load or self.last_load or 1.0))
 
     def api_keys(self) -> Any:
         """The ApiKeys of the current spec (None without networking.auth), read once per spec."""
@@ -441,10 +441,11 @@ class LocalServer:
         return child
 
     def retry_after(self, api: LocalApi) -> int:
-        """Seconds until the cold start under way should be done, from the last one (5 before any)."""
+        """Seconds until the cold start under way should be done, from the last one (5 before any); clamped to
+        [1, contract.MAX_RETRY_AFTER_S]."""
         if api.last_cold_start is None:
-            return max(5, api.retry_after())
-        return max(1, math.ceil(api.last_cold_start - (time.monotonic() - api.wake_started)))
+            return retry_after_seconds(max(5, api.retry_after()))
+        return retry_after_seconds(api.last_cold_start - (time.monotonic() - api.wake_started))
 
     async def _unload_idle(self) -> None:
         """APIs scaled to zero give their process (and its memory) back after downscale_stabilization idle."""
