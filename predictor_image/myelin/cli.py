@@ -60,6 +60,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except SpecError as err:
         _err(f"myelin serve: {err}")
         return 2
+    if spec.kind == "TrafficSplitter":
+        _err(f"myelin serve: {folder / SPEC_FILE}: kind: {spec.name} is a TrafficSplitter, which is routing with no "
+             "predictor: `myelin local` splits its requests, and in the cloud the load balancer does")
+        return 2
     _cost_stack("myelin serve", args.stack, folder)
     port = _port(args.port)
     settings = _settings("myelin serve")
@@ -123,6 +127,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for err in errors:
         print(f"✗ {err}")
     for folder, spec in specs.items():
+        if spec.kind == "TrafficSplitter":
+            split = ", ".join(f"{t.name} {t.weight}%" for t in spec.weighted)
+            shadow = f", shadow {spec.shadow.name}" if spec.shadow is not None else ""
+            print(f"✓ {spec.name:<24} {folder}  {spec.endpoint}  (TrafficSplitter: {split}{shadow})")
+            continue
         try:
             import_predictor_class(folder, spec)
         except LoadError as err:

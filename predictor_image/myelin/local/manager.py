@@ -29,7 +29,7 @@ import orjson
 from .. import contract
 from ..errors import retry_after_seconds
 from ..spec import SPEC_FILE, ApiSpec, SpecError, load_api_spec
-from . import requirements
+from . import requirements, splitter
 from .child import ApiProcess, ChildState, describe_exit
 from .console import Console
 from .scale_metrics import ScaleToZeroMetrics
@@ -132,6 +132,7 @@ class LocalApi:
         self.not_before = 0.0  # scaled to zero: the next cold start waits for the back-off
         self.last_load: float | None = None  # load time of the process that ended (Retry-After while down)
         self._keys: tuple[Any, Any] | None = None  # (spec, ApiKeys) read for that spec
+        self.splitter: splitter.LocalSplitter | None = None  # a TrafficSplitter: routing, no process
 
     @property
     def scales_to_zero(self) -> bool:
@@ -154,6 +155,8 @@ class LocalApi:
 
     @property
     def state(self) -> str:
+        if self.splitter is not None:
+            return "ready"
         if self.serving is not None and self.serving.state is ChildState.READY:
             return "ready"
         if self.restart_at is not None:
@@ -205,6 +208,8 @@ class LocalApi:
         if self.serving is not None and self.serving.state is ChildState.READY:
             info["pid"] = self.serving.pid
             info["in_flight"] = self.serving.in_flight  # requests the router is forwarding to it
+        if self.splitter is not None:
+            info["splits"] = self.splitter.describe()
         if self.scales_to_zero:
             info["scale_to_zero"] = {
                 "held_requests": self.held,
@@ -230,6 +235,7 @@ class LocalServer:
         self._reaper: asyncio.Task | None = None
         self.closing = False
         self.scale_metrics = ScaleToZeroMetrics()
+        self.split_metrics = splitter.SplitMetrics()
 
     # ------------------------------------------------------------------ discovery
     def folders(self) -> list[Path]:
@@ -294,6 +300,9 @@ class LocalServer:
                 return
             spec = self._read_spec(api)
             if spec is None:
+                return
+            if splitter.is_splitter(spec):
+                splitter.serve(self, api, spec)  # routing only: no process, no requirements
                 return
             missing = requirements.unmet(api.folder)
             api.blocked_on_requirements = bool(missing)
@@ -387,6 +396,7 @@ class LocalServer:
             raise
 
     def _idle(self, api: LocalApi, spec: ApiSpec) -> None:
+        api.splitter = None
         api.error = api.traceback = api.refused = None
         routes = {endpoint: a for endpoint, a in self.routes.items() if a is not api}
         routes[spec.endpoint] = api
@@ -489,7 +499,7 @@ class LocalServer:
         return spec
 
     def _refuse(self, api: LocalApi, name: str, error: str, traceback: str | None = None) -> None:
-        keeps = api.serving is not None and api.serving.state is ChildState.READY
+        keeps = (api.serving is not None and api.serving.state is ChildState.READY) or api.splitter is not None
         api.error = error
         api.traceback = traceback
         if keeps:
@@ -500,6 +510,7 @@ class LocalServer:
                 restarted: bool = False) -> None:
         old = api.serving
         api.serving = new
+        api.splitter = None
         api.restart_at = None
         api.backoff.started(time.monotonic())
         api.error = api.traceback = api.refused = None

@@ -67,6 +67,9 @@ class LocalRouter:
                 return
             api = self.server.route(scope["path"])
             if api is not None:
+                if api.splitter is not None:  # kind TrafficSplitter: local/splitter.py picks the API
+                    await api.splitter.forward(self, api, scope, receive, send)
+                    return
                 await self._forward(api, scope, receive, send)
                 return
         elif scope["type"] == "lifespan":
@@ -361,7 +364,8 @@ class LocalRouter:
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)
         registry.register(Merged())
-        return generate_latest(registry) + generate_latest(self.server.scale_metrics.registry)
+        return (generate_latest(registry) + generate_latest(self.server.scale_metrics.registry)
+                + generate_latest(self.server.split_metrics.registry))
 
 
 class _Body:

@@ -14,11 +14,12 @@ from ..contract import SPEC_ENV
 from .asyncapi import AsyncApiSpec
 from .fields import SpecError
 from .realtime import ApiSpec
+from .splitter import TrafficSplitterSpec, check_splitters, is_splitter
 
 SPEC_FILE = "api.yaml"
 
 #: `kind` in api.yaml -> the model that parses it. A new kind registers its model here.
-KINDS: dict[str, type] = {"RealtimeAPI": ApiSpec, "AsyncAPI": AsyncApiSpec}
+KINDS: dict[str, type] = {"RealtimeAPI": ApiSpec, "AsyncAPI": AsyncApiSpec, "TrafficSplitter": TrafficSplitterSpec}
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
@@ -110,7 +111,9 @@ def load_api_spec(folder: str | Path, overrides: Mapping[str, Any] | None = None
 
 
 def check_predictor_file(folder: Path, spec: ApiSpec, source: str) -> None:
-    """The spec's predictor.path must name a file in the API folder."""
+    """The spec's predictor.path must name a file in the API folder (a TrafficSplitter has no predictor)."""
+    if is_splitter(spec):
+        return
     predictor_file = Path(folder) / spec.predictor.path
     if not predictor_file.is_file():
         raise SpecError(source, [("predictor.path", f"file not found: {predictor_file}")])
@@ -168,6 +171,10 @@ def load_specs(paths: list[str]) -> tuple[dict[Path, ApiSpec], list[str]]:
             errors.append(str(err))
             continue
         specs[folder] = spec
+    # Splitters against the APIs served with them (names, kinds); a bad one is reported and left out.
+    for folder, err in check_splitters(specs).items():
+        errors.append(str(err))
+        del specs[folder]
     return specs, errors
 
 
