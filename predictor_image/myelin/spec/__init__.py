@@ -43,6 +43,7 @@ from .load import (
 )
 from .model_uri import ModelUri, S3Scope, parse_model_uri, s3_scope
 from .realtime import ApiSpec
+from .rollout import AnalysisSpec, CanaryStep, RolloutSpec
 from .splitter import SplitTarget, TrafficSplitterSpec, check_splitters, is_splitter, splitter_problems
 
 __all__ = [
@@ -52,5 +53,5 @@ __all__ = [
     "check_predictor_file", "check_unique", "deep_merge", "discover_api_folders", "load_api_spec",
     "load_specs", "parse_cpu", "parse_duration", "parse_memory", "read_spec_file", "resolve_spec",
     "spec_from_dict", "validation_problems",
-    "SplitTarget", "TrafficSplitterSpec", "check_splitters", "is_splitter", "splitter_problems",
+    "AnalysisSpec", "CanaryStep", "RolloutSpec", "SplitTarget", "TrafficSplitterSpec", "check_splitters", "is_splitter", "splitter_problems",
 ]

@@ -7,12 +7,23 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .fields import ApiBase, AutoscalingSpec, BatchingSpec
+from .rollout import RolloutSpec
 
 
 class ApiSpec(ApiBase):
     kind: Literal["RealtimeAPI"] = "RealtimeAPI"
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     batching: BatchingSpec | None = None
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+
+    @model_validator(mode="after")
+    def _canary_needs_replicas(self) -> "ApiSpec":
+        if self.rollout.canary and self.autoscaling.min_replicas == 0:
+            raise ValueError(
+                "rollout.strategy: canary needs autoscaling.min_replicas 1 or more: an API scaled to zero is reached "
+                "through KEDA's HTTP interceptor, which routes to one Service, so the load balancer cannot split its "
+                "requests between the old and the new version; set min_replicas to 1, or use strategy rolling")
+        return self
 
     @model_validator(mode="after")
     def _batches_can_fill(self) -> "ApiSpec":
