@@ -225,3 +225,13 @@ def test_a_failing_or_slow_shadow_changes_no_answer_and_is_never_waited_for(star
     else:
         assert _metric(metrics, copies) == 0  # not one copy finished, and every client had its answer
         assert info["in_flight"] == 64 and info["dropped"]["busy"] == 200 - 64  # bounded, never queued
+
+
+def test_a_splitter_over_a_canary_api_is_refused(tmp_path):
+    root = tmp_path / "apis"
+    make_api(root, "a")
+    make_api(root, "b", "rollout:\n  strategy: canary\n  steps:\n    - {weight: 10, pause: 5m}\n")
+    make_splitter(root, "split", "apis:\n  - {name: a, weight: 50}\n  - {name: b, weight: 50}\n")
+    _, errors = load_specs([str(root)])
+    [error] = errors
+    assert f"{root / 'split' / 'api.yaml'}: apis[1].name: 'b' is released as a canary" in error

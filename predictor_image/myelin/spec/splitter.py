@@ -153,6 +153,12 @@ def splitter_problems(splitter: TrafficSplitterSpec, others: Mapping[str, Any]) 
                 f"{target.name!r} is an AsyncAPI: a splitter spreads RealtimeAPIs only (a job's status lives with "
                 "the API that took the job, and a weighted route would send GET <endpoint>/<id> elsewhere)")))
             continue
+        rollout = getattr(spec, "rollout", None)
+        if rollout is not None and rollout.canary:
+            problems.append((where, (
+                f"{target.name!r} is released as a canary (rollout.strategy canary): its own Ingress weighs its old "
+                "and new versions, which a splitter's weights would bypass; use strategy rolling for it")))
+            continue
         if getattr(spec.autoscaling, "min_replicas", 1) == 0:
             problems.append((where, (
                 f"{target.name!r} has autoscaling.min_replicas 0: an API scaled to zero is reached through KEDA's "
