@@ -146,7 +146,7 @@ class LocalRouter:
         except Exception as err:  # noqa: BLE001 - the last line of defence: a bug here must not leak a traceback
             self.server.console.note(f"{api.name}: the router failed on {scope['method']} "
                                      f"{_printable(scope['path'])} (request id {request_id}): "
-                                     f"{type(err).__name__}: {err}")
+                                     f"{type(err).__name__}: {err}", level="error")
             if not writer.started:
                 await self._reply(api, scope, send, 500, "internal", "the local router failed on this request; "
                                   f"the console says why (request id {request_id})", request_id)
