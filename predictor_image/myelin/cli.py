@@ -141,7 +141,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for err in errors:
         print(f"✗ {err}")
     for folder, spec in specs.items():
-        problems = _serving_problems(folder, spec)  # first, as myelin local: a missing package, named, not its ImportError
+        problems = _serving_problems(folder, spec)  # first, as myelin local: the missing package, not its ImportError
         for problem in problems:
             print(f"✗ {spec.name}: {problem}")
         if problems:

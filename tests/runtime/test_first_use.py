@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import orjson
 
 from myelin.loader import LoadError, import_predictor_class
@@ -166,3 +167,31 @@ def test_cost_line_counts_in_plain_english():
     assert "over 1 prediction ·" in one
     many = cost_html({"measured": True, "cpu_seconds_per_prediction": 0.002, "predictions": 3})
     assert "over 3 predictions ·" in many
+
+
+def test_openapi_documents_an_asyncapi_as_submit_and_poll(tmp_path):
+    """/docs showed an AsyncAPI as a 200 prediction and left out `GET <endpoint>/{id}` (issue 24, gap 5)."""
+    from myelin.openapi_doc import paths
+
+    async_api = make_api(tmp_path, "jobs", "kind: AsyncAPI\n")
+    documented = paths(load_api_spec(async_api), async_api, "/jobs")
+    assert set(documented) == {"/jobs", "/jobs/{id}"}
+    submit = documented["/jobs"]["post"]
+    assert "202" in submit["responses"] and "200" not in submit["responses"]
+    assert submit["responses"]["202"]["content"]["application/json"]["schema"]["required"] == ["id"]
+    assert "Location" in submit["responses"]["202"]["headers"]
+    poll = documented["/jobs/{id}"]["get"]
+    assert {"200", "404"} <= set(poll["responses"]) and poll["parameters"][0]["name"] == "id"
+    assert poll["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["status"]["enum"] == [
+        "in_queue", "in_progress", "completed", "failed"]
+    realtime = make_api(tmp_path, "plain")
+    assert set(paths(load_api_spec(realtime), realtime, "/plain")) == {"/plain"}
+    assert "200" in paths(load_api_spec(realtime), realtime, "/plain")["/plain"]["post"]["responses"]
+
+
+def test_myelin_local_openapi_lists_the_job_route(tmp_path, start_server):
+    make_api(tmp_path / "apis", "jobs", "kind: AsyncAPI\n")
+    server = start_server("local", str(tmp_path / "apis"), env={"MYELIN_STATE_DIR": str(tmp_path / "state")})
+    doc = httpx.get(f"{server.base}/openapi.json").json()
+    assert "202" in doc["paths"]["/jobs"]["post"]["responses"]
+    assert "get" in doc["paths"]["/jobs/{id}"]

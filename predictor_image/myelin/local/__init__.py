@@ -24,7 +24,8 @@ def serve_local(apis: str, host: str, port: int, settings: Settings, reload: boo
     root = Path(apis)
     console = Console()
     if not root.exists():
-        console.note(f"{root.resolve()}: no such folder (give a folder of API folders, or one API folder)", level="error")
+        console.note(f"{root.resolve()}: no such folder (give a folder of API folders, or one API folder)",
+                     level="error")
         return 2
     single = (root / SPEC_FILE).is_file()
     try:
