@@ -544,9 +544,10 @@ class LocalServer:
         api.restart_at = None
         if api.waking is not None and not api.waking.done():
             api.waking.cancel()
-        endpoint = api.endpoint
+        endpoint = api.endpoint or api.guessed_endpoint
         self.routes = {e: a for e, a in self.routes.items() if a is not api}
-        if api.serving is not None or api.spec is not None:
+        if api.serving is not None or api.spec is not None or api.error:
+            # Said also for a folder that never served (its api.yaml refused): the console and the page listed it.
             self.console.removed(api.name, endpoint or "")
         if api.serving is not None:
             self._retire(api.serving, api.spec.serving.drain_timeout.seconds if api.spec else 5.0)

@@ -33,7 +33,7 @@ from .. import contract
 from ..errors import HTTPError
 from ..http_io import ClientGone, RequestHead, ResponseWriter, new_request_id, send_error
 from ..metrics import CONTENT_TYPE
-from ..openapi_doc import DOCS_ASSETS_PATH, operation, sample_file, swagger_assets, swagger_page
+from ..openapi_doc import DOCS_ASSETS_PATH, paths, sample_file, swagger_assets, swagger_page
 from ..server import _error_response, with_request_id
 from .child import ApiProcess, ChildState
 from .cost_view import attach_costs
@@ -149,7 +149,7 @@ class LocalRouter:
         except Exception as err:  # noqa: BLE001 - the last line of defence: a bug here must not leak a traceback
             self.server.console.note(f"{api.name}: the router failed on {scope['method']} "
                                      f"{_printable(scope['path'])} (request id {request_id}): "
-                                     f"{type(err).__name__}: {err}")
+                                     f"{type(err).__name__}: {err}", level="error")
             if not writer.started:
                 await self._reply(api, scope, send, 500, "internal", "the local router failed on this request; "
                                   f"the console says why (request id {request_id})", request_id)
@@ -318,7 +318,7 @@ class LocalRouter:
             schema = get_openapi(title="myelin local", version="1", routes=app.routes)
             for api in server.apis.values():
                 if api.spec is not None and api.endpoint:
-                    schema.setdefault("paths", {})[api.endpoint] = {"post": operation(api.spec, api.folder)}
+                    schema.setdefault("paths", {}).update(paths(api.spec, api.folder, api.endpoint))
             return _json(schema)
 
         @app.get(contract.DOCS_PATH, include_in_schema=False)

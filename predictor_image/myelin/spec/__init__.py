@@ -36,6 +36,7 @@ from .load import (
     discover_api_folders,
     load_api_spec,
     load_specs,
+    misnamed_spec,
     read_spec_file,
     resolve_spec,
     spec_from_dict,
@@ -51,7 +52,7 @@ __all__ = [
     "S3Scope", "parse_model_uri", "s3_scope",
     "NetworkingSpec", "PredictorSpec", "SPEC_FILE", "ServingSpec", "SpecError", "UpdateStrategySpec",
     "check_predictor_file", "check_unique", "deep_merge", "discover_api_folders", "load_api_spec",
-    "load_specs", "parse_cpu", "parse_duration", "parse_memory", "read_spec_file", "resolve_spec",
+    "load_specs", "misnamed_spec", "parse_cpu", "parse_duration", "parse_memory", "read_spec_file", "resolve_spec",
     "spec_from_dict", "validation_problems",
     "AnalysisSpec", "CanaryStep", "RolloutSpec", "SplitTarget", "TrafficSplitterSpec", "check_splitters", "is_splitter", "splitter_problems",
 ]

@@ -119,6 +119,14 @@ def check_predictor_file(folder: Path, spec: ApiSpec, source: str) -> None:
         raise SpecError(source, [("predictor.path", f"file not found: {predictor_file}")])
 
 
+def misnamed_spec(folder: Path) -> str | None:
+    """The error for an API folder whose spec file is `api.yml` (and no api.yaml), else None."""
+    folder = Path(folder)
+    if (folder / SPEC_FILE).is_file() or not (folder / "api.yml").is_file():
+        return None
+    return f"{folder / 'api.yml'}: the spec file must be named {SPEC_FILE} (did you mean {folder / SPEC_FILE}?)"
+
+
 def discover_api_folders(root: str | Path) -> list[Path]:
     """Every direct sub-folder of `root` that holds an api.yaml, sorted by name."""
     root = Path(root)
@@ -159,7 +167,10 @@ def load_specs(paths: list[str]) -> tuple[dict[Path, ApiSpec], list[str]]:
         except SpecError as err:
             errors.append(str(err))
             continue
-        if not found:
+        # A sub-folder with an api.yml is an API with a misnamed spec (myelin local says so too), not nothing.
+        misnamed = [m for m in (misnamed_spec(p) for p in sorted(path.iterdir()) if p.is_dir()) if m]
+        errors.extend(misnamed)
+        if not found and not misnamed:
             errors.append(f"{path}: no API folders (sub-folders with an api.yaml) found")
         folders.extend(found)
     specs: dict[Path, ApiSpec] = {}
