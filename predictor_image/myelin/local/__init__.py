@@ -34,7 +34,7 @@ def serve_local(apis: str, host: str, port: int, settings: Settings, reload: boo
         console.note(str(err), level="error")
         return 2
     base = f"http://{host}:{sock.getsockname()[1]}"
-    server = LocalServer(root, console, base, single=single)
+    server = LocalServer(root, console, base, single=single, liveness_period=settings.liveness_period)
     router = LocalRouter(server, watch=reload)
     try:
         run_app(router, host, port, DRAIN_TIMEOUT_S, settings, sockets=[sock])

@@ -8,7 +8,8 @@ version still loading. A version that cannot start (bad api.yaml, missing packag
 the previous one keeps serving, and `/info` and the local page say which version serves and why the other
 was refused. A folder that appears is started; one that disappears stops being served (404).
 
-A serving process that ends on its own (killed by the OOM killer, a crash, a job calling os._exit) is seen the
+A serving process that ends on its own (killed by the OOM killer, a crash, a job calling os._exit), or that its
+liveness probe kills (stuck past serving.stuck_timeout, frozen: child.py), is seen the
 moment it ends, shown on the console, `/info` and the page, and started again with Kubernetes' back-off
 (`RestartBackoff`); while it is down its requests get 503 with Retry-After.
 """
@@ -222,8 +223,10 @@ class LocalApi:
 class LocalServer:
     """All the APIs under one root, their route table, and the watcher that keeps them in step with the disk."""
 
-    def __init__(self, root: Path, console: Console, base_url: str, single: bool = False):
+    def __init__(self, root: Path, console: Console, base_url: str, single: bool = False,
+                 liveness_period: float = 10.0):
         self.root = root.resolve()
+        self.liveness_period = liveness_period  # MYELIN_LIVENESS_PERIOD: each API process's /healthz probe
         self.single = single  # the root is itself one API folder
         self.console = console
         self.base_url = base_url
@@ -336,7 +339,8 @@ class LocalServer:
     def _process(self, api: LocalApi, spec: ApiSpec, generation: int, restart: int = 0) -> ApiProcess:
         return ApiProcess(spec.name, api.folder, generation, self.socket_dir, self._child_stdout, self._child_stderr,
                           endpoint=spec.endpoint, max_body=spec.serving.max_body_bytes,
-                          env=ARRIVAL_ENV if api.scales_to_zero else None, on_exit=self._exited, restart=restart)
+                          env=ARRIVAL_ENV if api.scales_to_zero else None, on_exit=self._exited, restart=restart,
+                          liveness_period=self.liveness_period)
 
     # ------------------------------------------------------------------ supervision
     def _exited(self, child: ApiProcess, code: int) -> None:
@@ -348,7 +352,7 @@ class LocalServer:
         now = time.monotonic()
         ran = now - api.backoff.running_since if api.backoff.running_since is not None else None
         delay = api.backoff.ended(now)
-        how = describe_exit(code)
+        how = describe_exit(code, child.killed_for)
         api.last_exit = {"how": how, "code": code, "at": time.strftime("%H:%M:%S"),
                          "ran_seconds": round(ran, 3) if ran is not None else None}
         api.last_load = child.load_seconds

@@ -237,6 +237,13 @@ class LocalRouter:
             return
         if body.error == "gone":
             return  # the client left while sending its body
+        if isinstance(err, httpx.LocalProtocolError):
+            # The request could not be written to the API's connection (nothing reached the API): the client's
+            # request is at fault, not the API's process, which is fine.
+            if not send.started:
+                await self._reply(api, scope, send, 400, "bad_request", "the request could not be forwarded to "
+                                  f"API {api.name}: {err}", request_id, [(b"connection", b"close")])
+            return
         if isinstance(err, (httpx.HTTPError, RuntimeError, OSError)):
             # The process ended (killed, crashed) or stopped answering: the request was not answered.
             if not send.started:
@@ -425,10 +432,12 @@ async def _client_leaves(receive: Any, body: _Body) -> None:
             return
 
 
-#: Request headers never forwarded: hop-by-hop (RFC 9110 7.6.1) and the router's own arrival header. The
-#: client's Host, Content-Length and everything else pass as they are, as the ALB passes them.
+#: Request headers never forwarded: hop-by-hop (RFC 9110 7.6.1), the message framing of the client's connection
+#: (`transfer-encoding`: the body is framed again, chunked, on the API's connection) and the router's own arrival
+#: header. The client's Host (the first, if it sent several), Content-Length and everything else pass as they are,
+#: as the ALB passes them.
 _REQUEST_DROP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
-                 b"proxy-authenticate", b"proxy-authorization", ARRIVAL_HEADER}
+                 b"proxy-authenticate", b"proxy-authorization", b"transfer-encoding", ARRIVAL_HEADER}
 #: Response headers the router's own server sets (its `date`: one per response) or that are hop-by-hop.
 _RESPONSE_DROP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer",
                   b"upgrade", b"date", b"server"}
@@ -460,7 +469,14 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
 def _forwarded_headers(headers: list[tuple[bytes, bytes]], request_id: str) -> list[tuple[bytes, bytes]]:
     """The client's headers as it sent them (values without the surrounding whitespace HTTP ignores, as
     `myelin serve` reads them), minus hop-by-hop ones; X-Request-ID added only if the client sent none."""
-    out = [(k, v.strip(b" \t")) for k, v in headers if k.lower() not in _REQUEST_DROP]
+    out = []
+    host = False
+    for k, v in headers:
+        name = k.lower()
+        if name in _REQUEST_DROP or (name == b"host" and host):
+            continue  # a second Host would make the API's connection refuse the request; `myelin serve` reads the first
+        host = host or name == b"host"
+        out.append((k, v.strip(b" \t")))
     if not any(k.lower() == b"x-request-id" for k, _ in out):
         out.append((b"x-request-id", request_id.encode("latin-1")))
     return out
