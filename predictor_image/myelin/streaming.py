@@ -18,7 +18,9 @@
   outside: the pump task is cancelled, the generator closed (its `finally` runs) and the slot freed.
 - A sync generator's `next()` runs in the API's thread pool, one step at a time, so the generator
   is never in two threads at once; it is closed in the pool too, once the step that is running
-  returns (a thread cannot be interrupted). An async generator runs on the event loop.
+  returns (a thread cannot be interrupted). An async generator runs on the event loop; a step past
+  its deadline is cancelled, and one that swallows the cancellation is stuck (counted so) until it
+  returns, when the stream ends with the timeout error.
 """
 
 from __future__ import annotations
@@ -304,6 +306,8 @@ class Stream:
         try:
             async with asyncio.timeout_at(deadline) as limit:  # the first item: from arrival, queueing included
                 item = await items.next()
+            if limit.expired():  # an async step that swallowed its cancellation: late all the same
+                raise TimeoutError()
             chunk = self._encode(item) if item is not _END else b""
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", self.framing.content_type), (b"x-request-id", self.request_id.encode("latin-1")),
@@ -322,6 +326,8 @@ class Stream:
                         self.started_at = 0.0
                     writing = False
                     item = await items.next()
+                if limit.expired():
+                    raise TimeoutError()
                 if item is not _END:
                     chunk = self._encode(item)
             self.finished = True
