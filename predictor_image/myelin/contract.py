@@ -52,6 +52,8 @@ BATCH_SIZE = "myelin_batch_size"  # histogram {api}
 READY_PROCESSES = "myelin_ready_processes"  # gauge {api}
 MODEL_LOAD = "myelin_model_load_seconds"  # gauge {api}: how long the predictor took to load
 STUCK = "myelin_stuck_predictions"  # gauge {api}: predicts still running past their request's deadline
+WRITE_TIMEOUTS = "myelin_write_timeouts"  # exposed as myelin_write_timeouts_total{api}: connections aborted, client not reading
+WRITE_TIMEOUTS_TOTAL = "myelin_write_timeouts_total"
 TARGET_IN_FLIGHT = "myelin_target_in_flight"  # gauge {api}: autoscaling.target_in_flight, for dashboards and alerts
 #: Scale to zero (autoscaling.min_replicas 0): cold starts of an API (a replica woken for held requests), the
 #: time from the first held request to that replica's readiness, and requests held right now (myelin local;

@@ -82,6 +82,11 @@ class Metrics:
             "shutting_down).", [c.LABEL_API, c.LABEL_REASON], registry=reg,
         )
 
+        self.write_timeouts = Counter(
+            c.WRITE_TIMEOUTS, "Connections aborted because the client read none of the response for MYELIN_WRITE_TIMEOUT "
+            "seconds (api is empty for the server's own routes).", [c.LABEL_API], registry=reg,
+        )
+
     def for_api(self, api: str, target_in_flight: float | None = None) -> "ApiMetrics":
         return ApiMetrics(self, api, target_in_flight)
 

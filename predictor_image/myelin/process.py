@@ -40,7 +40,8 @@ def uvicorn_config(app: Any, host: str, port: int, settings: Settings, **extra: 
 
     loop = "uvloop" if sys.platform != "win32" else "asyncio"
     return uvicorn.Config(
-        app, host=host, port=port, loop=loop, http=protocol_for(settings), lifespan="on", access_log=False,
+        app, host=host, port=port, loop=loop, http=protocol_for(settings, getattr(app, "on_write_timeout", None)),
+        lifespan="on", access_log=False,
         server_header=False,
         # No client addresses are logged or used, so X-Forwarded-* rewriting would be pure per-request cost.
         proxy_headers=False, log_level=settings.uvicorn_log_level,

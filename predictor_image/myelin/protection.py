@@ -14,12 +14,30 @@ Once the headers are in, the body must be complete within
 and close. Time during which the server itself stopped reading (flow
 control, a pipelined request waiting its turn) does not count against the
 client.
+
+The same goes for the other direction. A client that stops reading leaves the
+response's unsent bytes in the transport's buffer (a whole answer, however
+large, is handed to the transport at once), and uvicorn's graceful close waits
+for a flush that never comes: the memory is pinned for as long as the client
+keeps the connection open. So while the transport has paused writing (its
+buffer is over the high-water mark), a response that makes no progress (not
+one byte of the buffer sent) for `Settings.write_timeout` seconds
+(MYELIN_WRITE_TIMEOUT, default 30) has its connection aborted: the buffer is
+dropped, the app sees a disconnect, and `myelin_write_timeouts_total` counts
+it. A slow client that keeps reading makes progress and is never cut.
 """
 
 from __future__ import annotations
 
+import struct
 from asyncio import TimerHandle
-from typing import Any
+from typing import Any, Callable
+
+try:  # the kernel's unsent bytes of a socket (Linux, macOS); without it, only the transport's buffer counts
+    import fcntl
+    from termios import TIOCOUTQ as _TIOCOUTQ
+except ImportError:  # pragma: no cover - Windows
+    _TIOCOUTQ = None
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -47,11 +65,16 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
     """
 
     settings: Settings = Settings()
+    #: Called with the request path each time a connection is aborted for its write deadline: the app's counter.
+    on_write_timeout: Callable[[str], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout = self.settings.header_timeout
         self.body_timeout = self.settings.body_timeout
+        self.write_timeout = self.settings.write_timeout
+        self._write_timer: TimerHandle | None = None
+        self._unsent = 0  # the transport's unsent bytes at the last write-progress check
         self.max_header_bytes = self.settings.max_header_bytes
         self._in_headers = True
         self._header_bytes = 0
@@ -157,6 +180,9 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
         if self._read_timer is not None:
             self._read_timer.cancel()
             self._read_timer = None
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -191,7 +217,55 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
         if not self._request_begun:
             self._disarm()
 
+    # -------------------------------------------------------------- write deadline
+    # Checked every write_timeout seconds while the transport is paused: progress is any byte that left the
+    # buffer since the last check, so a slow client that keeps reading is never cut, however large the answer.
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._unsent = self._unsent_bytes()
+            self._write_timer = self.loop.call_later(self.write_timeout, self._check_write_progress)
 
-def protocol_for(settings: Settings) -> type[ProtectedHttpToolsProtocol]:
-    """The protocol class uvicorn instantiates per connection, bound to these settings."""
-    return type("ProtectedHttpToolsProtocol", (ProtectedHttpToolsProtocol,), {"settings": settings})
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _unsent_bytes(self) -> int:
+        """Bytes not yet taken by the client: the transport's buffer plus the kernel's send queue. The kernel's
+        part matters: a socket is reported writable again only once a good part of its queue has drained, so a
+        slowly reading client can make progress for seconds without the transport's buffer moving."""
+        unsent = self.transport.get_write_buffer_size()
+        if _TIOCOUTQ is not None:
+            sock = self.transport.get_extra_info("socket")
+            try:
+                unsent += struct.unpack("i", fcntl.ioctl(sock.fileno(), _TIOCOUTQ, b"\0\0\0\0"))[0]
+            except (OSError, AttributeError, ValueError):
+                pass
+        return unsent
+
+    def _check_write_progress(self) -> None:
+        self._write_timer = None
+        transport = self.transport
+        if transport is None or self.flow is None or not self.flow.write_paused:
+            return
+        unsent = self._unsent_bytes()
+        if unsent < self._unsent:  # the client read some: the deadline starts over
+            self._unsent = unsent
+            self._write_timer = self.loop.call_later(self.write_timeout, self._check_write_progress)
+            return
+        # abort(), not close(): close() would wait for the buffer to flush to a client that does not read.
+        transport.abort()
+        hook = self.on_write_timeout
+        if hook is not None:
+            cycle = self.cycle  # the response being written (or the last one, whose bytes are still buffered)
+            hook(cycle.scope["path"] if cycle is not None else "")
+
+
+def protocol_for(settings: Settings, on_write_timeout: Callable[[str], None] | None = None,
+                 ) -> type[ProtectedHttpToolsProtocol]:
+    """The protocol class uvicorn instantiates per connection, bound to these settings (and the app's counter of
+    connections aborted for their write deadline)."""
+    return type("ProtectedHttpToolsProtocol", (ProtectedHttpToolsProtocol,),
+                {"settings": settings, "on_write_timeout": staticmethod(on_write_timeout) if on_write_timeout else None})

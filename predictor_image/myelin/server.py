@@ -145,6 +145,11 @@ class MyelinApp:
             runtime.arrival = ArrivalClock(settings.arrival_header, *runtime.metrics.cold_start_series(),
                                            marker_dir=multiprocess_dir())
 
+    def on_write_timeout(self, path: str) -> None:
+        """A connection was aborted for its write deadline (protection.py): count it against its API."""
+        runtime = self.runtimes.get(path) or self.runtimes.get(path.rpartition("/")[0])  # <endpoint>, or <endpoint>/<id>
+        self.metrics.write_timeouts.labels(runtime.name if runtime is not None else "").inc()
+
     # ------------------------------------------------------------------ ASGI
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":

@@ -104,6 +104,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "header_timeout": ("MYELIN_HEADER_TIMEOUT", _positive_float),
     "body_timeout": ("MYELIN_BODY_TIMEOUT", _positive_float),
     "keep_alive_timeout": ("MYELIN_KEEP_ALIVE_TIMEOUT", _positive_int),
+    "write_timeout": ("MYELIN_WRITE_TIMEOUT", _positive_float),
     "uvicorn_log_level": ("MYELIN_UVICORN_LOG_LEVEL", _log_level),
     "max_header_bytes": ("MYELIN_MAX_HEADER_BYTES", _positive_int),
     "max_body_bytes_in_flight": ("MYELIN_MAX_BODY_BYTES_IN_FLIGHT", _size),
@@ -130,6 +131,9 @@ class Settings:
     #: Idle keep-alive seconds: longer than the load balancer's idle timeout (the cluster sets it), or the
     #: balancer reuses connections the server just closed (sporadic 502s).
     keep_alive_timeout: int = 75
+    #: Seconds a response may make no progress towards a client that does not read (the connection's unsent
+    #: bytes stay above the transport's high-water mark); then the connection is aborted and its memory freed.
+    write_timeout: float = 30.0
     #: uvicorn's own log level (request logs are Myelin's JSON lines either way).
     uvicorn_log_level: str = "warning"
     #: Largest request line + headers accepted; beyond it 431 and the connection is closed.
