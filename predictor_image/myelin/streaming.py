@@ -168,6 +168,9 @@ class AsyncItems:
         self._closing = False
 
     async def next(self) -> Any:
+        # One pass of the event loop per item: a generator that never awaits would otherwise keep it to itself
+        # once its client is gone (a disconnected send returns at once), and the disconnect would go unseen.
+        await asyncio.sleep(0)
         try:
             return await self._anext()
         except StopAsyncIteration:
