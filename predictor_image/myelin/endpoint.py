@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from . import codec
 from .errors import HTTPError, PredictorError
-from .http_io import ClientGone, RequestHead, read_body, send_body, send_error, too_large
+from .http_io import ClientGone, RequestHead, send_body, send_error, too_large
 from .invoke import PredictorFailure
 from .runtime import ApiRuntime, State
 from .streaming import stream_response

@@ -1,8 +1,9 @@
 """Reading requests and writing responses over raw ASGI: the pieces every front door shares.
 
-Bounded body reads, API-key checks, the contract's JSON error responses, request ids, and a
-`ResponseWriter` that remembers whether the response has started (after that an error can only
-end the stream, never replace the status line).
+API-key checks, the contract's JSON error responses, request ids, whole responses (`send_body`),
+and a `ResponseWriter` that remembers whether the response has started (after that an error can
+only end the stream, never replace the status line). Bodies are read through the request's ticket
+(`lifecycle.Ticket.read_body`: bounded per request and per process).
 """
 
 from __future__ import annotations
@@ -85,31 +86,6 @@ class ApiKeys:
 def too_large(limit: int) -> HTTPError:
     return HTTPError(413, "payload_too_large", f"request body exceeds the {limit} byte limit (serving.max_body_size)",
                      [(b"connection", b"close")])
-
-
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """The whole body, never holding more than `limit` bytes (413 beyond); ClientGone on disconnect."""
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientGone()
-    body = message.get("body", b"")
-    if not message.get("more_body", False):
-        if len(body) > limit:
-            raise too_large(limit)
-        return body
-    chunks = [body]
-    size = len(body)
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:  # stop reading: never hold more than the limit in memory
-            raise too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def send_error(send: Send, status: int, error_type: str, message: str, request_id: str,

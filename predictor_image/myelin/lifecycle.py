@@ -32,7 +32,7 @@ import asyncio
 from typing import Any, Awaitable, Callable
 
 from .errors import HTTPError, overloaded
-from .http_io import ClientGone, read_body, too_large
+from .http_io import ClientGone, too_large
 
 class BodyBudget:
     """Bytes of request bodies being received at once in this process (MYELIN_MAX_BODY_BYTES_IN_FLIGHT)."""
@@ -87,33 +87,39 @@ class Ticket:
     async def read_body(self, receive: Callable[[], Awaitable[dict]], limit: int) -> bytes:
         """The whole body (413 past `limit`), its bytes counted against the process's body budget meanwhile.
 
-        A declared Content-Length was reserved at admission; a chunked body reserves as its chunks arrive
-        and is refused (503, connection closed) once the budget cannot take the next one.
+        A declared Content-Length was reserved at admission; a body without one (chunked) reserves as its
+        chunks arrive and is refused (503, connection closed) once the budget cannot take the next one.
         """
-        if self.reserved or self._lifecycle.budget is None:
-            try:
-                return await read_body(receive, limit)
-            finally:
-                self._give_back()
-        budget = self._lifecycle.budget
-        chunks: list[bytes] = []
+        budget = None if self.reserved else self._lifecycle.budget  # None: nothing more to reserve
         try:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            body = message.get("body", b"")
+            if not message.get("more_body", False):  # the whole body in one message: the common case
+                if len(body) > limit:
+                    raise too_large(limit)
+                return body
+            chunks = [body]
+            size = len(body)
             while True:
+                if budget is not None and size > self.reserved:
+                    if not budget.take(size - self.reserved):
+                        raise body_budget_full(budget.limit)
+                    self.reserved = size
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     raise ClientGone()
                 chunk = message.get("body", b"")
-                if self.reserved + len(chunk) > limit:
+                size += len(chunk)
+                if size > limit:  # stop reading: never hold more than the limit in memory
                     raise too_large(limit)
-                if chunk:
-                    if not budget.take(len(chunk)):
-                        raise body_budget_full(budget.limit)
-                    self.reserved += len(chunk)
-                    chunks.append(chunk)
+                chunks.append(chunk)
                 if not message.get("more_body", False):
-                    return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+                    return b"".join(chunks)
         finally:
-            self._give_back()
+            if self.reserved:
+                self._give_back()
 
     def _give_back(self) -> None:
         if self.reserved:

@@ -241,6 +241,7 @@ class MyelinApp:
     def sample_metrics(self) -> None:
         for runtime in self.runtimes.values():
             runtime.sample_metrics()
+        self.metrics.body_bytes.set(self.body_budget.used)
 
     # ------------------------------------------------------------------ drain
     def begin_drain(self) -> None:

@@ -10,6 +10,7 @@ fails once that lasted `serving.stuck_timeout`.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import re
 import time
 
 import httpx
@@ -138,6 +139,8 @@ def test_a_body_that_does_not_fit_the_process_budget_is_refused_before_it_is_rea
     try:
         holder.sendall(head % (3 * 2**20) + b"x" * 1000)  # reserves 3 MiB of the 4, sends 1000 bytes
         time.sleep(0.3)
+        reserved = re.search(r"^myelin_body_bytes_in_flight (\S+)$",
+                             httpx.get(f"{server.base}/metrics", timeout=5).text, re.M)
         declared = raw_connect(server.port)
         declared.sendall(head % (2 * 2**20))  # 2 MiB more: does not fit
         data, _, _ = read_until_closed(declared, 5.0)
@@ -156,6 +159,7 @@ def test_a_body_that_does_not_fit_the_process_budget_is_refused_before_it_is_rea
     status_line = data.split(b"\r\n", 1)[0]
     print(f"\nbody budget {budget}: declared 2 MiB -> {status_line!r}, chunked 2 MiB -> "
           f"{chunked.status_code}, after -> {fits_again.status_code}")
+    assert reserved and float(reserved.group(1)) == 3 * 2**20
     assert data.startswith(b"HTTP/1.1 503 "), data[:300]
     assert b"MYELIN_MAX_BODY_BYTES_IN_FLIGHT" in data
     assert chunked.status_code == 503 and "MYELIN_MAX_BODY_BYTES_IN_FLIGHT" in chunked.json()["error"]["message"]
