@@ -51,6 +51,8 @@ STREAM_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _NEWLINES = re.compile(r"\r\n|\r|\n")
 _END = object()  # the generator is exhausted
+#: An async generator's items between two passes of the event loop (see AsyncItems.next).
+YIELD_EVERY = 32
 
 
 # ------------------------------------------------------------------------------------------- framing
@@ -166,11 +168,15 @@ class AsyncItems:
         self._anext = agen.__anext__
         self._on_closed = on_closed
         self._closing = False
+        self._steps = 0
 
     async def next(self) -> Any:
-        # One pass of the event loop per item: a generator that never awaits would otherwise keep it to itself
-        # once its client is gone (a disconnected send returns at once), and the disconnect would go unseen.
-        await asyncio.sleep(0)
+        # One pass of the event loop every YIELD_EVERY items: a generator that never awaits would otherwise keep
+        # the loop to itself once its client is gone (a disconnected send returns at once): the disconnect, or a
+        # drain, would go unseen until it ends.
+        self._steps += 1
+        if not self._steps % YIELD_EVERY:
+            await asyncio.sleep(0)
         try:
             return await self._anext()
         except StopAsyncIteration:
