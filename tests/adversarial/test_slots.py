@@ -19,7 +19,7 @@ import pytest
 from reliability.helpers import APIS as RELIABILITY_APIS
 from reliability.helpers import raw_connect, read_until_closed
 
-from .helpers import APIS, metric
+from .helpers import APIS, metric, wait_until
 
 TIMEOUT_S = 1.0        # serving.timeout of every API below
 STUCK_TIMEOUT_S = 3.0  # serving.stuck_timeout
@@ -78,8 +78,13 @@ def test_a_call_hung_past_its_deadline_holds_its_slot_and_every_probe_says_so(st
             while http.get(f"{server.base}/readyz").status_code != 200 and time.monotonic() < deadline:
                 time.sleep(0.1)
             recovered = (http.get(f"{server.base}/readyz").status_code, http.get(f"{server.base}/healthz").status_code)
-            metrics = http.get(f"{server.base}/metrics").text
-            after = (metric(metrics, "myelin_in_flight_requests", api), metric(metrics, "myelin_stuck_predictions", api))
+
+            def counts() -> tuple[float, float]:
+                text = http.get(f"{server.base}/metrics").text
+                return metric(text, "myelin_in_flight_requests", api), metric(text, "myelin_stuck_predictions", api)
+
+            wait_until(lambda: counts() == (0, 0), 5)  # ready again once one returned; the other a moment later
+            after = counts()
     print(f"\n{scenario}: hung={[(s, lines[:1]) for s, lines in outcomes]}, in_flight/stuck while hung={counted}, "
           f"readyz={ready.status_code} {ready.json()['status']}, healthz early={live_early} late={live_late.status_code},"
           f" later requests={later_statuses}, after={after}, recovered={recovered}")
@@ -164,3 +169,29 @@ def test_a_body_that_does_not_fit_the_process_budget_is_refused_before_it_is_rea
     assert b"MYELIN_MAX_BODY_BYTES_IN_FLIGHT" in data
     assert chunked.status_code == 503 and "MYELIN_MAX_BODY_BYTES_IN_FLIGHT" in chunked.json()["error"]["message"]
     assert fits_again.status_code == 200 and fits_again.json() == {"bytes": 3 * 2**20}
+
+
+def test_an_asyncapi_submit_is_admitted_before_its_body_is_read(start_server, tmp_path):
+    """The AsyncAPI front door shares the lifecycle: a submit whose declared body does not fit the process's body
+    budget is refused with 503 on its headers, and nothing is stored."""
+    server = start_server("serve", str(APIS / "big-result"), env={
+        "MYELIN_MAX_BODY_BYTES_IN_FLIGHT": str(2**20), "MYELIN_STATE_DIR": str(tmp_path / "state")})
+    head = (b"POST /big-result HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n"
+            b"content-length: %d\r\n\r\n")
+    holder = raw_connect(server.port)
+    try:
+        holder.sendall(head % (800 * 1024) + b"x" * 1000)  # 800 KiB of the 1 MiB reserved, 1000 bytes sent
+        time.sleep(0.3)
+        refused = raw_connect(server.port)
+        refused.sendall(head % (500 * 1024))
+        data, _, closed = read_until_closed(refused, 5.0)
+        refused.close()
+    finally:
+        holder.close()
+    submitted = re.search(r'^myelin_async_jobs_total{api="big-result",status="submitted"} (\S+)$',
+                          httpx.get(f"{server.base}/metrics", timeout=5).text, re.M)
+    stored = float(submitted.group(1)) if submitted else None
+    status_line = data.split(b"\r\n", 1)[0]
+    print(f"\nAsyncAPI submit past the body budget: {status_line!r}, closed={closed}, stored={stored}")
+    assert data.startswith(b"HTTP/1.1 503 ") and b"MYELIN_MAX_BODY_BYTES_IN_FLIGHT" in data, data[:300]
+    assert closed and stored == 0
