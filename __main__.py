@@ -18,6 +18,7 @@ from components import (
 )
 from components.addons import MONITORING_NAMESPACE, PROMETHEUS_POD_LABELS, PROMETHEUS_URL
 from components.apis.model import partition_of, resolve_models
+from components.config import interceptor_timings
 
 API_NAMESPACE = "apis"
 
@@ -39,17 +40,22 @@ vpc_id = existing.vpc_id if existing else network.vpc_id
 vpc_cidr = existing.vpc_cidr if existing else network.vpc_cidr
 # RealtimeAPIs at zero wake on a held request; an AsyncAPI's workers wake on its queue (KEDA's SQS scaler).
 to_zero = [d.spec for d in settings.apis if d.spec.kind == "RealtimeAPI" and d.spec.autoscaling.min_replicas == 0]
-addons = Addons(cluster_name, cfg, cluster, vpc_id, [d.spec.name for d in settings.apis], scale_to_zero=bool(to_zero),
+# How the interceptors that hold their requests stop without cutting one (drain, grace, deregistration delay).
+interceptor = interceptor_timings(to_zero, cfg.pods) if to_zero else None
+addons = Addons(cluster_name, cfg, cluster, vpc_id, [d.spec.name for d in settings.apis], interceptor=interceptor,
                 aws_scalers=bool(async_apis))
 k8s_opts = pulumi.ResourceOptions(provider=cluster.provider)
 namespace = ApiNamespace(f"{cluster_name}-apis", API_NAMESPACE, opts=k8s_opts)
+route_after = []
 if to_zero:
     # Answers requests held past their deadline while an API scales from zero (503 + Retry-After).
-    ColdStartResponder(
+    responder = ColdStartResponder(
         f"{cluster_name}-cold-start", to_zero, namespace.name, stack, cfg.pods, PROMETHEUS_URL, MONITORING_NAMESPACE,
         PROMETHEUS_POD_LABELS, node_pools=existing is None, force_delete_images=stack != "prod",
         after=[addons, namespace], opts=k8s_opts,
     )
+    # Every InterceptorRoute names its Service as the fallback: the Service exists first (and goes last).
+    route_after = [responder.service]
 
 endpoints = {}
 job_stores = {}
@@ -86,6 +92,8 @@ for deployed in settings.apis:
         oidc_provider_arn=cluster.oidc_provider_arn,
         oidc_provider_url=cluster.oidc_provider_url,
         partition=partition_of(region),
+        interceptor=interceptor,
+        route_after=route_after,
     )
     if spec.kind == "AsyncAPI":
         cloud = AsyncCloudArgs(region=region, oidc_provider_arn=cluster.oidc_provider_arn,

@@ -117,9 +117,12 @@ def dist_version(python: Path, dist: str) -> str:
         return "?"
 
 
-def main_venv_json(code: str, *args: str) -> Any:
-    """Run a snippet in the runtime's virtualenv (it has PyYAML, myelin, sklearn) and parse its JSON output."""
-    out = subprocess.run([str(MAIN_PY), "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+def main_venv_json(code: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    """Run a snippet in the runtime's virtualenv (it has PyYAML, myelin, sklearn) and parse its JSON output.
+
+    `env`: extra environment variables (ab.py points PYTHONPATH at one revision's predictor_image)."""
+    out = subprocess.run([str(MAIN_PY), "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env={**os.environ, **(env or {})})
     if out.returncode:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"rc={out.returncode}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -143,8 +146,8 @@ print(json.dumps({"raw": raw, "endpoint": endpoint, "batching": batching, "servi
 """
 
 
-def read_api(folder: Path) -> dict:
-    return main_venv_json(READ_API, str(folder))
+def read_api(folder: Path, env: dict[str, str] | None = None) -> dict:
+    return main_venv_json(READ_API, str(folder), env=env)
 
 
 # ---------------------------------------------------------------- servers
@@ -303,8 +306,8 @@ def summarize(runs: list[dict]) -> dict:
 
 def catalogue(kmeans_api: dict | None, embed_api: dict | None) -> list[Server]:
     py = str(MAIN_PY)
-    uvicorn = [py, "-m", "uvicorn", "--host", HOST, "--workers", "1", "--loop", "uvloop", "--http", "httptools"]
-    point = [1.5, -2.25]
+    uvicorn = UVICORN
+    point = POINT
     myelin_serve_extra = myelin_host_flag()
 
     def myelin(folder: Path | Callable[[], Path]):
@@ -360,11 +363,7 @@ def catalogue(kmeans_api: dict | None, embed_api: dict | None) -> list[Server]:
                  "BENTOML_DO_NOT_TRACK": "True"},
             note=f'`{{"features": [[x, y]]}}` -> `[i]`; batchable=True, max_batch_size={batch_size}',
         ),
-        Server(
-            "ceiling", "Ceiling: raw ASGI constant", "kmeans", "ceiling", "main",
-            lambda port: [*uvicorn, "--port", str(port), "--no-access-log", "benchmarks.servers.ceiling:app"],
-            "/predict", features(point), ready_path="/healthz",
-        ),
+        ceiling_server(),
         Server(
             "myelin-trivial", "Myelin, trivial predictor (batching off)", "trivial", "myelin", "main",
             myelin(BENCH / "apis" / "trivial"), "/trivial", features(point), ready_path="/readyz",
@@ -402,12 +401,26 @@ def catalogue(kmeans_api: dict | None, embed_api: dict | None) -> list[Server]:
     return servers
 
 
-def myelin_host_flag() -> list[str]:
+UVICORN = [str(MAIN_PY), "-m", "uvicorn", "--host", HOST, "--workers", "1", "--loop", "uvloop", "--http", "httptools"]
+POINT = [1.5, -2.25]
+
+
+def ceiling_server() -> Server:
+    """The raw ASGI app on the same uvicorn: what any server on this machine pays at least (also ab.py's)."""
+    return Server(
+        "ceiling", "Ceiling: raw ASGI constant", "kmeans", "ceiling", "main",
+        lambda port: [*UVICORN, "--port", str(port), "--no-access-log", "benchmarks.servers.ceiling:app"],
+        "/predict", json_body({"features": POINT}), ready_path="/healthz",
+    )
+
+
+def myelin_host_flag(env: dict[str, str] | None = None) -> list[str]:
     """Pass --host 127.0.0.1 when `myelin serve` has the option (it should default to loopback anyway)."""
     if not MYELIN.exists():
         return []
     try:
-        out = subprocess.run([str(MYELIN), "serve", "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        out = subprocess.run([str(MAIN_PY), "-m", "myelin", "serve", "--help"], capture_output=True, text=True,
+                             timeout=60, cwd=ROOT, env={**os.environ, **(env or {})})
         return ["--host", HOST] if "--host" in out.stdout else []
     except Exception:
         return []

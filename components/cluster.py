@@ -21,7 +21,7 @@ import pulumi_aws as aws
 import pulumi_eks as eks
 import pulumi_kubernetes as k8s
 
-from . import gpu
+from . import capacity, gpu
 from .irsa import irsa_role
 from .config import ClusterConfig, NodePoolConfig
 from .labels import CAPACITY_LABEL, POOL_LABEL
@@ -32,6 +32,9 @@ GPU_TAINT_KEY = "nvidia.com/gpu"
 #: look at (kubernetes/autoscaler cluster-autoscaler-1.34.1 cluster-autoscaler/cloudprovider/aws/README.md,
 #: "Auto-Discovery Setup" / scaling a node group to 0): a pending GPU pod then brings a GPU group back from zero.
 NODE_TEMPLATE_TAG = "k8s.io/cluster-autoscaler/node-template/"
+#: ... and the resources the instance type does not tell it (extractAllocatableResourcesFromAsg in
+#: cloudprovider/aws/aws_manager.go at that tag): the node's ephemeral storage (components/capacity.py).
+EPHEMERAL_STORAGE_TAG = NODE_TEMPLATE_TAG + "resources/ephemeral-storage"
 GPU_NODE_SELECTOR = {POOL_LABEL: "gpu"}
 CPU_NODE_SELECTOR = {POOL_LABEL: "cpu"}
 SYSTEM_NODE_SELECTOR = {POOL_LABEL: "system"}
@@ -50,6 +53,8 @@ _VOLUMES = {
     "BOTTLEROCKET": ("/dev/xvda", "/dev/xvdb"),  # Bottlerocket: OS on xvda, images and containers on xvdb
 }
 _BOTTLEROCKET_OS_GIB = 4
+#: The system group's root volume (fixed size: never scaled from zero, no node-template tags).
+SYSTEM_DISK_GIB = 30
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,33 @@ class NodeGroupInfo:
     pool: str  # system | cpu | gpu
     capacity_type: str  # SPOT | ON_DEMAND
     accelerator: str | None = None  # GPU model label value, GPU groups only
+    #: The first instance type (the one cluster-autoscaler builds an empty group's node from) and the
+    #: node-template tags of a group it scales from zero (None for the fixed system group).
+    instance_types: tuple[str, ...] = ()
+    template_tags: dict[str, str] | None = None
+
+
+def template_tags(labels: dict[str, str], gpu_taint: bool, ephemeral_storage_gib: int | None) -> dict[str, str]:
+    """The node-template tags of a group: its labels, its GPU taint and its ephemeral storage."""
+    tags = {f"{NODE_TEMPLATE_TAG}label/{k}": v for k, v in labels.items()}
+    if gpu_taint:
+        tags[f"{NODE_TEMPLATE_TAG}taint/{GPU_TAINT_KEY}"] = "true:NoSchedule"
+    if ephemeral_storage_gib is not None:
+        tags[EPHEMERAL_STORAGE_TAG] = capacity.quantity(ephemeral_storage_gib)
+    return tags
+
+
+def tag_resource_name(group: str, key: str) -> str:
+    """The Pulumi name of one ASG tag resource: by its key, so adding or removing a tag never renames (and so
+    replaces, and with it deletes) another."""
+    return f"{group}-template-" + key.removeprefix(NODE_TEMPLATE_TAG).replace("/", "-")
+
+
+def legacy_tag_names(group: str, labels: dict[str, str], gpu_taint: bool) -> dict[str, str]:
+    """Tag key -> the name its resource had when tags were named by their index in the sorted labels and taint
+    (before the ephemeral-storage tag): the alias that lets a stack deployed then keep each tag in place."""
+    return {key: f"{group}-template-{i}"
+            for i, key in enumerate(sorted(template_tags(labels, gpu_taint, None)))}
 
 
 def _access_entry(arn: str, policy: str) -> eks.AccessEntryArgs:
@@ -219,10 +251,10 @@ class Cluster(pulumi.ComponentResource):
                 opts=child,
             )
 
-        def node_group(group: str, pool: str, *, capacity: str, instance_types: list[str], min_size: int,
-                       max_size: int, template: aws.ec2.LaunchTemplate, ami_type: str,
+        def node_group(group: str, pool: str, *, capacity_type: str, instance_types: list[str], min_size: int,
+                       max_size: int, template: aws.ec2.LaunchTemplate, ami_type: str, disk_size_gib: int,
                        accelerator: str | None = None, fixed: bool = False) -> None:
-            labels = {POOL_LABEL: pool, CAPACITY_LABEL: capacity.lower()}
+            labels = {POOL_LABEL: pool, CAPACITY_LABEL: capacity_type.lower()}
             taints = []
             if accelerator is not None:
                 labels["nvidia.com/gpu.present"] = "true"
@@ -235,7 +267,7 @@ class Cluster(pulumi.ComponentResource):
                 node_role_arn=node_role.arn,
                 subnet_ids=network.private_subnet_ids,
                 ami_type=ami_type,
-                capacity_type=capacity,
+                capacity_type=capacity_type,
                 instance_types=instance_types,
                 scaling_config=aws.eks.NodeGroupScalingConfigArgs(
                     min_size=min_size, max_size=max_size, desired_size=max(min_size, 1 if fixed else min_size)
@@ -257,28 +289,31 @@ class Cluster(pulumi.ComponentResource):
                     ignore_changes=["scalingConfig.desiredSize"],
                 ),
             )
+            tags = None
             if not fixed:
-                self._node_template_tags(group, ng, labels, accelerator is not None)
+                gpu_taint = accelerator is not None
+                tags = template_tags(labels, gpu_taint, capacity.ephemeral_storage_gib(disk_size_gib, ami_type, pool))
+                self._node_template_tags(group, ng, tags, legacy_tag_names(group, labels, gpu_taint))
             self.node_group_resources.append(ng)
-            self.node_groups.append(NodeGroupInfo(group, pool, capacity, accelerator))
+            self.node_groups.append(NodeGroupInfo(group, pool, capacity_type, accelerator, tuple(instance_types), tags))
 
         system = config.system_nodes
-        node_group(f"{name}-system", "system", capacity="ON_DEMAND", instance_types=[system.instance_type],
+        node_group(f"{name}-system", "system", capacity_type="ON_DEMAND", instance_types=[system.instance_type],
                    min_size=system.size, max_size=system.size,
-                   template=launch_template("system", 30, "AL2023_x86_64_STANDARD"),
-                   ami_type="AL2023_x86_64_STANDARD", fixed=True)
+                   template=launch_template("system", SYSTEM_DISK_GIB, "AL2023_x86_64_STANDARD"),
+                   ami_type="AL2023_x86_64_STANDARD", disk_size_gib=SYSTEM_DISK_GIB, fixed=True)
 
         def pool_groups(pool: str, group: str, cfg: NodePoolConfig, ami_type: str, instance_types: list[str],
                         template: aws.ec2.LaunchTemplate, accelerator: str | None = None) -> None:
             spot_min = max(cfg.min_size - cfg.on_demand_base, 0) if cfg.spot else 0
             if cfg.spot:
-                node_group(f"{name}-{group}-spot", pool, capacity="SPOT", instance_types=instance_types,
+                node_group(f"{name}-{group}-spot", pool, capacity_type="SPOT", instance_types=instance_types,
                            min_size=spot_min, max_size=cfg.max_size, template=template, ami_type=ami_type,
-                           accelerator=accelerator)
+                           disk_size_gib=cfg.disk_size_gib, accelerator=accelerator)
             od_min = cfg.on_demand_base if cfg.spot else max(cfg.min_size, cfg.on_demand_base)
-            node_group(f"{name}-{group}-ondemand", pool, capacity="ON_DEMAND", instance_types=instance_types,
+            node_group(f"{name}-{group}-ondemand", pool, capacity_type="ON_DEMAND", instance_types=instance_types,
                        min_size=od_min, max_size=cfg.max_size, template=template, ami_type=ami_type,
-                       accelerator=accelerator)
+                       disk_size_gib=cfg.disk_size_gib, accelerator=accelerator)
 
         cpu = config.cpu_nodes
         pool_groups("cpu", "cpu", cpu, "AL2023_x86_64_STANDARD", cpu.instance_types,
@@ -298,17 +333,20 @@ class Cluster(pulumi.ComponentResource):
                                      opts=pulumi.ResourceOptions(parent=self, depends_on=self.node_group_resources))
         self.register_outputs({"cluster_name": self.cluster_name, "kubeconfig": self.kubeconfig})
 
-    def _node_template_tags(self, group: str, ng: aws.eks.NodeGroup, labels: dict[str, str], gpu: bool) -> None:
-        """The group's labels (and GPU taint) as tags on its Auto Scaling group: EKS keeps node group tags on the
-        node group, while the autoscaler reads the ASG's."""
+    def _node_template_tags(self, group: str, ng: aws.eks.NodeGroup, tags: dict[str, str],
+                            legacy: dict[str, str]) -> None:
+        """The group's node template as tags on its Auto Scaling group: EKS keeps node group tags on the node
+        group, while the autoscaler reads the ASG's. One resource per tag, named by its key; a tag that was
+        named by index before keeps its resource through an alias (no replacement, so no delete of the tag
+        after its successor wrote it)."""
         asg_name = ng.resources.apply(lambda r: r[0].autoscaling_groups[0].name)
-        tags = {f"{NODE_TEMPLATE_TAG}label/{k}": v for k, v in labels.items()}
-        if gpu:
-            tags[f"{NODE_TEMPLATE_TAG}taint/{GPU_TAINT_KEY}"] = "true:NoSchedule"
-        for i, (key, value) in enumerate(sorted(tags.items())):
+        names = {key: tag_resource_name(group, key) for key in tags}
+        assert len(set(names.values())) == len(names), f"{group}: two node-template tags map to one resource name"
+        for key, value in sorted(tags.items()):
+            old = legacy.get(key)
             aws.autoscaling.Tag(
-                f"{group}-template-{i}",
+                names[key],
                 autoscaling_group_name=asg_name,
                 tag=aws.autoscaling.TagTagArgs(key=key, value=value, propagate_at_launch=False),
-                opts=pulumi.ResourceOptions(parent=ng),
+                opts=pulumi.ResourceOptions(parent=ng, aliases=[pulumi.Alias(name=old)] if old else None),
             )

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from myelin.spec import ApiSpec, SpecError, check_unique, load_api_spec, parse_model_uri, validation_problems
 
-from . import gpu
+from . import capacity, gpu
+from .observability.cost import CostConfig
 from .observability.rules import AlertsConfig
 from .versions import KUBERNETES_VERSION
 
@@ -210,8 +211,16 @@ class IngressConfig(_Strict):
         return self
 
 
+#: A KMS key's ARN (not an alias: IAM grants on a key name its key ARN).
+KMS_KEY_ARN = r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$"
+
+
 class ApiSelection(_Strict):
     overrides: dict[str, Any] = Field(default_factory=dict, description="api.yaml fields to replace for this stack.")
+    model_kms_key_arn: str | None = Field(
+        None, pattern=KMS_KEY_ARN,
+        description="The customer-managed KMS key the s3:// model's objects are encrypted with (SSE-KMS): the API's "
+                    "role may then kms:Decrypt with it, through S3 and for the model's objects only.")
 
 
 class GrafanaConfig(_Strict):
@@ -223,6 +232,14 @@ class ObservabilityConfig(_Strict):
     prometheus_retention: str = Field("2d", pattern=r"^\d+[hdw]$")
     grafana: GrafanaConfig = Field(default_factory=GrafanaConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Alert thresholds and receiver.")
+    cost: CostConfig = Field(default_factory=CostConfig, description="OpenCost and what each API costs.")
+
+    @model_validator(mode="after")
+    def _cost_alert_needs_opencost(self) -> "ObservabilityConfig":
+        a = self.alerts
+        if not self.cost.enabled and (a.cost_per_million_predictions_dollars or a.cost_per_million_predictions_dollars_by_api):
+            raise ValueError("alerts.cost_per_million_predictions_dollars needs cost.enabled (OpenCost prices the APIs)")
+        return self
 
 
 class PodConfig(_Strict):
@@ -272,6 +289,8 @@ KNOWN_KEYS = ("network", "cluster", "ingress", "observability", "pods", "apis", 
 class DeployedApi:
     folder: Path
     spec: ApiSpec
+    #: myelin:apis.<folder>.model_kms_key_arn: the key of an s3:// model under SSE-KMS, if any.
+    model_kms_key_arn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -304,6 +323,46 @@ def parse_stack_config(raw: Mapping[str, Any], stack: str, region: str, source: 
 HPA_MAX_STABILIZATION_S = 3600
 #: For APIs scaled to zero: the interceptor's request deadline over serving.timeout (components/apis/scale_to_zero.py).
 SCALE_TO_ZERO_SLACK_S = 10
+#: An ALB target group's deregistration_delay.timeout_seconds is at most 3600 (an hour).
+ALB_MAX_DEREGISTRATION_S = 3600
+#: The interceptor's own shutdownDelay floor (the chart's default, 5s) and its margin for process exit.
+INTERCEPTOR_MIN_SHUTDOWN_DELAY_S = 5
+INTERCEPTOR_EXIT_MARGIN_S = 5
+
+
+def held_request_seconds(spec: ApiSpec) -> int:
+    """The longest a request to an API scaled to zero stays at the interceptor: held up to serving.timeout, and the
+    route's request deadline (`timeouts.request`) is that plus the slack for the fallback's answer."""
+    return math.ceil(spec.serving.timeout.seconds) + SCALE_TO_ZERO_SLACK_S
+
+
+@dataclass(frozen=True)
+class InterceptorTimings:
+    """How an interceptor pod of KEDA's HTTP add-on stops without cutting a held request (chart keda-add-ons-http
+    0.15.0, kedacore/charts c4b92e9 http-add-on/values.yaml: shutdownDelay, drainTimeout,
+    terminationGracePeriodSeconds, which must be at least the first two together):
+
+    SIGTERM -> `shutdown_delay_s` still accepting (readiness 503) while the ALB deregisters it (as an API pod's
+    preStop pause) -> listener closed -> up to `drain_s` for the requests it holds, the longest a held request can
+    last -> exit. The ALB's deregistration delay on the interceptor's target groups is the whole grace period,
+    so the ALB never closes a connection the interceptor is still answering."""
+
+    shutdown_delay_s: int
+    drain_s: int
+
+    @property
+    def grace_s(self) -> int:
+        return self.shutdown_delay_s + self.drain_s + INTERCEPTOR_EXIT_MARGIN_S
+
+    @property
+    def deregistration_delay_s(self) -> int:
+        return self.grace_s
+
+
+def interceptor_timings(specs: list[ApiSpec], pods: "PodConfig") -> InterceptorTimings:
+    """The timings that cover every API of the stack scaled to zero (one interceptor fleet holds them all)."""
+    return InterceptorTimings(shutdown_delay_s=max(pods.pre_stop_seconds, INTERCEPTOR_MIN_SHUTDOWN_DELAY_S),
+                              drain_s=max(held_request_seconds(s) for s in specs))
 
 
 def _realtime_problems(spec: ApiSpec, config: StackConfig) -> list[tuple[str, str]]:
@@ -318,6 +377,17 @@ def _realtime_problems(spec: ApiSpec, config: StackConfig) -> list[tuple[str, st
     # silence the API allows (serving.timeout: a prediction's deadline, a stream's gap between two items), so
     # the client gets the API's own answer (a JSON 504 or the next item) and never the ALB's HTML 504. An API
     # scaled to zero is also held by the interceptor for up to serving.timeout while it starts.
+    if a.min_replicas == 0:
+        # A held request must end within an interceptor's drain, which the ALB's deregistration delay must cover.
+        timings = interceptor_timings([spec], config.pods)
+        if timings.deregistration_delay_s > ALB_MAX_DEREGISTRATION_S:
+            longest = ALB_MAX_DEREGISTRATION_S - (timings.grace_s - math.ceil(spec.serving.timeout.seconds))
+            problems.append(("serving.timeout", (
+                f"{spec.serving.timeout} with autoscaling.min_replicas 0: a request is held at the interceptor for up "
+                f"to serving.timeout (+{SCALE_TO_ZERO_SLACK_S}s), and a stopping interceptor drains it for that long "
+                f"after {timings.shutdown_delay_s}s ({NAMESPACE}:pods.pre_stop_seconds), all within the load "
+                f"balancer's deregistration delay, at most {ALB_MAX_DEREGISTRATION_S}s: use at most {longest}s, or "
+                "min_replicas 1 (README, Scale to zero)")))
     need = math.ceil(spec.serving.timeout.seconds) + (SCALE_TO_ZERO_SLACK_S if a.min_replicas == 0 else 1)
     if config.ingress.idle_timeout_seconds < need:
         why = ("a request is held while the API scales from zero for up to serving.timeout"
@@ -348,17 +418,38 @@ def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) 
             # client's connection) and its workers scale on the queue without HPA windows: neither check applies.
             problems.extend(_realtime_problems(spec, config))
         problems.extend(_model_problems(spec, folder, config))
+        problems.extend(_image_problems(folder))
         if problems:
             raise SpecError(f"{folder / 'api.yaml'} (stack {config.stack})", problems)
-        deployed.append(DeployedApi(folder=folder, spec=spec))
+        key = selection.model_kms_key_arn
+        if key is not None:
+            uri = spec.predictor.model_uri
+            if uri is None or not parse_model_uri(uri).is_s3:
+                raise StackConfigError(source, [(f"{NAMESPACE}:apis.{folder_name}.model_kms_key_arn", (
+                    f"API {spec.name} has no s3:// predictor.model_uri ({uri or 'none'}): there is no model for this "
+                    "key to decrypt"))])
+        deployed.append(DeployedApi(folder=folder, spec=spec, model_kms_key_arn=key))
     check_unique({d.folder: d.spec for d in deployed})
     names = {d.spec.name for d in deployed}
-    unknown = sorted(set(config.observability.alerts.latency_p99_seconds_by_api) - names)
-    if unknown:
-        raise StackConfigError(source, [
-            (f"{NAMESPACE}:observability.alerts.latency_p99_seconds_by_api.{name}",
-             f"no deployed API is named {name!r} (deployed: {', '.join(sorted(names))})") for name in unknown])
+    for field_name in ("latency_p99_seconds_by_api", "cost_per_million_predictions_dollars_by_api"):
+        unknown = sorted(set(getattr(config.observability.alerts, field_name)) - names)
+        if unknown:
+            raise StackConfigError(source, [
+                (f"{NAMESPACE}:observability.alerts.{field_name}.{name}",
+                 f"no deployed API is named {name!r} (deployed: {', '.join(sorted(names))})") for name in unknown])
     return tuple(deployed)
+
+
+def _image_problems(folder: Path) -> list[tuple[str, str]]:
+    """What would go into the API's image: a symlink out of the repository (or to nothing) is refused here, before
+    any resource exists (components/image.py)."""
+    from .image import ImageContextError, context_files  # image.py imports this module
+
+    try:
+        context_files(folder)
+    except ImageContextError as err:
+        return [("", f"{err} (the image holds the API folder's git-tracked files; README, Deploy to AWS)")]
+    return []
 
 
 def _model_problems(spec: ApiSpec, folder: Path, config: StackConfig) -> list[tuple[str, str]]:
@@ -381,11 +472,16 @@ def _model_problems(spec: ApiSpec, folder: Path, config: StackConfig) -> list[tu
                 "model cache, e.g. '2Gi' (at least the model's size; the cache may use all but 5% of it)")))
         elif config.cluster.existing is None:
             pool = config.cluster.gpu_nodes if spec.compute.gpu else config.cluster.cpu_nodes
-            if pool is not None and disk >= pool.disk_size_gib * 2**30:
-                which = "gpu_nodes" if spec.compute.gpu else "cpu_nodes"
-                problems.append(("compute.model_disk", (
-                    f"{spec.compute.model_disk} does not fit on a node: {NAMESPACE}:cluster.{which}.disk_size_gib is "
-                    f"{pool.disk_size_gib} (the pod's volume lives on the node's disk, beside the images)")))
+            if pool is not None:
+                kind = "gpu" if spec.compute.gpu else "cpu"
+                ami = pool.ami_type if isinstance(pool, GpuNodePoolConfig) else "AL2023_x86_64_STANDARD"
+                room = capacity.ephemeral_storage_gib(pool.disk_size_gib, ami, kind)
+                if disk > room * 2**30:
+                    problems.append(("compute.model_disk", (
+                        f"{spec.compute.model_disk} does not fit on a node: {NAMESPACE}:cluster.{kind}_nodes.disk_size_gib "
+                        f"is {pool.disk_size_gib}, of which pods get {room}Gi (the pod's volume lives on the node's "
+                        "disk beside the OS and the images: components/capacity.py); the cluster autoscaler would "
+                        "never add a node for it. Raise disk_size_gib or lower compute.model_disk")))
         return problems
     local = Path(uri.local_path or "").expanduser()
     target = local if local.is_absolute() else folder / local
@@ -434,6 +530,12 @@ def load_settings(raw: Mapping[str, Any], stack: str, region: str, repo_root: Pa
     if not region:
         raise StackConfigError(source, [("aws:region", "required: the AWS region to deploy to")])
     config = parse_stack_config(raw, stack, region, source)
+    from .image import PREDICTOR_IMAGE_DIR, ImageContextError, context_files  # image.py imports this module
+
+    try:
+        context_files(PREDICTOR_IMAGE_DIR)  # the runtime's files go into every image
+    except ImageContextError as err:
+        raise StackConfigError(source, [("", str(err))]) from None
     apis = resolve_apis(config, source, repo_root)
     keys = parse_api_keys(raw.get("api_keys"), apis, source)
     return Settings(config=config, apis=apis, api_keys=keys)

@@ -8,6 +8,13 @@ the same tag on a laptop and in CI. Outside a git checkout, every file is staged
 what a `.dockerignore` in the folder lists. File modes are normalised (0644, 0755 for executables) so they do
 not depend on a machine's umask.
 
+Symlinks (git tracks a link, not what it points to): one that resolves inside the repository (the git checkout
+holding the folder; outside a checkout, the folder itself) is staged as its target's content, a link to a
+directory as that directory's files (those git tracks there) under the link's path. One that resolves outside
+the repository, or to nothing, is refused, naming the file (`ImageContextError`, raised by the stack-config check
+before any resource exists): a link committed to, say, a credentials file on the build machine never enters an
+image.
+
 The tag is a content hash of the staged files (paths and bytes) plus the build args, so any change to the
 runtime, the Dockerfile or the API folder gives a new tag and rolls the pods (ECR tags are immutable). By hand:
 
@@ -58,8 +65,17 @@ def _ignored(rel: str, patterns: list[str]) -> bool:
     return False
 
 
+class ImageContextError(ValueError):
+    """A file of an image's context that cannot go into it (a symlink out of the repository, or to nothing)."""
+
+    def __init__(self, path: Path, message: str):
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
 def _git_tracked(folder: Path) -> list[str] | None:
-    """Paths (relative to `folder`) of the files git tracks there; None when `folder` is not in a git checkout."""
+    """Paths (relative to `folder`) of the files and symlinks git tracks there; None when `folder` is not in a git
+    checkout."""
     try:
         out = subprocess.run(["git", "-C", str(folder), "ls-files", "-z", "--cached", "--", "."],
                              capture_output=True, check=True, timeout=60)
@@ -67,24 +83,67 @@ def _git_tracked(folder: Path) -> list[str] | None:
         return None
     files = [p for p in out.stdout.decode().split("\0") if p]
     # Tracked but deleted in the working tree: not part of what would be built.
-    return sorted(p for p in files if (folder / p).is_file())
+    return sorted(p for p in files if os.path.lexists(folder / p))
 
 
-def context_files(folder: Path) -> list[str]:
-    """The files of `folder` that go into the image, as sorted relative paths."""
-    folder = Path(folder)
+def _repository(folder: Path) -> Path:
+    """The root a symlink of `folder` must resolve within: its git checkout, else the folder itself."""
+    try:
+        out = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"],
+                             capture_output=True, check=True, timeout=60)
+        return Path(out.stdout.decode().strip()).resolve()
+    except (OSError, subprocess.SubprocessError):
+        return Path(folder).resolve()
+
+
+def _entries(folder: Path, patterns: list[str]) -> list[str]:
+    """`folder`'s files, symlinks (to files or directories) included, that are not ignored."""
     tracked = _git_tracked(folder)
-    patterns = _ignore_patterns(folder)
     if tracked is not None:
         return [p for p in tracked if not _ignored(p, patterns)]
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not _ignored(d, patterns))
-        for fname in files:
+        # os.walk does not descend into linked directories: they are entries, expanded by the caller.
+        names = list(files) + [d for d in dirs if (Path(root) / d).is_symlink()]
+        for fname in names:
             rel = (Path(root) / fname).relative_to(folder).as_posix()
-            if not _ignored(rel, patterns) and (Path(root) / fname).is_file():
+            if not _ignored(rel, patterns):
                 found.append(rel)
-    return sorted(found)
+    return found
+
+
+def _expand(folder: Path, prefix: str, repository: Path, patterns: list[str], seen: frozenset[Path]) -> list[str]:
+    out = []
+    for rel in _entries(folder, patterns):
+        path = folder / rel
+        name = f"{prefix}{rel}"
+        if not path.is_symlink():
+            if path.is_file():
+                out.append(name)
+            continue
+        target = path.resolve()
+        if not target.is_relative_to(repository):
+            raise ImageContextError(path, (
+                f"a symlink to {target}, outside the repository {repository}: it would copy that file into the image. "
+                "Commit the file itself inside the repository, or remove the link"))
+        if target.is_file():
+            out.append(name)  # staged as its target's content
+        elif target.is_dir():
+            if target in seen:
+                raise ImageContextError(path, f"a symlink to {target}, which contains the link itself (a loop)")
+            out.extend(_expand(target, f"{name}/", repository, patterns, seen | {target}))
+        else:
+            raise ImageContextError(path, f"a symlink to {target}, which does not exist (or is not a file)")
+    return out
+
+
+def context_files(folder: Path) -> list[str]:
+    """The files of `folder` that go into the image, as sorted relative paths (a path may go through a symlink
+    inside the repository: it is staged as what it points to). Raises ImageContextError for a symlink out of the
+    repository or to nothing."""
+    folder = Path(folder)
+    return sorted(_expand(folder, "", _repository(folder), _ignore_patterns(folder), frozenset({folder.resolve()})))
 
 
 def hash_tree(folder: Path, digest: "hashlib._Hash", label: str, files: list[str] | None = None) -> None:

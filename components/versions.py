@@ -63,8 +63,10 @@ KEDA = Chart("keda", "https://kedacore.github.io/charts", "2.20.2",
 KEDA_HTTP_ADD_ON = Chart(
     "keda-add-ons-http", "https://kedacore.github.io/charts", "0.15.0",
     ("interceptor.replicas.min", "interceptor.replicas.max", "interceptor.nodeSelector", "interceptor.podAnnotations",
-     "interceptor.resources", "interceptor.responseHeaderTimeout", "operator.nodeSelector", "operator.resources",
-     "scaler.nodeSelector", "scaler.replicas", "scaler.resources"),
+     "interceptor.resources", "interceptor.responseHeaderTimeout", "interceptor.shutdownDelay",
+     "interceptor.drainTimeout", "interceptor.terminationGracePeriodSeconds", "interceptor.pdb.enabled",
+     "interceptor.pdb.maxUnavailable", "operator.nodeSelector", "operator.resources", "scaler.nodeSelector",
+     "scaler.replicas", "scaler.resources"),
     kubernetes=("1.34", "1.36"),
 )
 #: The add-on's Services (templates/interceptor/service-proxy.yaml, service-admin.yaml, scaler/service.yaml at that
@@ -85,7 +87,7 @@ PROMETHEUS = Chart(
      "alertmanager.enabled", "alertmanager.persistence.enabled", "alertmanager.config", "alertmanager.nodeSelector",
      "alertmanager.serviceAccount.create", "alertmanager.serviceAccount.name", "alertmanager.serviceAccount.annotations",
      "prometheus-pushgateway.enabled", "prometheus-node-exporter.enabled", "kube-state-metrics.enabled",
-     "kube-state-metrics.metricLabelsAllowlist", "kube-state-metrics.nodeSelector"),
+     "kube-state-metrics.metricLabelsAllowlist", "kube-state-metrics.nodeSelector", "serverFiles.recording_rules.yml"),
 )
 # aws/eks-charts stable/aws-for-fluent-bit chart 0.1.35 (commit 3eb7a62, Fluent Bit 2.32.2).
 AWS_FOR_FLUENT_BIT = Chart(
@@ -106,6 +108,21 @@ GRAFANA = Chart(
 DCGM_EXPORTER = Chart("dcgm-exporter", "https://nvidia.github.io/dcgm-exporter/helm-charts", "4.8.2",
                       ("nodeSelector", "tolerations", "serviceMonitor.enabled", "service.annotations"))
 
+# opencost/opencost-helm-chart tag opencost-2.5.17 charts/opencost/values.yaml (OpenCost 1.120.1): the keys below,
+# and templates/deployment.yaml (EMIT_KSM_V1_METRICS*, PRICING_CONFIGMAP_NAME from customPricing, the UI and MCP
+# containers/ports behind ui.enabled and mcp.enabled), templates/configmap-custom-pricing.yaml (costModel keys
+# become the pricing ConfigMap's keys), templates/service.yaml (service.annotations), _helpers.tpl
+# (prometheus.internal.* -> http://<serviceName>.<namespaceName>.svc.cluster.local:<port>).
+OPENCOST = Chart(
+    "opencost", "https://opencost.github.io/opencost-helm-chart", "2.5.17",
+    ("service.annotations", *_SERVICE_ACCOUNT, "opencost.exporter.defaultClusterId", "opencost.exporter.resources",
+     "opencost.prometheus.internal.enabled", "opencost.prometheus.internal.serviceName",
+     "opencost.prometheus.internal.namespaceName", "opencost.prometheus.internal.port",
+     "opencost.metrics.kubeStateMetrics.emitKsmV1Metrics", "opencost.metrics.kubeStateMetrics.emitKsmV1MetricsOnly",
+     "opencost.ui.enabled", "opencost.mcp.enabled", "opencost.nodeSelector", "opencost.customPricing.enabled",
+     "opencost.customPricing.createConfigmap", "opencost.customPricing.provider", "opencost.customPricing.costModel"),
+)
+
 ALL_CHARTS = (
     NVIDIA_DEVICE_PLUGIN,
     METRICS_SERVER,
@@ -117,6 +134,7 @@ ALL_CHARTS = (
     AWS_FOR_FLUENT_BIT,
     GRAFANA,
     DCGM_EXPORTER,
+    OPENCOST,
 )
 
 #: Base images of the predictor image (build arg BASE_IMAGE). The GPU one carries CUDA and cuDNN runtimes.

@@ -145,10 +145,20 @@ def role_policy(props: Props) -> list[str]:
 # -- Kubernetes -----------------------------------------------------------------------------------
 
 
+#: cluster-autoscaler keeps a node whose pod has local storage not named here (FAQ, cluster-autoscaler-1.34.1).
+SAFE_TO_EVICT_LOCAL_VOLUMES = "cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes"
+
+
 def deployment(props: Props) -> list[str]:
     pod = _get(props, "spec", "template", "spec") or {}
     name = _get(props, "metadata", "name")
     out = []
+    named = str((_get(props, "spec", "template", "metadata", "annotations") or {}).get(SAFE_TO_EVICT_LOCAL_VOLUMES) or "")
+    for volume in pod.get("volumes") or []:
+        local = "hostPath" in volume or ("emptyDir" in volume and _get(volume, "emptyDir", "medium") != "Memory")
+        if local and volume.get("name") not in named.split(","):
+            out.append(f"Deployment {name}: volume {volume.get('name')} is local storage not named in "
+                       f"{SAFE_TO_EVICT_LOCAL_VOLUMES}: the cluster autoscaler would never remove a node it runs on")
     psc = pod.get("securityContext") or {}
     if pod.get("automountServiceAccountToken") is not False:
         out.append(f"Deployment {name}: automountServiceAccountToken must be false")
@@ -276,7 +286,40 @@ SPEC_ENV = "MYELIN_API_SPEC"
 #: What reading a model takes (myelin.spec.S3Scope): objects, their versions, and listing the prefix.
 MODEL_OBJECT_ACTIONS = {"s3:getobject", "s3:getobjectversion"}
 MODEL_LIST_ACTION = "s3:listbucket"
+#: A model under a customer-managed KMS key (myelin:apis.<folder>.model_kms_key_arn): decrypt, nothing else.
+MODEL_KMS_ACTION = "kms:decrypt"
 _S3_ARN = re.compile(r"^arn:[a-z-]+:s3:::([^/]+)(?:/(.*))?$")
+_KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:([a-z0-9-]+):\d{12}:key/[A-Za-z0-9-]+$")
+
+
+def _model_kms_statement(where: str, model_uri: str, bucket: str, prefix: str, st: Mapping) -> list[str]:
+    """kms:Decrypt on named keys (no wildcard, no alias), only through S3 in the key's region (kms:ViaService), and
+    only for the model's objects or its bucket (kms:EncryptionContext:aws:s3:arn, the object's ARN, or the bucket's
+    with an S3 Bucket Key)."""
+    out = []
+    actions = [str(a).lower() for a in _list(st.get("Action") or [])]
+    if any(a != MODEL_KMS_ACTION for a in actions):
+        out.append(f"{where}: a statement with kms:Decrypt allows {st.get('Action')}; only kms:Decrypt reads a model")
+    cond = _get(st, "Condition") or {}
+    for key in _list(st.get("Resource") or []):
+        m = _KMS_KEY_ARN.match(str(key))
+        if m is None:
+            out.append(f"{where}: kms:Decrypt on {key}; name the model's key by its key ARN (no wildcard, no alias)")
+            continue
+        via = _get(cond, "StringEquals", "kms:ViaService")
+        if via != f"s3.{m.group(1)}.amazonaws.com":
+            out.append(f"{where}: kms:Decrypt on {key} without kms:ViaService s3.{m.group(1)}.amazonaws.com: the key "
+                       "would decrypt anything, not only what S3 serves")
+    contexts = _get(cond, "StringLike", "kms:EncryptionContext:aws:s3:arn") or _get(
+        cond, "StringEquals", "kms:EncryptionContext:aws:s3:arn")
+    if not contexts:
+        out.append(f"{where}: kms:Decrypt without a kms:EncryptionContext:aws:s3:arn condition decrypts objects "
+                   f"beyond {model_uri}")
+    for ctx in _list(contexts or []):
+        m = _S3_ARN.match(str(ctx))
+        if m is None or m.group(1) != bucket or (m.group(2) is not None and not _within(m.group(2), prefix)):
+            out.append(f"{where}: kms:Decrypt for {ctx} reaches beyond the model {model_uri}")
+    return out
 
 
 def _model_uris(resources: Iterable[tuple[str, Props]]) -> dict[str, str | None]:
@@ -307,8 +350,9 @@ def _within(pattern: str, prefix: str) -> bool:
 
 
 def model_role_policy(api: str, model_uri: str | None, document: Any) -> list[str]:
-    """An API's role may read its model and nothing else: s3:GetObject(Version) on keys within its prefix, and
-    s3:ListBucket on its bucket limited (s3:prefix) to that prefix."""
+    """An API's role may read its model and nothing else: s3:GetObject(Version) on keys within its prefix,
+    s3:ListBucket on its bucket limited (s3:prefix) to that prefix, and for a model under a customer-managed key
+    kms:Decrypt on that key through S3 for those objects only."""
     where = f"IAM policy {MODEL_POLICY_PREFIX}{api}"
     if not isinstance(model_uri, str) or not model_uri.startswith("s3://"):
         return [f"{where}: grants S3 reads, but API {api} has no s3:// predictor.model_uri"]
@@ -328,6 +372,9 @@ def model_role_policy(api: str, model_uri: str | None, document: Any) -> list[st
         actions = [actions] if isinstance(actions, str) else list(actions)
         resources = st.get("Resource") or []
         resources = [resources] if isinstance(resources, str) else list(resources)
+        if any(str(a).lower() == MODEL_KMS_ACTION for a in actions):
+            out.extend(_model_kms_statement(where, model_uri, bucket, prefix, st))
+            continue
         for action in actions:
             a = str(action).lower()
             if a not in MODEL_OBJECT_ACTIONS and a != MODEL_LIST_ACTION:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pulumi
 
 from ..cluster import Cluster
-from ..config import StackConfig
+from ..config import InterceptorTimings, StackConfig
 from .base import (
     GPU_MONITORING_NAMESPACE,
     KEDA_NAMESPACE,
@@ -29,6 +29,7 @@ from .keda_http import KedaHttpAddOn
 from .load_balancer_controller import READINESS_GATE_LABEL, LoadBalancerController
 from .metrics_server import MetricsServer
 from .nvidia_device_plugin import NvidiaDevicePlugin
+from .opencost import OpenCost
 from .prometheus import Prometheus
 
 __all__ = [
@@ -44,12 +45,14 @@ class Addons(pulumi.ComponentResource):
     keda_role = None  # the KEDA operator's IRSA role, when the stack has an AsyncAPI
 
     def __init__(self, name: str, config: StackConfig, cluster: Cluster, vpc_id: pulumi.Input[str],
-                 api_names: list[str], scale_to_zero: bool = False, aws_scalers: bool = False,
+                 api_names: list[str], interceptor: InterceptorTimings | None = None, aws_scalers: bool = False,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("myelin:infra:Addons", name, None, opts)
         ctx = AddonContext(self, name, config, cluster)
         ctx.namespace(MONITORING_NAMESPACE, "baseline", "prometheus-server runs with the chart's baseline security context")
-        ctx.namespace(KEDA_NAMESPACE, "baseline", "KEDA operator and metrics adapter")
+        # The HTTP add-on's interceptors are ALB targets (IP): their pods get the controller's readiness gate.
+        ctx.namespace(KEDA_NAMESPACE, "baseline", "KEDA operator and metrics adapter",
+                      extra_labels={READINESS_GATE_LABEL: "enabled"} if interceptor is not None else None)
         ctx.namespace(LOGGING_NAMESPACE, "privileged", "Fluent Bit reads container logs from host paths on every node")
         gpu = config.cluster.gpu_nodes
         if gpu is not None:
@@ -63,8 +66,8 @@ class Addons(pulumi.ComponentResource):
         self.load_balancer_controller = LoadBalancerController(ctx, vpc_id)
         self.keda = Keda(ctx, aws_scalers)  # aws_scalers: an AsyncAPI's workers scale on its SQS queue
         self.keda_role = self.keda.role
-        if scale_to_zero:  # an API with autoscaling.min_replicas 0: its requests are held while it wakes
-            self.keda_http = KedaHttpAddOn(ctx, self.keda.release)
+        if interceptor is not None:  # an API with autoscaling.min_replicas 0: its requests are held while it wakes
+            self.keda_http = KedaHttpAddOn(ctx, self.keda.release, interceptor, self.load_balancer_controller.release)
         self.prometheus = Prometheus(ctx, api_names)
         if config.observability.grafana.enabled:
             self.grafana = Grafana(ctx)
@@ -72,5 +75,7 @@ class Addons(pulumi.ComponentResource):
         if gpu is not None:
             self.dcgm_exporter = DcgmExporter(ctx)
         self.fluent_bit = FluentBit(ctx)
+        if config.observability.cost.enabled:  # per-API cost: components/observability/cost.py
+            self.opencost = OpenCost(ctx)
         self.releases = ctx.releases
         self.register_outputs({"prometheus_url": PROMETHEUS_URL})

@@ -54,11 +54,13 @@ class AddonContext:
     def aws_opts(self) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(parent=self.component)
 
-    def namespace(self, ns: str, level: str, reason: str) -> k8s.core.v1.Namespace:
+    def namespace(self, ns: str, level: str, reason: str,
+                  extra_labels: dict[str, str] | None = None) -> k8s.core.v1.Namespace:
         annotations = {PSS_EXCEPTION: reason} if level != "restricted" else {}
         self.namespaces[ns] = k8s.core.v1.Namespace(
             f"{self.name}-{ns}",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=ns, labels=pss_labels(level), annotations=annotations),
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=ns, labels={**pss_labels(level), **(extra_labels or {})},
+                                                annotations=annotations),
             opts=self.k8s_opts,
         )
         return self.namespaces[ns]

@@ -11,6 +11,7 @@ from typing import Any
 from .. import versions
 from ..cluster import SYSTEM_NODE_SELECTOR
 from ..labels import API_POD_LABEL, CAPACITY_LABEL, POOL_LABEL
+from ..observability.cost import cost_server_files
 from ..observability.rules import alert_rules, alertmanager_config
 from .base import MONITORING_NAMESPACE, AddonContext
 
@@ -50,7 +51,7 @@ class Prometheus:
                     "nodeSelector": SYSTEM_NODE_SELECTOR,
                 },
                 # Alert rules built from the same metric names as the dashboards and the KEDA trigger.
-                "serverFiles": {"alerting_rules.yml": alert_rules(obs.alerts, api_names)},
+                "serverFiles": cost_server_files(obs, alert_rules(obs.alerts, api_names), api_names),
                 "alertmanager": alertmanager,
                 "prometheus-pushgateway": {"enabled": False},
                 "prometheus-node-exporter": {"enabled": False},

@@ -5,8 +5,9 @@ blocked, TLS only, expired by a lifecycle rule after the retention), and two IRS
 the gateway's (submit, read status) and the worker's (take, finish, hand back and dead-letter jobs). The actions
 are those `myelin.asyncapi.store_sqs` calls (`myelin.contract.ASYNC_GATEWAY_ACTIONS` / `ASYNC_WORKER_ACTIONS`).
 
-Kubernetes: the gateway Deployment (`myelin serve --role gateway`: a fixed GATEWAY_REPLICAS, small pods, no GPU)
-behind the same Service, NetworkPolicy, Ingress and API keys as a RealtimeAPI; the worker Deployment (`--role
+Kubernetes: the gateway Deployment (`myelin serve --role gateway`: small pods, no GPU, autoscaled on CPU between
+GATEWAY_MIN_REPLICAS and GATEWAY_MAX_REPLICAS, its PodDisruptionBudget letting one go at a time) behind the same
+Service, NetworkPolicy, Ingress and API keys as a RealtimeAPI; the worker Deployment (`--role
 worker`: the spec's compute and GPU, no Service, no Ingress) scaled by a KEDA ScaledObject on the queue
 (`aws-sqs-queue`), down to `autoscaling.min_replicas` (0 by default). KEDA reads the queue with the operator's
 own IRSA role (a TriggerAuthentication with `podIdentity.provider: aws`); this component grants that role
@@ -34,8 +35,16 @@ from ..irsa import irsa_role
 from .autoscaling import number, plain
 from .shared import Parts, api_image, PredictorApiArgs
 
-#: Gateway pods: always up, two so that a node drain or an AZ loss never stops submits (the PDB lets one go).
-GATEWAY_REPLICAS = 2
+#: Gateway pods: always at least two, so that a node drain or an AZ loss never stops submits (the PDB lets one go);
+#: more as their CPU use grows, up to GATEWAY_MAX_REPLICAS.
+GATEWAY_MIN_REPLICAS = 2
+GATEWAY_MAX_REPLICAS = 10
+#: The gateway's scaling signal: average CPU use across its pods as a share of their request (KEDA's `cpu` trigger,
+#: kedacore/keda v2.20.2 pkg/scalers/cpu_memory_scaler.go: metricType Utilization, metadata `value`; the HPA reads
+#: it from metrics-server). A gateway's work per request is CPU (parsing, API keys, JSON, boto3 request signing);
+#: the wait on S3 and SQS runs in threads and costs none, so CPU follows the request rate. In-flight requests, the
+#: RealtimeAPI signal, would mix the gateway's requests with the workers' under the API's one `api` label.
+GATEWAY_CPU_UTILIZATION = 70
 #: A gateway stores payloads and reads status objects (boto3 in threads, waiting on the network); it loads no
 #: predictor. No CPU limit (as for every API pod): it may use more when the node has room.
 GATEWAY_COMPUTE = ComputeSpec(cpu="100m", mem="512Mi")
@@ -231,14 +240,35 @@ class AsyncPredictorApi(pulumi.ComponentResource):
         gw = Parts(self, name, dataclasses.replace(args, spec=gateway_spec), role=c.ROLE_GATEWAY)
         self.gateway_service_account = self._service_account(gw, f"{name}-gateway-sa", "-gateway", self.gateway_role)
         self.secret = gw.api_keys_secret()
+        # KEDA's HPA owns the replica count (self.gateway_scaled_object).
         self.gateway = gw.deployment(
-            f"{name}-gateway", GATEWAY_REPLICAS,
+            f"{name}-gateway", None,
             gw.pod_template(self.image.ref, self.gateway_service_account, self.secret,
                             _env(store_env, c.ROLE_GATEWAY), ["--role", c.ROLE_GATEWAY]),
             gw.opts(self.secret, *self.gateway_role.resources, custom_timeouts=gw.rollout_timeouts()),
             max_surge=1, max_unavailable=0,
         )
+        self.gateway_scaled_object = k8s.apiextensions.CustomResource(
+            f"{name}-gateway-scaledobject",
+            api_version="keda.sh/v1alpha1",
+            kind="ScaledObject",
+            metadata=gw.meta("-gateway"),
+            spec={
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec.name},
+                "minReplicaCount": GATEWAY_MIN_REPLICAS,
+                "maxReplicaCount": GATEWAY_MAX_REPLICAS,
+                "advanced": {
+                    "restoreToOriginalReplicaCount": False,
+                    # Not the API's name: the at-max-replicas alert reads an HPA's name as the API's.
+                    "horizontalPodAutoscalerConfig": {"name": f"{spec.name}-gateway"},
+                },
+                "triggers": [{"type": "cpu", "name": "cpu", "metricType": "Utilization",
+                              "metadata": {"value": str(GATEWAY_CPU_UTILIZATION)}}],
+            },
+            opts=gw.opts(self.gateway),
+        )
         self.service = gw.service()
+        # maxUnavailable 1 of at least two: one gateway always serves.
         self.gateway_pdb = gw.pdb()
         self.gateway_network_policy = gw.network_policy(extra_egress=[https_egress()])
         # Prefix: `<endpoint>` (submit) and `<endpoint>/<id>` (status).

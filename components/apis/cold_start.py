@@ -23,7 +23,7 @@ from ..config import PodConfig
 from ..image import BUILD_DIR, PredictorImage
 from ..versions import CPU_BASE_IMAGE, CPU_TORCH_INDEX
 from .scale_to_zero import RESPONDER_NAME, RESPONDER_PORT, interceptor_peer
-from .shared import RUN_AS_USER
+from .shared import RUN_AS_USER, scratch_volumes_annotation
 
 LABELS = {"app.kubernetes.io/name": RESPONDER_NAME, "app.kubernetes.io/part-of": "myelin",
           "app.kubernetes.io/component": "cold-start"}
@@ -62,6 +62,7 @@ class ColdStartResponder(pulumi.ComponentResource):
         )
         probe = k8s.core.v1.ProbeArgs(http_get=k8s.core.v1.HTTPGetActionArgs(path="/readyz", port="http"),
                                       period_seconds=10, timeout_seconds=3)
+        volumes = [k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="64Mi"))]
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=meta,
@@ -72,7 +73,8 @@ class ColdStartResponder(pulumi.ComponentResource):
                     rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_surge=1, max_unavailable=0)),
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=LABELS),
                 template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=LABELS),
+                    # /tmp is scratch: the cluster autoscaler may move the pod and remove its node.
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=LABELS, annotations=scratch_volumes_annotation(volumes)),
                     spec=k8s.core.v1.PodSpecArgs(
                         automount_service_account_token=False,
                         enable_service_links=False,
@@ -97,8 +99,7 @@ class ColdStartResponder(pulumi.ComponentResource):
                             security_context=security,
                             volume_mounts=[k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp")],
                         )],
-                        volumes=[k8s.core.v1.VolumeArgs(
-                            name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="64Mi"))],
+                        volumes=volumes,
                     ),
                 ),
             ),

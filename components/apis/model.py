@@ -58,6 +58,8 @@ class ResolvedModel:
     #: compute.model_disk in bytes: the emptyDir's sizeLimit and the pod's ephemeral-storage request.
     volume_bytes: int
     volume_size: str
+    #: The customer-managed KMS key its objects are encrypted with (myelin:apis.<folder>.model_kms_key_arn).
+    kms_key_arn: str | None = None
 
     @property
     def cache_max_bytes(self) -> int:
@@ -67,6 +69,33 @@ class ResolvedModel:
         scope = s3_scope(self.uri, partition)
         assert scope is not None
         return scope
+
+    def policy_document(self, partition: str = "aws") -> dict:
+        """The API role's policy: read the model (`S3Scope.policy_document`) and, for a model under a customer-managed
+        key, decrypt with that key only as S3 does for the model's own objects."""
+        scope = self.scope(partition)
+        document = scope.policy_document()
+        if self.kms_key_arn is not None:
+            document = {**document, "Statement": [*document["Statement"], kms_statement(self.kms_key_arn, scope)]}
+        return document
+
+
+def kms_statement(key_arn: str, scope: S3Scope) -> dict:
+    """kms:Decrypt on one key, only through S3 in the key's region (an SSE-KMS key lives in its bucket's region) and
+    only for the model's objects: S3 passes the object's ARN as the encryption context `aws:s3:arn`, or the
+    bucket's ARN when the bucket uses an S3 Bucket Key (Amazon S3 User Guide, "Using server-side encryption with
+    AWS KMS keys (SSE-KMS)", Encryption context)."""
+    region = key_arn.split(":")[3]
+    return {
+        "Sid": "DecryptModel",
+        "Effect": "Allow",
+        "Action": ["kms:Decrypt"],
+        "Resource": [key_arn],
+        "Condition": {
+            "StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"},
+            "StringLike": {"kms:EncryptionContext:aws:s3:arn": [scope.bucket_arn, *scope.object_arns]},
+        },
+    }
 
 
 def resolve_models(apis: Iterable[DeployedApi], stack: str, preview: bool, client: object = None) -> dict[str, ResolvedModel]:
@@ -103,7 +132,8 @@ def resolve_models(apis: Iterable[DeployedApi], stack: str, preview: bool, clien
         volume = spec.compute.model_disk_bytes
         assert volume is not None and spec.compute.model_disk is not None  # config.resolve_apis refuses it missing
         model = ResolvedModel(uri=uri, version=listing.version, total_bytes=listing.total_bytes,
-                              volume_bytes=volume, volume_size=spec.compute.model_disk)
+                              volume_bytes=volume, volume_size=spec.compute.model_disk,
+                              kms_key_arn=getattr(api, "model_kms_key_arn", None))
         if model.total_bytes > model.cache_max_bytes:
             raise SpecError(source, [("compute.model_disk", (
                 f"API {spec.name}: the model at {uri.raw} is {model.total_bytes} bytes, but compute.model_disk "

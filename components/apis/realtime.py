@@ -52,8 +52,9 @@ class PredictorApi(pulumi.ComponentResource):
         self.route = None
         triggers = [in_flight_trigger(spec, plain(args.namespace), args.prometheus_url)]
         if to_zero:
-            hosts = [args.ingress.domain] if args.ingress.domain and spec.networking.visibility == "public" else None
-            self.route = interceptor_route(name, spec, parts.meta(), self.service.metadata.name, hosts, parts.opts())
+            # After the cold-start responder's Service: a route never names a fallback that does not exist yet.
+            self.route = interceptor_route(name, spec, parts.meta(), self.service.metadata.name,
+                                           parts.opts(*args.route_after))
             triggers.append(push_trigger(spec.name))
         if autoscaled(spec):
             self.scaled_object = scaled_object(
@@ -65,6 +66,12 @@ class PredictorApi(pulumi.ComponentResource):
         self.pdb = parts.pdb()
         self.network_policy = parts.network_policy(*([interceptor_peer()] if to_zero else []))
         self.ingress = parts.ingress(self.service, self.deployment, *([self.route] if to_zero else []),
-                                     via=interceptor_backend() if to_zero else None)
+                                     via=interceptor_backend(self._timings(args)) if to_zero else None)
         self.url = parts.url(self.ingress)
         self.register_outputs({"url": self.url})
+
+    @staticmethod
+    def _timings(args: PredictorApiArgs):
+        if args.interceptor is None:
+            raise ValueError(f"{args.spec.name}: scales to zero, but the stack passed no interceptor timings")
+        return args.interceptor

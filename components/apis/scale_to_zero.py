@@ -34,7 +34,7 @@ import pulumi_kubernetes as k8s
 from myelin.spec import ApiSpec
 
 from .. import versions
-from ..config import SCALE_TO_ZERO_SLACK_S
+from ..config import InterceptorTimings, held_request_seconds
 from ..addons.base import KEDA_NAMESPACE
 from .shared import ALB, IngressBackend
 
@@ -44,8 +44,6 @@ ALB_TRACE_HEADER = "x-amzn-trace-id"
 #: The shared responder answering requests held past their API's readiness timeout (cold_start.py).
 RESPONDER_NAME = "myelin-cold-start"
 RESPONDER_PORT = 8080
-#: Slack on top of serving.timeout for the interceptor's own request deadline (the fallback answer's time).
-REQUEST_SLACK_S = SCALE_TO_ZERO_SLACK_S
 
 
 def scales_to_zero(spec: ApiSpec) -> bool:
@@ -57,7 +55,7 @@ def route_timeouts(spec: ApiSpec) -> dict[str, str]:
     timeout = math.ceil(spec.serving.timeout.seconds)
     return {
         "readiness": f"{timeout}s",
-        "request": f"{timeout + REQUEST_SLACK_S}s",
+        "request": f"{held_request_seconds(spec)}s",
         "responseHeader": f"{timeout + 5}s",
     }
 
@@ -67,10 +65,13 @@ def concurrency_target(spec: ApiSpec) -> int:
 
 
 def interceptor_route(name: str, spec: ApiSpec, metadata: k8s.meta.v1.ObjectMetaArgs, service_name: pulumi.Input[str],
-                      hosts: list[str] | None, opts: pulumi.ResourceOptions) -> k8s.apiextensions.CustomResource:
+                      opts: pulumi.ResourceOptions) -> k8s.apiextensions.CustomResource:
+    # No `hosts`: the add-on matches them byte for byte (kedacore/http-add-on v0.15.0 pkg/routing/tablememory.go,
+    # Route: the request's Host as is, no case folding), while the ALB's host condition ignores case, so a Host
+    # differing only in case would pass the ALB and get the interceptor's 404. The route's path, behind the
+    # Ingress's Exact path on the ALB (and its host rule for a public API with a domain), already scopes it: a
+    # route without hosts is the catch-all for its path.
     rule: dict[str, Any] = {"paths": [{"value": spec.endpoint}]}
-    if hosts:
-        rule["hosts"] = hosts
     return k8s.apiextensions.CustomResource(
         f"{name}-interceptorroute",
         api_version="http.keda.sh/v1beta1",
@@ -100,13 +101,19 @@ def push_trigger(route_name: str) -> dict[str, Any]:
     }
 
 
-def interceptor_backend() -> IngressBackend:
+def interceptor_backend(timings: InterceptorTimings) -> IngressBackend:
     return IngressBackend(
         namespace=KEDA_NAMESPACE,
         service=versions.KEDA_HTTP_PROXY_SERVICE,
         port=versions.KEDA_HTTP_PROXY_PORT,
-        # The proxy port has no health route (a health check there is routed like traffic); the admin port does.
-        annotations={ALB + "healthcheck-port": str(versions.KEDA_HTTP_ADMIN_PORT), ALB + "healthcheck-path": "/readyz"},
+        annotations={
+            # The proxy port has no health route (a health check there is routed like traffic); the admin port does.
+            ALB + "healthcheck-port": str(versions.KEDA_HTTP_ADMIN_PORT),
+            ALB + "healthcheck-path": "/readyz",
+            # A stopping interceptor answers what it holds for up to its grace period: the ALB waits as long
+            # before it closes the connections of a deregistered interceptor (not the API pod's shorter drain).
+            ALB + "target-group-attributes": f"deregistration_delay.timeout_seconds={timings.deregistration_delay_s}",
+        },
         suffix="-via-interceptor",
     )
 

@@ -20,7 +20,7 @@ from myelin.contract import SPEC_ENV
 from myelin.spec import ApiSpec
 
 from ..cluster import CPU_NODE_SELECTOR, GPU_NODE_SELECTOR, GPU_TAINT_KEY
-from ..config import IngressConfig, PodConfig
+from ..config import IngressConfig, InterceptorTimings, PodConfig
 from ..image import PredictorImage
 from ..versions import CPU_BASE_IMAGE, CPU_TORCH_INDEX, GPU_BASE_IMAGE, GPU_TORCH_INDEX
 from ..irsa import IrsaRole, irsa_role
@@ -34,6 +34,20 @@ API_KEYS_FILE = "keys"
 #: IRSA: the pod identity webhook gives pods whose ServiceAccount carries this annotation the role's web identity
 #: (AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE and a projected token volume of its own).
 ROLE_ARN_ANNOTATION = "eks.amazonaws.com/role-arn"
+#: cluster-autoscaler never removes a node running a pod with a disk-backed emptyDir (or hostPath) unless the pod
+#: names every such volume here (kubernetes/autoscaler cluster-autoscaler-1.34.1 cluster-autoscaler/FAQ.md, "What
+#: types of pods can prevent CA from removing a node?"; utils/drain/drain.go HasBlockingLocalStorage: the value is
+#: split on "," with no trimming, and an emptyDir of medium Memory is not local storage).
+SAFE_TO_EVICT_LOCAL_VOLUMES = "cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes"
+
+
+def scratch_volumes_annotation(volumes: list[k8s.core.v1.VolumeArgs]) -> dict[str, str]:
+    """The annotation that lets the cluster autoscaler evict a pod whose only local storage is scratch: exactly
+    its disk-backed emptyDirs (/tmp, the model cache), which a replacement pod rebuilds on any node."""
+    names = [v.name for v in volumes
+             if v.empty_dir is not None and getattr(v.empty_dir, "medium", None) != "Memory"]
+    assert not any(getattr(v, "host_path", None) is not None for v in volumes), "hostPath is not scratch"
+    return {SAFE_TO_EVICT_LOCAL_VOLUMES: ",".join(names)} if names else {}
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,10 @@ class PredictorApiArgs:
     oidc_provider_arn: pulumi.Input[str] | None = None
     oidc_provider_url: pulumi.Input[str] | None = None
     partition: str = "aws"  # of the ARNs in the model policy
+    #: How the stack's interceptors stop (config.interceptor_timings); set when an API scales to zero.
+    interceptor: InterceptorTimings | None = None
+    #: Objects the API's InterceptorRoute comes after: the cold-start responder's Service it names as fallback.
+    route_after: list[pulumi.Resource] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -156,7 +174,7 @@ class Parts:
             oidc_provider_url=args.oidc_provider_url,
             namespace=args.namespace,
             service_account=self.spec.name,
-            policy=model.scope(args.partition).policy_document(),
+            policy=model.policy_document(args.partition),
             # The policy pack finds an API's S3 grants by this name and checks them against its model_uri.
             policy_name=MODEL_POLICY_PREFIX + self.spec.name,
             tags={"myelin:stack": args.stack, "myelin:api": self.spec.name},
@@ -300,6 +318,8 @@ class Parts:
                     "prometheus.io/scrape": "true",
                     "prometheus.io/port": str(PORT),
                     "prometheus.io/path": contract.METRICS_PATH,
+                    # Scratch only: the autoscaler may move the pod and remove its node after a spike.
+                    **scratch_volumes_annotation(volumes),
                 },
             ),
             spec=k8s.core.v1.PodSpecArgs(

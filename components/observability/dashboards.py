@@ -71,11 +71,16 @@ def api_dashboard() -> dict[str, Any]:
          "short", False),
         ("Scale to zero: mean cold start (1d)", [p["cold_start_mean"]], "s", False),
         ("Streaming: time to first item", [p["first_item_p50"], p["first_item_p99"]], "s", False),
+        # What it costs (OpenCost allocation x node prices; components/observability/cost.py).
+        ("Cost per hour: allocation, and idle share of its nodes", [p["api_cost_per_hour"], p["api_idle_cost_per_hour"]],
+         "currencyUSD", False),
+        ("Cost per 1M predictions", [p["api_cost_per_million"]], "currencyUSD", False),
+        ("Cost per hour by resource (CPU, memory, GPU)", [p["api_cost_by_resource"]], "currencyUSD", True),
     ]
     return _dashboard("myelin-api", "Myelin / API", _layout(groups), [_api_variable(c.REQUESTS_TOTAL)],
                       "One API: traffic, errors, latency, in-flight against the autoscaling target, queue, "
                       "admission refusals, batching, replicas and, for an API scaled to zero, its cold starts; for "
-                      "a streaming API, the time to its first item. AsyncAPI jobs: the Myelin / AsyncAPI dashboard.")
+                      "a streaming API, the time to its first item; what it costs per hour and per 1M predictions. AsyncAPI jobs: the Myelin / AsyncAPI dashboard.")
 
 
 def _api_variable(metric: str) -> dict[str, Any]:
@@ -115,8 +120,26 @@ def cluster_dashboard() -> dict[str, Any]:
         ("GPU utilisation by API", [p["gpu_util_by_api"]], "percent", False),
         ("Log delivery errors (Fluent Bit → CloudWatch)", [p["log_delivery_errors"]], "ops", False),
     ]
-    return _dashboard("myelin-cluster", "Myelin / Cluster", _layout(groups), [],
-                      "Capacity (node pools, spot/on-demand, pending pods), GPUs (DCGM exporter) and log delivery.")
+    panels = _layout(groups)
+    y = max(q["gridPos"]["y"] + q["gridPos"]["h"] for q in panels)
+    panels += [_bargauge(len(panels) + 1, 0, y, "APIs by cost per hour (allocation)", p["apis_by_cost"]),
+               _bargauge(len(panels) + 2, 12, y, "APIs by cost per 1M predictions", p["apis_by_cost_per_million"])]
+    return _dashboard("myelin-cluster", "Myelin / Cluster", panels, [],
+                      "Capacity (node pools, spot/on-demand, pending pods), GPUs (DCGM exporter), log delivery and "
+                      "the APIs ranked by what they cost.")
+
+
+def _bargauge(panel_id: int, x: int, y: int, title: str, target: Panel) -> dict[str, Any]:
+    """A ranked list: one bar per series of an instant query (sorted by the query), last value."""
+    return {
+        "id": panel_id, "type": "bargauge", "title": title, "datasource": DATASOURCE,
+        "gridPos": {"x": x, "y": y, "w": 12, "h": 8},
+        "fieldConfig": {"defaults": {"unit": target.unit, "min": 0}, "overrides": []},
+        "options": {"orientation": "horizontal", "displayMode": "basic", "showUnfilled": True,
+                    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
+        "targets": [{"refId": "A", "datasource": DATASOURCE, "expr": target.expr, "legendFormat": target.legend,
+                     "instant": True}],
+    }
 
 
 DASHBOARDS = {"myelin-api.json": api_dashboard, "myelin-asyncapi.json": async_dashboard,

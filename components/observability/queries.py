@@ -126,6 +126,7 @@ def api_panels(api: str = API_VAR, window: str = RATE_WINDOW_VAR, namespace: str
               "s", for_api=STREAMING),
         Panel("first_item_p99", "Time to first item p99", _quantile(0.99, c.TIME_TO_FIRST_ITEM, s, window), "p99",
               "s", for_api=STREAMING),
+        *_cost().api_cost_panels(api),  # cost per hour, per 1M predictions, idle share, by resource
     ]
 
 
@@ -193,4 +194,11 @@ def cluster_panels(window: str = RATE_WINDOW_VAR, namespace: str = "apis") -> li
         Panel("log_delivery_errors", "Log delivery errors/s (Fluent Bit to CloudWatch)",
               f"sum(rate(fluentbit_output_errors_total[{window}])) + sum(rate(fluentbit_output_retries_failed_total[{window}]))",
               "errors + failed retries", "ops", source="fluent-bit"),
+        *_cost().cluster_cost_panels(),  # APIs by cost
     ]
+
+
+def _cost():
+    from . import cost  # cost.py builds on Panel
+
+    return cost

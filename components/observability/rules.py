@@ -70,6 +70,11 @@ class AlertsConfig(BaseModel):
         "(a worker scaled from zero needs a node, its image and its model first).")
     async_dead_lettered_jobs: int = Field(
         0, ge=0, description="Dead-lettered jobs of an AsyncAPI in an hour above which it pages (0: any).")
+    cost_per_million_predictions_dollars: float | None = Field(
+        None, gt=0, description="Dollars per million predictions an API may not exceed for 30m (none: no alert); "
+        "needs observability.cost (OpenCost).")
+    cost_per_million_predictions_dollars_by_api: dict[str, float] = Field(
+        default_factory=dict, description="Per-API thresholds (API name -> dollars per 1M predictions).")
     receiver: ReceiverConfig | None = Field(None, description="Where alerts go; none = visible in Prometheus only.")
 
     @field_validator("latency_p99_seconds_by_api")
@@ -78,6 +83,14 @@ class AlertsConfig(BaseModel):
         for api, seconds in v.items():
             if not seconds > 0:
                 raise ValueError(f"{api}: must be greater than 0 seconds")
+        return v
+
+    @field_validator("cost_per_million_predictions_dollars_by_api")
+    @classmethod
+    def _positive_dollars(cls, v: dict[str, float]) -> dict[str, float]:
+        for api, dollars in v.items():
+            if isinstance(dollars, bool) or not isinstance(dollars, (int, float)) or not dollars > 0:
+                raise ValueError(f"{api}: must be a number of dollars greater than 0, got {dollars!r}")
         return v
 
 

@@ -38,6 +38,21 @@ def _port(value: int | None) -> int:
     return DEFAULT_PORT
 
 
+def _cost_stack(command: str, stack: str | None, near: Path) -> None:
+    """`--stack dev|prod|PATH`: the stack file whose node pools and prices the cost estimate in /info uses; its
+    path reaches every server process (and `myelin local`'s API processes) through MYELIN_COST_STACK."""
+    if stack is None:
+        return
+    from .cost import COST_STACK_ENV, CostConfigError, check_stack_file, resolve_stack_file
+
+    try:
+        path = resolve_stack_file(stack, [Path.cwd(), near])
+        check_stack_file(path)
+    except CostConfigError as err:
+        raise SystemExit(f"{command}: {err}") from None
+    os.environ[COST_STACK_ENV] = str(path)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     folder = Path(args.api).resolve()
     try:
@@ -45,6 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except SpecError as err:
         _err(f"myelin serve: {err}")
         return 2
+    _cost_stack("myelin serve", args.stack, folder)
     port = _port(args.port)
     settings = _settings("myelin serve")
     if args.role is not None:
@@ -127,6 +143,7 @@ def cmd_local(args: argparse.Namespace) -> int:
     settings = _settings("myelin local")
     if settings.role != c.ROLE_ALL:
         raise SystemExit(f"myelin local: runs every API whole (gateway and worker in one process); unset {c.ROLE_ENV}")
+    _cost_stack("myelin local", args.stack, Path(args.apis))
     return serve_local(args.apis, args.host, _port(args.port), settings, reload=not args.no_reload)
 
 
@@ -155,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for your network)")
     local.add_argument("--no-reload", action="store_true",
                        help="do not watch the folders: no reload on edits, no new or removed APIs picked up")
+    local.add_argument("--stack", default=None, metavar="STACK",
+                       help="show the cost estimate (/info and the page) for this stack's nodes and prices: dev, prod (reads "
+                            "Pulumi.<stack>.yaml here or above the API folder) or a stack file's path")
     local.set_defaults(func=cmd_local)
 
     serve = sub.add_parser("serve", help="serve one API folder (the container entrypoint)",
@@ -169,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--role", choices=c.ROLES, default=None,
                        help=f"AsyncAPI only: {c.ROLE_GATEWAY} (submit and status routes), {c.ROLE_WORKER} (runs jobs) "
                             f"or {c.ROLE_ALL} (both; the default, or ${c.ROLE_ENV})")
+    serve.add_argument("--stack", default=None, metavar="STACK",
+                       help="show the cost estimate (/info) for this stack's nodes and prices: dev, prod (reads "
+                            "Pulumi.<stack>.yaml here or above the API folder) or a stack file's path")
     serve.set_defaults(func=cmd_serve)
 
     validate = sub.add_parser("validate", help="check api.yaml files and predictor imports without serving",

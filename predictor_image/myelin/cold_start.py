@@ -8,6 +8,7 @@ the contract's shape: 503, `{"error": {"type": "not_ready", ...}}`, `Retry-After
 Retry-After is an estimate of the rest of the cold start: the mean of the API's measured cold starts in pods seen
 over the last day (`myelin_cold_start_duration_seconds` in the cluster's Prometheus) less the time this request already
 waited; before any cold start was measured (or without Prometheus), the stack's estimate from MYELIN_COLD_START_APIS.
+It is at least MIN_RETRY_AFTER_S and at most `contract.MAX_RETRY_AFTER_S` (ten minutes), whatever Prometheus says.
 
 MYELIN_COLD_START_APIS: JSON list of {"name", "endpoint", "timeout_seconds", "estimate_seconds"}.
 """
@@ -27,6 +28,7 @@ import httpx
 import orjson
 
 from . import contract
+from .errors import retry_after_seconds
 from .http_io import new_request_id, send_error
 
 APIS_ENV = "MYELIN_COLD_START_APIS"
@@ -100,7 +102,7 @@ class ColdStartApp:
     async def retry_after(self, api: ColdStartApi) -> int:
         mean = await self.measured(api.name)
         estimate = mean if mean is not None else api.estimate_seconds
-        return max(MIN_RETRY_AFTER_S, math.ceil(estimate - api.timeout_seconds))
+        return retry_after_seconds(max(MIN_RETRY_AFTER_S, estimate - api.timeout_seconds))
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":

@@ -73,6 +73,9 @@ REJECTED_TOTAL = "myelin_rejected_requests_total"
 REJECT_OVERLOADED = "overloaded"
 REJECT_NOT_READY = "not_ready"
 REJECT_SHUTTING_DOWN = "shutting_down"
+#: The longest Retry-After any Myelin server sends (seconds): every computed value is clamped to [1, this].
+#: Ten minutes is longer than any cold start Myelin expects; a client that comes back earlier gets a fresh estimate.
+MAX_RETRY_AFTER_S = 600
 TIME_TO_FIRST_ITEM = "myelin_time_to_first_item_seconds"  # histogram {api}: streaming predictors only
 
 # -- labels ------------------------------------------------------------------------------------
@@ -122,6 +125,8 @@ ASYNC_WORKER_ACTIONS = (
 
 # Metrics of an AsyncAPI ({api}; counters get `_total` in the exposition).
 ASYNC_QUEUE_DEPTH = "myelin_async_queue_depth"  # gauge {api}: jobs waiting to start
+#: gauge {api}: bytes the job store holds for the API (what jobs.max_stored_bytes bounds); sampled from the store.
+ASYNC_STORED_BYTES = "myelin_async_stored_bytes"
 ASYNC_JOBS = "myelin_async_jobs"  # exposed as myelin_async_jobs_total{api,status}
 ASYNC_JOBS_TOTAL = "myelin_async_jobs_total"
 ASYNC_JOB_DURATION = "myelin_async_job_duration_seconds"  # histogram {api}: one attempt, start to outcome

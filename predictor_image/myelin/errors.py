@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import orjson
+
+from .contract import MAX_RETRY_AFTER_S
 
 
 class PredictorError(Exception):
@@ -31,6 +35,18 @@ class HTTPError(Exception):
         self.error_type = error_type
         self.message = message
         self.headers = headers or []
+
+
+def retry_after_seconds(seconds: float) -> int:
+    """A computed Retry-After in whole seconds, clamped to [1, MAX_RETRY_AFTER_S] (NaN or infinite: the maximum)."""
+    if not math.isfinite(seconds):
+        return MAX_RETRY_AFTER_S
+    return min(MAX_RETRY_AFTER_S, max(1, math.ceil(seconds)))
+
+
+def retry_after(seconds: float) -> tuple[bytes, bytes]:
+    """The `Retry-After` header for a computed wait (clamped: retry_after_seconds)."""
+    return (b"retry-after", str(retry_after_seconds(seconds)).encode())
 
 
 def overloaded(message: str = "server is at capacity, retry later") -> HTTPError:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from .admission import AdmissionControl
 from .batching import Batcher
 from .errors import HTTPError, PredictorError
+from .handoff import Handoff
 from .lifecycle import Ticket
 from .loader import Predictor
 from .spec import ApiSpec
@@ -112,7 +112,7 @@ class Invoker:
         self.admission = AdmissionControl(max_concurrency, max_queue_length)
         self.batcher: Batcher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor = ThreadPoolExecutor(spec.serving.threads, thread_name_prefix=f"predict-{name}")
+        self._executor = Handoff(spec.serving.threads, thread_name_prefix=f"predict-{name}", wrap_error=failure)
         # Calls that can run at once; when that many are stuck, the replica cannot serve anything.
         if spec.batching is not None:
             self.call_capacity = max_concurrent_batches(spec, predictor)
@@ -131,7 +131,7 @@ class Invoker:
         self._loop = loop
 
     @property
-    def executor(self) -> ThreadPoolExecutor:
+    def executor(self) -> Handoff:
         """This API's thread pool: a sync predict, and each step of a sync generator, runs here."""
         return self._executor
 
@@ -156,50 +156,31 @@ class Invoker:
     # ---------------------------------------------------------------- one call
     def _call(self, payload: Any, kwargs: dict[str, Any]) -> asyncio.Future:
         """Start one batch's predict call; the returned future resolves on the event loop once it returns."""
+        return self._start_call(payload, kwargs)[0]
+
+    def _start_call(self, payload: Any, kwargs: dict[str, Any]) -> tuple[asyncio.Future, Any]:
+        """(future resolved on the loop once predict returns, the handoff's call of a sync predict, to cancel it
+        while queued)."""
         predictor = self.predictor
         loop = self._loop
         if predictor.is_async:
-            return loop.create_task(_guarded(predictor.predict(payload, **kwargs)))
-        fut = loop.create_future()
-        self._executor.submit(self._run_batch, payload, kwargs, fut)
-        return fut
+            return loop.create_task(_guarded(predictor.predict(payload, **kwargs))), None
+        # Any exception from predict (any BaseException) reaches the request wrapped by failure().
+        if kwargs:
+            return self._executor.start(loop, functools.partial(predictor.predict, payload, **kwargs))
+        return self._executor.start(loop, predictor.predict, payload)
 
-    def _run_batch(self, payload: Any, kwargs: dict[str, Any], fut: asyncio.Future) -> None:
-        try:
-            result = self.predictor.predict(payload, **kwargs)
-        except BaseException as err:  # noqa: BLE001 - any type, delivered to the batch's requests (wrapped)
-            self._loop.call_soon_threadsafe(deliver_error, fut, failure(err))
-        else:
-            self._loop.call_soon_threadsafe(deliver, fut, result)
-
-    def _run(self, payload: Any, kwargs: dict[str, Any], ticket: Ticket, fut: asyncio.Future) -> None:
-        """In a pool thread: one sync predict; its outcome goes to the loop, where its slot is freed."""
-        try:
-            result = self.predictor.predict(payload, **kwargs)
-        except BaseException as err:  # noqa: BLE001 - any type, delivered to the request (wrapped)
-            self._loop.call_soon_threadsafe(self._returned, ticket, fut, None, failure(err))
-        else:
-            self._loop.call_soon_threadsafe(self._returned, ticket, fut, result, None)
-
-    def _returned(self, ticket: Ticket, fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
-        self.release(ticket)  # held until predict really returns, even past the request's deadline
-        if fut.done():
-            return
-        if error is not None:
-            fut.set_exception(error)
-        else:
-            fut.set_result(result)
-
-    def _task_done(self, ticket: Ticket, fut: asyncio.Future, task: asyncio.Task) -> None:
+    def _returned(self, ticket: Ticket, out: asyncio.Future, inner: asyncio.Future) -> None:
+        """The call really returned (past the request's deadline included): free its slot, answer if still waited for."""
         self.release(ticket)
-        if fut.done():
+        if out.done():
             return
-        if task.cancelled():  # not by us (we only cancel after `fut` is done): a failure, as JSON
-            fut.set_exception(RuntimeError("predict was cancelled"))
-        elif task.exception() is not None:
-            fut.set_exception(task.exception())
+        if inner.cancelled():  # not by us (we only cancel after `out` is done): a failure, as JSON
+            out.set_exception(RuntimeError("predict was cancelled"))
+        elif inner.exception() is not None:
+            out.set_exception(inner.exception())
         else:
-            fut.set_result(task.result())
+            out.set_result(inner.result())
 
     async def invoke(self, payload: Any, kwargs: dict[str, Any], ticket: Ticket) -> Any:
         """The predictor's result for `payload`, or the exception that ends the request (504 at `ticket.deadline`)."""
@@ -218,27 +199,22 @@ class Invoker:
         waiter = self.admission.try_acquire()
         if waiter is not None:
             await self.wait_for_slot(waiter, deadline)
-        fut = loop.create_future()
         ticket.begin_call()
-        predictor = self.predictor
-        task = work = None
         try:
-            if predictor.is_async:
-                task = loop.create_task(_guarded(predictor.predict(payload, **kwargs)))
-                task.add_done_callback(functools.partial(self._task_done, ticket, fut))
-            else:
-                work = self._executor.submit(self._run, payload, kwargs, ticket, fut)
+            inner, queued = self._start_call(payload, kwargs)
         except BaseException:
             self.release(ticket)
             raise
-        timer = loop.call_at(deadline, _expire, fut, self.timeout)
+        out = loop.create_future()
+        inner.add_done_callback(functools.partial(self._returned, ticket, out))
+        timer = loop.call_at(deadline, _expire, out, self.timeout)
         try:
-            return await fut
+            return await out
         except Timeout:
-            if task is not None:
-                task.cancel()  # an async predict that ignores this is stuck until it returns
-            elif work.cancel():  # never started (all threads were busy): it will not run; its slot is freed now
-                self.release(ticket)
+            if queued is None:
+                inner.cancel()  # an async predict: one that ignores this is stuck until it returns
+            elif queued.cancel():
+                inner.cancel()  # never started (all threads were busy): it never will; its slot is freed now
             raise  # a sync predict already running cannot be interrupted: stuck until it returns
         finally:
             timer.cancel()

@@ -9,14 +9,18 @@ What a fetch does (`ModelCache.fetch`):
 1. Resolve: HeadObject for one object, ListObjectsV2 for a prefix. The objects' keys, sizes and
    ETags (and a pinned `versionId`) give the model's *version*: a sha256 that names the cache
    entry, and that `pulumi up` records in the pod template (`resolve_model_version`).
-2. Cache hit (the entry exists): nothing is downloaded.
+2. Cache hit (the entry exists and every file has the size its manifest records): nothing is downloaded. An
+   entry whose files do not (a file truncated or missing: a full disk, a crash of the machine before the data
+   reached it, a hand that edited the cache) is logged as a warning, moved out and downloaded again.
 3. Miss: one process per machine downloads (an exclusive `flock` per version; the others wait and
    then hit), with boto3's transfer manager: parallel ranged GETs pinned to the listed ETag
    (`If-Match`) or the pinned version. Progress goes to the log as JSON lines (bytes, total, rate).
 4. Verify every file: its size, and its content against the ETag (MD5 for single-part uploads,
    MD5 of the part MD5s for multipart ones; objects encrypted with SSE-KMS/SSE-C have no MD5
    ETag and are checked by size alone). Only then is the download renamed into place, at once:
-   a failed or partial download is never used and never left behind.
+   a failed or partial download is never used and never left behind. Before the rename every file,
+   the manifest and every folder of the download are fsynced, and the cache's `entries/` folder after
+   it: after a power cut an entry is there complete, or not at all.
 
 Cache layout under `MYELIN_MODEL_CACHE`:
 
@@ -467,9 +471,10 @@ class ModelCache:
         return FetchedModel(uri.raw, path.resolve(), None, size, downloaded=False)
 
     def _ensure(self, client: Any, listing: ModelListing, report: Report, fields: dict[str, Any]) -> bool:
-        """The entry exists when this returns: True if this process downloaded it."""
+        """The entry exists, whole, when this returns: True if this process downloaded it."""
         version = listing.version
-        if (self.entries / version / "manifest.json").is_file():
+        entry = self.entries / version
+        if (entry / "manifest.json").is_file() and _damage(entry) is None:
             return False
         lock_path = self.locks / f"{version}.download"
         fd = _lock(lock_path, exclusive=True, blocking=False)
@@ -477,8 +482,13 @@ class ModelCache:
             report("info", "model download: waiting for another process downloading it", **fields, version=version)
             fd = _lock(lock_path, exclusive=True)
         try:
-            if (self.entries / version / "manifest.json").is_file():
-                return False  # the other process finished it
+            if os.path.lexists(entry):
+                damage = _damage(entry)
+                if damage is None:
+                    return False  # the other process finished it
+                report("warning", "model cache: the cached model does not match its manifest; downloading it again",
+                       **fields, version=version, damage=damage)
+                self._discard(version)
             self._evict(listing.total_bytes, report, fields, downloading=version)
             self._download(client, listing, report, fields)
             return True
@@ -509,7 +519,10 @@ class ModelCache:
                                      "version_id": o.version_id, "verified": verified[o.rel]} for o in listing.objects]}
             (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
             _read_only(files)
+            _fsync_tree(work)  # the data is on disk before the name that says it is complete
             os.rename(work, self.entries / version)  # atomic: the entry appears complete or not at all
+            _fsync_dir(self.entries)
+            _fsync_dir(self.tmp)
             report("info", "model downloaded", **fields, version=version, bytes=listing.total_bytes,
                    total=listing.total_bytes, seconds=round(seconds, 3),
                    rate=round(listing.total_bytes / max(seconds, 1e-6)), verified=sorted(set(verified.values())))
@@ -577,6 +590,15 @@ class ModelCache:
             raise _as_fetch_error(uri, err, doing) from None
         return checks
 
+    def _discard(self, version: str) -> None:
+        """Move an entry out of `entries/` at once (a process looking sees it gone), then delete it."""
+        trash = self.tmp / f"evicted.{version}.{os.getpid()}.{next(_tmp_names)}"
+        try:
+            os.rename(self.entries / version, trash)
+        except FileNotFoundError:
+            return
+        _remove_tree(trash)
+
     # -------------------------------------------------------------------------- eviction
     def _entries(self) -> list[tuple[float, int, str]]:
         """(last use, bytes, version) of every complete entry."""
@@ -634,6 +656,45 @@ class ModelCache:
                 _remove_tree(path)
             finally:
                 _unlock(fd)
+
+
+def _damage(entry: Path) -> str | None:
+    """What is wrong with a cache entry (a file missing or not the size its manifest records), or None when whole."""
+    try:
+        manifest = json.loads((entry / "manifest.json").read_text())
+        objects = [(str(o["path"]), int(o["size"])) for o in manifest["objects"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"manifest.json unreadable: {type(err).__name__}: {err}"
+    for rel, size in objects:
+        try:
+            info = os.lstat(entry / "files" / rel)
+        except OSError:
+            return f"{rel}: missing ({size} bytes in the manifest)"
+        if not stat.S_ISREG(info.st_mode):
+            return f"{rel}: not a regular file"
+        if info.st_size != size:
+            return f"{rel}: {info.st_size} bytes on disk, {size} in the manifest"
+    return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under `root`, then every folder, deepest first (a folder's entries after its files)."""
+    for folder, _, names in os.walk(root, topdown=False):
+        for name in names:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))
 
 
 def _read_only(folder: Path) -> None:

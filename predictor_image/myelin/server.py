@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import PlainTextResponse, Response
 from starlette.staticfiles import StaticFiles
 
+from .cost import CostMeter
 from .errors import error_body
 from .logs import RequestLog
 from .metrics import CONTENT_TYPE, Metrics
@@ -110,6 +111,7 @@ class MyelinApp:
         self.metrics = metrics or Metrics()
         # Bytes of request bodies being received at once, this process's APIs together (lifecycle.py).
         self.body_budget = BodyBudget(self.settings.max_body_bytes_in_flight)
+        self.cost = CostMeter.from_env()  # CPU seconds per prediction and the stack's estimate, in /info
         self.processes = processes
         self.on_loaded = on_loaded
         self.runtimes: dict[str, ApiRuntime] = {}
@@ -143,7 +145,7 @@ class MyelinApp:
 
         for runtime in self.runtimes.values():
             runtime.arrival = ArrivalClock(settings.arrival_header, *runtime.metrics.cold_start_series(),
-                                           marker_dir=multiprocess_dir())
+                                           budget=runtime.timeout, marker_dir=multiprocess_dir())
 
     def on_write_timeout(self, path: str) -> None:
         """A connection was aborted for its write deadline (protection.py): count it against its API."""
@@ -209,6 +211,7 @@ class MyelinApp:
         gc.collect()
         gc.freeze()
         runtime.sample_metrics()
+        self.cost.loaded(runtime, self.metrics)
         if self.on_loaded is not None:
             self.on_loaded(runtime)
 
@@ -323,7 +326,7 @@ class MyelinApp:
                 described = r.describe()
                 if not self.expose_errors:
                     described.pop("error", None)
-                apis.append(dict(described, spec=public_spec(r.spec)))
+                apis.append(dict(described, spec=public_spec(r.spec), cost=self.cost.describe(r, self.metrics)))
             return _json({"apis": apis})
 
         for runtime in self.runtimes.values():

@@ -64,6 +64,8 @@ class StackRun:
     secret_outputs: set[str]
     ignore_changes: dict[str, list[str]]
     nodes: list[Node]
+    #: resource name -> the names of its aliases (ResourceOptions.aliases), where it has any
+    aliases: dict[str, list[str]] = field(default_factory=dict)
 
     def node(self, typ: str, name: str) -> Node:
         matches = [n for n in self.nodes if n.typ == typ and n.name == name]
@@ -203,6 +205,7 @@ def run_program(stack: str, config: dict[str, Any], main: Path = MAIN) -> StackR
     outputs: dict[str, Any] = {}
     secret_outputs: set[str] = set()
     ignore_changes: dict[str, list[str]] = {}
+    aliases: dict[str, list[str]] = {}
 
     original_init = pulumi.CustomResource.__init__
     original_resource_init = pulumi.Resource.__init__
@@ -213,6 +216,8 @@ def run_program(stack: str, config: dict[str, Any], main: Path = MAIN) -> StackR
         # Resource options never reach the mocks (and stack transforms do not run under them): note them here.
         if opts is not None and opts.ignore_changes:
             ignore_changes[name] = list(opts.ignore_changes)
+        if opts is not None and opts.aliases:
+            aliases[name] = [a.name if isinstance(a, pulumi.Alias) else str(a) for a in opts.aliases]
         original_init(self, t, name, props, opts, *args, **kwargs)
 
     def recording_resource_init(self, t, name, custom=False, props=None, opts=None, remote=False, *args, **kwargs):
@@ -253,4 +258,5 @@ def run_program(stack: str, config: dict[str, Any], main: Path = MAIN) -> StackR
 
     _sync_await(run_pulumi_func(program))
     return StackRun(stack=stack, config=config, resources=list(mocks.resources), calls=list(mocks.calls),
-                    outputs=outputs, secret_outputs=secret_outputs, ignore_changes=ignore_changes, nodes=nodes)
+                    outputs=outputs, secret_outputs=secret_outputs, ignore_changes=ignore_changes, nodes=nodes,
+                    aliases=aliases)

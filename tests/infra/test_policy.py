@@ -81,6 +81,9 @@ BROKEN = [
     ("no seccomp", "kubernetes:apps/v1:Deployment",
      lambda p: (_container(p)["securityContext"].pop("seccompProfile"),
                 p["spec"]["template"]["spec"]["securityContext"].pop("seccompProfile")), "seccompProfile"),
+    ("scratch volume pins its node", "kubernetes:apps/v1:Deployment",
+     lambda p: p["spec"]["template"]["metadata"]["annotations"].pop(
+         "cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes"), "would never remove a node"),
     ("token mounted", "kubernetes:apps/v1:Deployment",
      lambda p: p["spec"]["template"]["spec"].pop("automountServiceAccountToken"), "automountServiceAccountToken"),
     ("namespace without PSS", "kubernetes:core/v1:Namespace",

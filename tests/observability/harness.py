@@ -10,7 +10,7 @@ API pods' labels and annotations. The program does not deploy AsyncAPIs yet (REA
 gateway pod gets the labels and annotations of the other API pods, its own name in place of theirs. It then
 starts `myelin serve` for each folder, a Prometheus whose `kubernetes-pods` job has the chart's relabelling
 rules and one target per API carrying the `__meta_kubernetes_*` labels Kubernetes discovery would give that
-pod, and an exporter of the kube-state-metrics, DCGM, KEDA interceptor and Fluent Bit series (synthetic: no
+pod, and an exporter of the kube-state-metrics, DCGM, OpenCost, KEDA interceptor and Fluent Bit series (synthetic: no
 cluster or GPU here; names and labels as those exporters emit them) so every dashboard and alert query has data.
 
 Used by tests/observability/test_prometheus_e2e.py and by `make docs-images`.
@@ -81,6 +81,7 @@ class Emitted:
     #: `observed`'s KEDA trigger.
     keda_query: str
     alerting_rules: dict[str, Any]
+    recording_rules: dict[str, Any]  # the cost rules over OpenCost's series
     dashboards: dict[str, dict[str, Any]]
     pods: dict[str, Pod]
 
@@ -111,6 +112,7 @@ def emitted_for_test_api() -> Emitted:
     return Emitted(
         keda_query=scaled.inputs["spec"]["triggers"][0]["metadata"]["query"],
         alerting_rules=releases["prometheus"]["values"]["serverFiles"]["alerting_rules.yml"],
+        recording_rules=releases["prometheus"]["values"]["serverFiles"]["recording_rules.yml"],
         dashboards={name: json.loads(d["json"]) for name, d in grafana.items()},
         pods=pods,
     )
@@ -148,6 +150,19 @@ def synthetic_series() -> str:
           for metric, value in (("DCGM_FI_DEV_GPU_UTIL", 37), ("DCGM_FI_DEV_FB_USED", 2210), ("DCGM_FI_DEV_FB_FREE", 12700))),
         # KEDA HTTP add-on interceptor (OpenTelemetry Prometheus exporter, docs 0.15 reference/metrics.md)
         f'interceptor_request_concurrency{{route_name="{API}",route_namespace="{NAMESPACE}"}} 0',
+        # OpenCost 1.120 (pkg/costmodel/metrics.go): node prices, container allocations (its Service, honor_labels)
+        *(f'{metric}{{instance="{node}",node="{node}",instance_type="{itype}",region="us-west-2",'
+          f'provider_id="aws:///us-west-2a/{node}",arch="amd64",uid="{node}"}} {value}'
+          for node, itype, prices in ((NODE, "m6i.large", (0.0312, 0.0042, 0.0, 0.096)),
+                                      (GPU_NODE, "g4dn.xlarge", (0.0145, 0.0019, 0.4367, 0.526)))
+          for metric, value in zip(("node_cpu_hourly_cost", "node_ram_hourly_cost", "node_gpu_hourly_cost",
+                                    "node_total_hourly_cost"), prices)),
+        *(f'{metric}{{namespace="{NAMESPACE}",pod="{pod}",container="predictor",instance="{node}",node="{node}",'
+          f'uid="{uid}"}} {value}'
+          for pod, node, uid, allocations in ((POD, NODE, "u1", (0.5, 2**30, None)),
+                                              (GPU_POD, GPU_NODE, "u2", (2, 8 * 2**30, 1)))
+          for metric, value in zip(("container_cpu_allocation", "container_memory_allocation_bytes",
+                                    "container_gpu_allocation"), allocations) if value is not None),
         # Fluent Bit's /api/v1/metrics/prometheus
         'fluentbit_output_errors_total{name="cloudwatch_logs.0"} 0',
         'fluentbit_output_retries_failed_total{name="cloudwatch_logs.0"} 0',
@@ -213,6 +228,7 @@ class ObservedStack:
                 stdout=open(self.workdir / f"server-{api}.out", "wb"),
                 stderr=open(self.workdir / f"server-{api}.err", "wb"), env=env, cwd=str(REPO)))
         (self.workdir / "rules.yml").write_text(yaml.safe_dump(self.emitted.alerting_rules))
+        (self.workdir / "recording.yml").write_text(yaml.safe_dump(self.emitted.recording_rules))
         (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(self._config()))
         self.procs.append(subprocess.Popen(
             [prometheus, f"--config.file={self.workdir / 'prometheus.yml'}",
@@ -242,7 +258,7 @@ class ObservedStack:
         exporter = f"127.0.0.1:{self.exporter.server_address[1]}"
         return {
             "global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": f"{SCRAPE_S}s"},
-            "rule_files": [str(self.workdir / "rules.yml")],
+            "rule_files": [str(self.workdir / "rules.yml"), str(self.workdir / "recording.yml")],
             "scrape_configs": [
                 pods_job,
                 {"job_name": "kubernetes-service-endpoints", "honor_labels": True,

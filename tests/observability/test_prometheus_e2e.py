@@ -20,8 +20,8 @@ import time
 import httpx
 import pytest
 
-from components.observability import queries
-from components.observability.rules import AlertsConfig, alerts, async_workers_ready
+from components.observability import cost, queries
+from components.observability.rules import LATENCY_THRESHOLD_RECORD, AlertsConfig, alerts, async_workers_ready
 from myelin import contract
 
 from .harness import API, QUEUED, STREAMED, Jobs, Load, ObservedStack, burst
@@ -170,11 +170,21 @@ def test_prometheus_evaluates_every_rule_without_error(stack, loaded):
     body = httpx.get(f"{stack.prom_url}/api/v1/rules", timeout=10).json()
     rules = [r for g in body["data"]["groups"] for r in g["rules"]]
     names = {r["name"] for r in rules if r["type"] == "alerting"}
-    assert names == {a.name for a in alerts(AlertsConfig())}
+    assert names == {a.name for a in alerts(AlertsConfig())} | {cost.COST_ALERT}
     for rule in rules:
         assert rule["health"] == "ok" and not rule.get("lastError"), rule
-    thresholds = [r for r in rules if r["type"] == "recording"]
+    thresholds = [r for r in rules if r["type"] == "recording" and r["name"] == LATENCY_THRESHOLD_RECORD]
     assert [r["labels"]["api"] for r in thresholds] == [API, STREAMED]
+
+
+def test_cost_rules_price_the_api_from_opencost_series(stack, loaded):
+    """OpenCost's (synthetic) allocation of the API's pod x its node's prices, over its real 2xx rate."""
+    (hourly,) = stack.wait_for(f'{cost.API_COST}{{api="{API}"}}', timeout=15)
+    assert float(hourly["value"][1]) == pytest.approx(0.5 * 0.0312 + 1 * 0.0042)  # harness: 0.5 CPU, 1 GiB
+    (per_second,) = stack.wait_for(f'{cost.PREDICTIONS}{{api="{API}"}}', timeout=15)
+    (per_million,) = stack.wait_for(f'{cost.COST_PER_MILLION}{{api="{API}"}}', timeout=15)
+    assert float(per_million["value"][1]) == pytest.approx(
+        1e6 * float(hourly["value"][1]) / (3600 * float(per_second["value"][1])), rel=0.05)
 
 
 def test_alerts_fire_on_this_load(stack, loaded):

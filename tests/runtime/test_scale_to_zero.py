@@ -184,9 +184,11 @@ def test_a_load_failure_during_a_cold_start_gives_every_held_request_a_clear_jso
         error = a.json()["error"]
         assert error["type"] == "not_ready"
         assert "failed to load during its cold start" in error["message"]
-        assert "the model file is missing" in error["message"]
+        assert "the model file is missing" not in error["message"]  # the detail: console and /info only
+        assert error["request_id"] == a.headers["x-request-id"]
     assert len(constructions(folder)) == 1  # one cold start for all of them
     assert info(server, "sleepy")["state"] == "failed"
+    assert "the model file is missing" in info(server, "sleepy")["error"]
     # Fixed on disk: the API goes back to idle and the next request wakes it.
     (folder / "predictor.py").write_text(PREDICTOR.format(load=0.2, fail="pass"))
     deadline = time.monotonic() + 20

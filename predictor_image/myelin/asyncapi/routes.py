@@ -132,6 +132,7 @@ async def submit_job(runtime: "AsyncApiRuntime", scope: dict, receive: Any, send
     """`POST /<endpoint>` -> 202 `{"id"}` with `Location: /<endpoint>/<id>`, once the payload is stored."""
 
     async def store(head: RequestHead, request_id: str, ticket: Ticket) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        await runtime.check_room(head.content_length)  # jobs.max_queued / max_stored_bytes: 503 before the body
         body = await ticket.read_body(receive, runtime.max_body)
         await codec.decode(head.content_type, body)  # what the worker could not decode is refused now, with 400
         keys = runtime.api_keys
@@ -170,8 +171,8 @@ def document_job_routes(app: Any, runtime: "AsyncApiRuntime") -> None:
         "application/json": {"schema": {}}, "text/plain": {"schema": {"type": "string"}},
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     }}
-    errors = {"401": {"description": "Missing or invalid API key"}, "503": {"description": "Loading, draining, or the "
-              "job store is unavailable"}}
+    errors = {"401": {"description": "Missing or invalid API key"}, "503": {"description": "Loading, draining, the "
+              "job store is unavailable, or full (jobs.max_queued, jobs.max_stored_bytes), with Retry-After"}}
 
     async def documented_submit() -> Response:  # pragma: no cover - shadowed by MyelinApp
         return Response(status_code=202)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,11 +30,13 @@ from ..settings import Settings
 from ..spec import AsyncApiSpec
 from . import routes
 from .metrics import JobMetrics
-from .store import StoreError, open_store
+from .store import JobLimits, StoreError, StoreFull, Usage, open_store
 from .worker import JobWorker
 
 #: How often the queue depth gauge is refreshed from the store.
 DEPTH_INTERVAL_S = 2.0
+#: How long check_room lets submits through on one reading of the store's usage (see check_room).
+USAGE_FRESH_S = 0.5
 
 
 class AsyncApiRuntime(ApiRuntime):
@@ -47,6 +50,10 @@ class AsyncApiRuntime(ApiRuntime):
         self.serves_requests = self.role in (c.ROLE_GATEWAY, c.ROLE_ALL)
         self.runs_predictor = self.role in (c.ROLE_WORKER, c.ROLE_ALL)
         self.store = open_store(settings, spec)
+        self.store_limits = JobLimits.of(spec)
+        self.stored_bytes: int | None = None
+        #: check_room's last reading of the store's usage: (when, usage, submits and bytes let through since).
+        self._usage_seen: tuple[float, Usage, int, int] | None = None
         self.jobs = JobMetrics(metrics, spec.name)
         self.worker = JobWorker(self) if self.runs_predictor else None
         self.queue_depth: int | None = None
@@ -101,9 +108,37 @@ class AsyncApiRuntime(ApiRuntime):
             try:
                 self.queue_depth = await self.store.depth()
                 self.jobs.depth.set(self.queue_depth)
+                if self.serves_requests:  # where submits are bounded (a worker alone stores no new job)
+                    usage = await self.store.usage()
+                    self.stored_bytes = usage.stored_bytes
+                    self.jobs.stored_bytes.set(usage.stored_bytes)
             except Exception:  # noqa: BLE001 - the worker and the routes report store failures
                 pass
             await asyncio.sleep(DEPTH_INTERVAL_S)
+
+    async def check_room(self, content_length: int) -> None:
+        """Before a submit's body is read: refuse it (StoreFull: 503 + Retry-After) when the store has no room for
+        one more job of `content_length` bytes (0 when unknown) under jobs.max_queued / jobs.max_stored_bytes.
+        The store checks again, exactly, with the body's real size, when it stores the job.
+
+        A reading of the store's usage younger than USAGE_FRESH_S, plus every submit this process let through since,
+        is enough to let one more through (far from the bounds, a submit costs no extra store read); a refusal is
+        only ever made on a fresh reading."""
+        incoming = max(0, content_length)
+        now = time.monotonic()
+        seen = self._usage_seen
+        if seen is not None and now - seen[0] < USAGE_FRESH_S:
+            usage, jobs, nbytes = seen[1], seen[2], seen[3]
+            try:
+                self.store_limits.check(Usage(usage.queued + jobs, usage.stored_bytes + nbytes), incoming)
+            except StoreFull:
+                pass  # looks full: read it again before refusing
+            else:
+                self._usage_seen = (seen[0], usage, jobs + 1, nbytes + incoming)
+                return
+        usage = await self.store.usage()
+        self.store_limits.check(usage, incoming)
+        self._usage_seen = (time.monotonic(), usage, 1, incoming)
 
     # ---------------------------------------------------------------- HTTP
     async def submit(self, scope: dict, receive: Any, send: Any) -> None:
@@ -114,6 +149,6 @@ class AsyncApiRuntime(ApiRuntime):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update(kind=self.spec.kind, role=self.role, queue_depth=self.queue_depth,
+        info.update(kind=self.spec.kind, role=self.role, queue_depth=self.queue_depth, stored_bytes=self.stored_bytes,
                     jobs_running=len(self.worker.running) if self.worker is not None else 0)
         return info

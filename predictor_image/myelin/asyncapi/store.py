@@ -14,6 +14,11 @@ cloud: an SQS queue and an S3 prefix) keep the same state machine:
   duplicate delivery that also finished) returns False and changes nothing.
 - `release` hands an unfinished job back at once, without counting the attempt (shutdown).
 - `get` answers a job's state, or None when unknown or past the retention.
+- `usage` answers what the store holds for the API: jobs not finished and bytes stored. `enqueue`
+  refuses (`StoreFull`, a 503 with Retry-After) a job beyond `jobs.max_queued` or
+  `jobs.max_stored_bytes`, and then stores nothing. The SQLite store checks inside the transaction
+  that stores the job: exact. The SQS store checks against sampled queue attributes and object
+  sizes plus what this process stored since: approximate (see store_sqs.py).
 
 Nothing outside `open_store` knows which implementation runs.
 """
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .. import contract as c
+from ..errors import HTTPError, retry_after
 from ..settings import Settings
 from ..spec import AsyncApiSpec
 
@@ -82,6 +88,50 @@ class JobState:
     error: dict[str, Any] | None = None
 
 
+#: Retry-After of a submit refused because the store is full: jobs finish, and retention frees bytes, over time.
+FULL_RETRY_AFTER_S = 5
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """jobs.max_queued and jobs.max_stored_bytes of one API."""
+
+    max_queued: int
+    max_stored_bytes: int
+
+    @classmethod
+    def of(cls, spec: AsyncApiSpec) -> "JobLimits":
+        return cls(spec.jobs.max_queued, spec.jobs.max_stored)
+
+    def check(self, usage: "Usage", incoming_bytes: int) -> None:
+        """Raise StoreFull if one more job of `incoming_bytes` does not fit beside `usage`."""
+        if usage.queued + 1 > self.max_queued:
+            raise StoreFull("jobs.max_queued", f"{usage.queued} jobs are waiting or running, the most "
+                            f"jobs.max_queued ({self.max_queued}) allows")
+        if usage.stored_bytes + incoming_bytes > self.max_stored_bytes:
+            raise StoreFull("jobs.max_stored_bytes", f"the store holds {usage.stored_bytes} bytes for this API; "
+                            f"{incoming_bytes} more would exceed jobs.max_stored_bytes ({self.max_stored_bytes})")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the store holds for one API."""
+
+    #: Jobs submitted and not finished: waiting to start or running.
+    queued: int
+    #: Bytes of the API's records: payloads, stored headers, query strings, results, errors, dead letters.
+    stored_bytes: int
+
+
+class StoreFull(HTTPError):
+    """A submit beyond jobs.max_queued or jobs.max_stored_bytes: 503 with Retry-After; nothing was stored."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(503, "overloaded", f"this API's job store is full: {message}; retry later",
+                         [retry_after(FULL_RETRY_AFTER_S)])
+
+
 class StoreError(Exception):
     """The store cannot be used (bad location, unreachable queue or bucket): names what and why."""
 
@@ -97,7 +147,8 @@ class JobStore(Protocol):
 
     def close(self) -> None: ...
 
-    async def enqueue(self, job: Submission) -> None: ...
+    async def enqueue(self, job: Submission) -> None:
+        """Store the job durably; StoreFull (nothing stored) when it would exceed the API's JobLimits."""
 
     async def claim(self, n: int, visibility_timeout: float) -> list[Claim]:
         """Up to n jobs (may wait briefly for one to arrive: the store decides how long)."""
@@ -113,6 +164,9 @@ class JobStore(Protocol):
     async def depth(self) -> int:
         """Jobs waiting to start."""
 
+    async def usage(self) -> Usage:
+        """Jobs not finished and bytes stored for the API (what JobLimits bounds)."""
+
     def wake(self) -> None:
         """Stop a waiting `claim` early (a drain began)."""
 
@@ -123,7 +177,8 @@ def open_store(settings: Settings, spec: AsyncApiSpec) -> JobStore:
         from .store_sqs import SqsJobStore
 
         return SqsJobStore(settings.async_queue_url, settings.async_dead_letter_queue_url,
-                           settings.async_storage_uri, spec.retention_seconds)
+                           settings.async_storage_uri, spec.retention_seconds, JobLimits.of(spec))
     from .store_sqlite import SqliteJobStore
 
-    return SqliteJobStore(os.path.join(settings.state_dir, f"{spec.name}.sqlite3"), spec.retention_seconds)
+    return SqliteJobStore(os.path.join(settings.state_dir, f"{spec.name}.sqlite3"), spec.retention_seconds,
+                          JobLimits.of(spec))

@@ -12,6 +12,14 @@ SQLite's locks order their writes, and an idle worker looks for jobs another pro
 
 A claim's token is its attempt number: a job claimed again after its visibility timeout has a
 higher one, so a stale worker's `release` changes nothing.
+
+Bounds (jobs.max_queued, jobs.max_stored_bytes): the one-row `usage` table holds the jobs not
+finished and the bytes stored (payload, stored headers and query string, result, error; dead
+letters too), kept by triggers in the same transactions as the rows, so every process sharing the
+file sees the same figures. `enqueue` reads them in the transaction that would store the job and
+refuses it (StoreFull, nothing written) beyond either bound: the bound is exact. The database file
+also holds SQLite's own overhead (pages, indexes, the WAL, whose size after a checkpoint is capped by
+`journal_size_limit`), and freed pages are reused rather than given back to the file system.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from typing import Any, Callable
 import orjson
 
 from .. import contract as c
-from .store import COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE, Claim, JobState, StoreError, Submission
+from .store import (COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE, Claim, JobLimits, JobState, StoreError, Submission,
+                    Usage)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -63,8 +72,80 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 """
 
+#: Bytes a row of `jobs` (or of `dead_letters`, which has no result) stores for the API; `_stored_bytes`
+#: is the same sum for a job about to be stored.
+_JOB_BYTES = ("(ifnull(length(X.body), 0) + length(CAST(X.headers AS BLOB)) + length(CAST(X.query_string AS BLOB))"
+              " + ifnull(length(X.result), 0) + ifnull(length(CAST(X.error AS BLOB)), 0))")
+_DEAD_BYTES = ("(ifnull(length(X.body), 0) + length(CAST(X.headers AS BLOB)) + length(CAST(X.query_string AS BLOB))"
+               " + length(CAST(X.error AS BLOB)))")
+_UNFINISHED = "(X.status IN ('in_queue', 'in_progress'))"
+
+
+def _usage_schema() -> str:
+    """The `usage` row (computed once from the rows already there) and the triggers that keep it."""
+    job = {v: _JOB_BYTES.replace("X.", f"{v}.") for v in ("NEW", "OLD")}
+    dead = {v: _DEAD_BYTES.replace("X.", f"{v}.") for v in ("NEW", "OLD")}
+    open_ = {v: _UNFINISHED.replace("X.", f"{v}.") for v in ("NEW", "OLD")}
+    plain = {"job": _JOB_BYTES.replace("X.", ""), "dead": _DEAD_BYTES.replace("X.", ""),
+             "open": _UNFINISHED.replace("X.", "")}
+    return f"""
+CREATE TABLE IF NOT EXISTS usage (id INTEGER PRIMARY KEY CHECK (id = 1), queued INTEGER NOT NULL,
+                                  stored_bytes INTEGER NOT NULL);
+INSERT OR IGNORE INTO usage (id, queued, stored_bytes) VALUES (1,
+    (SELECT count(*) FROM jobs WHERE {plain["open"]}),
+    (SELECT ifnull(sum({plain["job"]}), 0) FROM jobs) + (SELECT ifnull(sum({plain["dead"]}), 0) FROM dead_letters));
+CREATE TRIGGER IF NOT EXISTS usage_job_in AFTER INSERT ON jobs BEGIN
+    UPDATE usage SET queued = queued + {open_["NEW"]}, stored_bytes = stored_bytes + {job["NEW"]} WHERE id = 1;
+END;
+CREATE TRIGGER IF NOT EXISTS usage_job_change AFTER UPDATE ON jobs BEGIN
+    UPDATE usage SET queued = queued + {open_["NEW"]} - {open_["OLD"]},
+                     stored_bytes = stored_bytes + {job["NEW"]} - {job["OLD"]} WHERE id = 1;
+END;
+CREATE TRIGGER IF NOT EXISTS usage_job_out AFTER DELETE ON jobs BEGIN
+    UPDATE usage SET queued = queued - {open_["OLD"]}, stored_bytes = stored_bytes - {job["OLD"]} WHERE id = 1;
+END;
+CREATE TRIGGER IF NOT EXISTS usage_dead_in AFTER INSERT ON dead_letters BEGIN
+    UPDATE usage SET stored_bytes = stored_bytes + {dead["NEW"]} WHERE id = 1;
+END;
+CREATE TRIGGER IF NOT EXISTS usage_dead_out AFTER DELETE ON dead_letters BEGIN
+    UPDATE usage SET stored_bytes = stored_bytes - {dead["OLD"]} WHERE id = 1;
+END;
+"""
+
+
+def _stored_bytes(body: bytes, headers: str, query_string: str) -> int:
+    """What storing a job adds to `usage.stored_bytes` (as _JOB_BYTES counts it)."""
+    return len(body) + len(headers.encode()) + len(query_string.encode())
+
+
+#: After a checkpoint, the WAL file is truncated to at most this (SQLite keeps it at its largest otherwise).
+WAL_SIZE_LIMIT = 64 * 2**20
+
 _WAITING = "status IN ('in_queue', 'in_progress') AND visible_at <= :now"
 _MAX_GROUP = 512
+
+
+#: The files hold payloads, stored request headers and results: only their owner may read them. The folder is
+#: made 0700 and the database 0600 when they are created (not changed afterwards, which would leave a moment when
+#: they are readable); SQLite creates its `-wal` and `-shm` files with the database file's permissions.
+FOLDER_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def _create_private(folder: str, path: str) -> None:
+    """Create the state folder (0700) and the empty database file (0600) unless they exist. A database left by
+    an earlier version with wider permissions (0644) is narrowed, with its -wal and -shm files."""
+    os.makedirs(folder, mode=FOLDER_MODE, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE))
+    except FileExistsError:
+        for existing in (path, f"{path}-wal", f"{path}-shm"):
+            try:
+                mode = os.stat(existing).st_mode & 0o777
+                if mode & 0o077:
+                    os.chmod(existing, mode & 0o700)
+            except (FileNotFoundError, PermissionError):  # not there, or not ours to change: left as it is
+                pass
 
 
 def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
@@ -80,9 +161,10 @@ class SqliteJobStore:
     #: How often an idle worker looks for jobs stored by another process (its own wake it at once).
     POLL_S = 0.25
 
-    def __init__(self, path: str, retention_s: float):
+    def __init__(self, path: str, retention_s: float, limits: JobLimits | None = None):
         self.path = path
         self.retention = retention_s
+        self.limits = limits
         self._purge_every = min(60.0, retention_s)
         self._next_purge = 0.0
         self._ops: queue.SimpleQueue = queue.SimpleQueue()
@@ -97,13 +179,16 @@ class SqliteJobStore:
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+        # INSERT OR REPLACE deletes the row it replaces: with this, that fires the delete triggers (usage).
+        conn.execute("PRAGMA recursive_triggers = ON")
         return conn
 
     def open(self) -> None:
         folder = os.path.dirname(os.path.abspath(self.path))
         where = f"{c.STATE_DIR_ENV} ({folder})"
         try:
-            os.makedirs(folder, exist_ok=True)
+            _create_private(folder, self.path)
             conn = self._connect()
             try:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -111,6 +196,7 @@ class SqliteJobStore:
                     raise StoreError(where, f"{self.path} cannot use WAL mode (journal_mode is {mode}); "
                                             "put the state directory on a local file system")
                 conn.executescript(SCHEMA)
+                conn.executescript(f"BEGIN IMMEDIATE; {_usage_schema()} COMMIT;")
             finally:
                 conn.close()
         except (OSError, sqlite3.Error) as err:
@@ -219,8 +305,13 @@ class SqliteJobStore:
     async def enqueue(self, job: Submission) -> None:
         row = {"id": job.id, "created_at": job.created_at, "content_type": job.content_type,
                "query_string": job.query_string, "headers": orjson.dumps(job.headers).decode(), "body": job.body}
+        size = _stored_bytes(job.body, row["headers"], job.query_string)
+        limits = self.limits
 
         def insert(conn: sqlite3.Connection) -> None:
+            if limits is not None:  # in the transaction that stores it: exact, whatever other processes do
+                queued, stored = conn.execute("SELECT queued, stored_bytes FROM usage WHERE id = 1").fetchone()
+                limits.check(Usage(queued, stored), size)
             conn.execute(
                 "INSERT INTO jobs (id, status, created_at, visible_at, content_type, query_string, headers, body) "
                 "VALUES (:id, 'in_queue', :created_at, :created_at, :content_type, :query_string, :headers, :body)", row)
@@ -310,6 +401,10 @@ class SqliteJobStore:
         return JobState(id=job_id, status=status, created_at=created, started_at=started,
                         finished_at=finished if status in (COMPLETED, FAILED) else None,
                         result=result, result_type=result_type, error=orjson.loads(error) if error else None)
+
+    async def usage(self) -> Usage:
+        row = await self._read("SELECT queued, stored_bytes FROM usage WHERE id = 1", {})
+        return Usage(int(row[0]), int(row[1]))
 
     async def depth(self) -> int:
         now = time.time()

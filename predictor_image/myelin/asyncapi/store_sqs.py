@@ -16,6 +16,18 @@ Attempts are SQS's ApproximateReceiveCount plus the attempts of earlier messages
 message carrying its attempts, so a shutdown does not count as one. After `max_attempts` the worker
 records the failure and moves the job to the dead-letter queue itself (the queue's redrive policy,
 `max_attempts + 1` receives, is only a backstop). AWS_ENDPOINT_URL points boto3 at moto in tests.
+
+Bounds (jobs.max_queued, jobs.max_stored_bytes) are approximate here, for what SQS and S3 can tell:
+- jobs not finished are the queue's ApproximateNumberOfMessages + ...NotVisible + ...Delayed, read at
+  most every `QUEUE_SAMPLE_S`, plus the jobs this process sent since the last reading;
+- bytes stored are the sizes of the objects under the API's prefix (ListObjectsV2), summed at most every
+  `STORED_SAMPLE_S` in the background, plus what this process stored since.
+`enqueue` checks these before it writes anything, so a refused job stores nothing. A lone gateway
+process is held to the bounds within SQS's own approximation; several gateway replicas each add their
+own recent submits only, so together they can overshoot by what the others stored since the last
+reading (at most `STORED_SAMPLE_S` of their submits for bytes, `QUEUE_SAMPLE_S` for jobs), and SQS's
+approximate counts may lag further. Objects past the retention count until S3's lifecycle rule
+deletes them (they are still stored).
 """
 
 from __future__ import annotations
@@ -31,7 +43,8 @@ from typing import Any
 import orjson
 
 from .. import contract as c
-from .store import COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE, Claim, JobState, StoreError, Submission, valid_job_id
+from .store import (COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE, Claim, JobLimits, JobState, StoreError, Submission,
+                    Usage, valid_job_id)
 
 _REGION_IN_URL = re.compile(r"^https?://sqs[.-]([a-z0-9-]+)\.amazonaws\.com")
 _MISSING = {"NoSuchKey", "404", "NotFound"}
@@ -51,7 +64,20 @@ class SqsJobStore:
     #: SQS long polling: an idle worker's receive waits this long for a message.
     LONG_POLL_S = 2
 
-    def __init__(self, queue_url: str, dead_letter_queue_url: str, storage_uri: str, retention_s: float):
+    #: How stale the queue's counts and the stored bytes may be before they are read again (seconds).
+    QUEUE_SAMPLE_S = 1.0
+    STORED_SAMPLE_S = 60.0
+
+    def __init__(self, queue_url: str, dead_letter_queue_url: str, storage_uri: str, retention_s: float,
+                 limits: JobLimits | None = None):
+        self.limits = limits
+        # Readings of the queue and of the objects' sizes: (monotonic time, value), and what this process
+        # added since (a job sent, the bytes of its request object).
+        self._queued: tuple[float, int] | None = None
+        self._stored: tuple[float, int] | None = None
+        self._sent_since = 0
+        self._put_since = 0
+        self._refreshing: dict[str, asyncio.Task] = {}
         self.queue_url = queue_url
         self.dead_letter_queue_url = dead_letter_queue_url
         self.storage_uri = storage_uri
@@ -129,14 +155,88 @@ class SqsJobStore:
             if _code(err) not in _GONE_RECEIPT:
                 raise
 
+    # ---------------------------------------------------------------- usage (approximate: see the module's doc)
+    def _count_queued(self) -> int:
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                 "ApproximateNumberOfMessagesDelayed"]
+        attrs = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=names).get("Attributes", {})
+        return sum(int(attrs.get(name, 0)) for name in names)
+
+    def _count_stored(self) -> int:
+        total, more = 0, {}
+        while True:
+            page = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, **more)
+            total += sum(int(item["Size"]) for item in page.get("Contents", []))
+            if not page.get("IsTruncated"):
+                return total
+            more = {"ContinuationToken": page["NextContinuationToken"]}
+
+    async def _sample(self, what: str) -> None:
+        # What this process added before the reading began is in the reading; what it adds meanwhile may not be,
+        # and stays counted (counted twice at worst: on the safe side).
+        try:
+            if what == "queued":
+                before = self._sent_since
+                self._queued = (time.monotonic(), await self._run(self._count_queued))
+                self._sent_since -= before
+            else:
+                before = self._put_since
+                self._stored = (time.monotonic(), await self._run(self._count_stored))
+                self._put_since -= before
+        except Exception:
+            if (self._queued if what == "queued" else self._stored) is None:
+                raise  # nothing to go by: the submit fails as the store is unavailable
+            # else the last reading stands (plus what this process added) and is tried again next time
+
+    async def _fresh(self) -> None:
+        """Start a reading of whatever is stale; wait only when there is none yet (later ones run behind)."""
+        now = time.monotonic()
+        waits = []
+        for what, reading, every in (("queued", self._queued, self.QUEUE_SAMPLE_S),
+                                     ("stored", self._stored, self.STORED_SAMPLE_S)):
+            if reading is not None and now - reading[0] < every:
+                continue
+            task = self._refreshing.get(what)
+            if task is None or task.done():
+                task = self._refreshing[what] = asyncio.ensure_future(self._sample(what))
+            if reading is None:
+                waits.append(task)
+        if waits:
+            await asyncio.gather(*waits)
+
+    def _current(self) -> Usage:
+        queued = self._queued[1] if self._queued is not None else 0
+        stored = self._stored[1] if self._stored is not None else 0
+        return Usage(queued + self._sent_since, stored + self._put_since)
+
+    async def usage(self) -> Usage:
+        await self._fresh()
+        return self._current()
+
     # ---------------------------------------------------------------- the Protocol
     async def enqueue(self, job: Submission) -> None:
         meta = orjson.dumps({"created_at": job.created_at, "content_type": job.content_type,
                              "query_string": job.query_string, "headers": job.headers})
-        await self._run(self.s3.put_object, Bucket=self.bucket, Key=self._key(job.id, "request"),
-                        Body=meta + b"\n" + job.body, ContentType="application/octet-stream",
-                        Metadata={"created-at": repr(job.created_at)})
-        await self._run(self.sqs.send_message, QueueUrl=self.queue_url, MessageBody=orjson.dumps({"id": job.id}).decode())
+        size = len(meta) + 1 + len(job.body)
+        if self.limits is not None:
+            await self._fresh()
+            self.limits.check(self._current(), size)  # StoreFull: nothing written
+        self._put_since += size  # counted before the writes, so concurrent submits see it
+        self._sent_since += 1
+        try:
+            await self._run(self.s3.put_object, Bucket=self.bucket, Key=self._key(job.id, "request"),
+                            Body=meta + b"\n" + job.body, ContentType="application/octet-stream",
+                            Metadata={"created-at": repr(job.created_at)})
+        except BaseException:
+            self._put_since -= size
+            self._sent_since -= 1
+            raise
+        try:
+            await self._run(self.sqs.send_message, QueueUrl=self.queue_url,
+                            MessageBody=orjson.dumps({"id": job.id}).decode())
+        except BaseException:
+            self._sent_since -= 1  # the request object is stored, its job is not queued
+            raise
 
     async def claim(self, n: int, visibility_timeout: float) -> list[Claim]:
         response = await self._run(

@@ -28,8 +28,23 @@ class ChildState(str, enum.Enum):
     STARTING = "loading"
     READY = "ready"
     FAILED = "failed"
+    EXITED = "exited"  # it was serving and its process ended on its own (killed, crashed, os._exit)
     DRAINING = "draining"
     STOPPED = "stopped"
+
+
+def describe_exit(code: int | None) -> str:
+    """How a process ended, in words: `was killed by SIGKILL (...)`, `exited with code 1`."""
+    if code is None:
+        return "ended"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (as the out-of-memory killer does)" if -code == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {code}"
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -47,18 +62,24 @@ class ApiProcess:
 
     def __init__(self, name: str, folder: Path, generation: int, socket_dir: Path,
                  on_stdout: Callable[["ApiProcess", bytes], None], on_stderr: Callable[["ApiProcess", str], None],
-                 endpoint: str | None = None, max_body: int = 10 * 2**20, env: dict[str, str] | None = None):
+                 endpoint: str | None = None, max_body: int = 10 * 2**20, env: dict[str, str] | None = None,
+                 on_exit: Callable[["ApiProcess", int], None] | None = None, restart: int = 0):
         self.name = name
         self.endpoint = endpoint
         self.max_body = max_body
         self.folder = folder
         self.generation = generation
-        self.uds = socket_dir / f"{name}-{generation}.sock"
+        self.uds = socket_dir / (f"{name}-{generation}.sock" if not restart else f"{name}-{generation}.r{restart}.sock")
         self.state = ChildState.STARTING
         self.error: str | None = None
         self.traceback: str | None = None  # of a load failure, from the child's log
         self.load_seconds: float | None = None
         self.in_flight = 0  # requests the router is proxying to it
+        self.uploading = 0  # of those, requests whose body is still coming from the client
+        self.returncode: int | None = None
+        self._on_exit = on_exit
+        self._stopping = False
+        self._watcher: asyncio.Task | None = None
         self._on_stdout = on_stdout
         self._on_stderr = on_stderr
         self._proc: asyncio.subprocess.Process | None = None
@@ -100,10 +121,23 @@ class ApiProcess:
                         self.state = ChildState.READY
                         if self.load_seconds is None:
                             self.load_seconds = time.monotonic() - self._started
+                        self._watcher = asyncio.create_task(self._watch_exit())
                         return True
                 except httpx.HTTPError:
                     pass
             await asyncio.sleep(0.05)
+
+    async def _watch_exit(self) -> None:
+        """A serving process that ends on its own (SIGKILL from the OOM killer, a crash, os._exit) is reported
+        the moment it ends: waiting on the process, not polling its readiness."""
+        assert self._proc is not None
+        code = await self._proc.wait()
+        self.returncode = code
+        if self._stopping or self.state is not ChildState.READY:
+            return
+        self.state = ChildState.EXITED
+        if self._on_exit is not None:
+            self._on_exit(self, code)
 
     def _tail_error(self) -> str:
         lines = [line for line in self._stderr_tail if line.strip()]
@@ -133,6 +167,7 @@ class ApiProcess:
     # ------------------------------------------------------------------ stop
     async def stop(self, drain_timeout: float) -> None:
         """Drain (SIGTERM: in-flight requests finish), then make sure it is gone."""
+        self._stopping = True
         proc = self._proc
         if proc is not None and proc.returncode is None:
             self.state = ChildState.DRAINING
@@ -146,13 +181,17 @@ class ApiProcess:
                 await proc.wait()
         if proc is not None:
             await asyncio.gather(*self._pumps, return_exceptions=True)
-        self.state = ChildState.STOPPED if self.state is not ChildState.FAILED else self.state
+        if self.state not in (ChildState.FAILED, ChildState.EXITED):
+            self.state = ChildState.STOPPED
+        if self._watcher is not None and self._watcher is not asyncio.current_task():
+            self._watcher.cancel()
         await self._close_client()
         with contextlib.suppress(FileNotFoundError):
             self.uds.unlink()
 
     def kill_now(self) -> None:
         """Synchronous last resort (the router exits): no drain."""
+        self._stopping = True
         if self._proc is not None and self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()

@@ -57,17 +57,52 @@ class Console:
         else:
             self._event("info", what, api=api, version=generation)
 
-    def ready(self, api: str, url: str, seconds: float | None, generation: int, cold_start: float | None = None) -> None:
+    def ready(self, api: str, url: str, seconds: float | None, generation: int, cold_start: float | None = None,
+              restarts: int | None = None) -> None:
         self._said.pop(api, None)
         took = f"  (loaded in {seconds:.2f}s)" if seconds is not None else ""
         again = f", version {generation}" if generation > 1 and cold_start is None else ""
         if cold_start is not None:
             took = f"  (cold start: ready {cold_start:.2f}s after its first request)"
+        if restarts:
+            again += f", restart {restarts}"
         if self.tty:
             self._line(f"  ✓ {api:<22} {url}{took}{again.replace(', ', '  ') if again else ''}")
         else:
             self._event("info", "serving", api=api, url=url, load_seconds=seconds, version=generation,
-                        cold_start_seconds=round(cold_start, 3) if cold_start is not None else None)
+                        cold_start_seconds=round(cold_start, 3) if cold_start is not None else None,
+                        restarts=restarts)
+
+    def exited(self, api: str, how: str, restarts: int, backoff: float, scaled_to_zero: bool = False) -> None:
+        """The serving process ended on its own (killed, crashed, os._exit): said the moment it happens."""
+        self._said.pop(api, None)
+        if scaled_to_zero:
+            then = "scaled to zero: its next request starts it" + (f" (after {backoff:g}s)" if backoff else "")
+        else:
+            then = f"restarting in {backoff:g}s" if backoff else "restarting now"
+        if self.tty:
+            self._line(f"  ✗ {api:<22} its process {how}; {then} (restarts so far: {restarts})")
+        else:
+            self._event("error", "exited", api=api, how=how, restarts=restarts, backoff_seconds=backoff,
+                        scaled_to_zero=scaled_to_zero or None)
+
+    def restarting(self, api: str, restart: int) -> None:
+        if self.tty:
+            self._line(f"  … {api:<22} restarting (restart {restart})...")
+        else:
+            self._event("info", "restarting", api=api, restart=restart)
+
+    def request(self, api: str | None, request_id: str, method: str, path: str, status: int, latency_s: float,
+                error: str | None = None) -> None:
+        """A response the router made itself (404, 405, 401, 413, 503...): one line, as the API servers' log."""
+        from ..logs import _iso
+
+        entry: dict[str, Any] = {"time": _iso(time.time()), "level": "info" if status < 500 else "error",
+                                 "api": api, "request_id": request_id, "method": method, "path": path,
+                                 "status": status, "latency_ms": round(latency_s * 1000, 3)}
+        if error:
+            entry["error"] = error
+        self.child_log(api or "-", orjson.dumps(entry, default=str))
 
     def idle(self, api: str, url: str) -> None:
         """An API scaled to zero (autoscaling.min_replicas 0): not loaded until a request comes."""

@@ -7,6 +7,10 @@ so a long request on an old version never holds up another API. A newer edit of 
 version still loading. A version that cannot start (bad api.yaml, missing packages, a load error) is refused:
 the previous one keeps serving, and `/info` and the local page say which version serves and why the other
 was refused. A folder that appears is started; one that disappears stops being served (404).
+
+A serving process that ends on its own (killed by the OOM killer, a crash, a job calling os._exit) is seen the
+moment it ends, shown on the console, `/info` and the page, and started again with Kubernetes' back-off
+(`RestartBackoff`); while it is down its requests get 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import os
 import contextlib
-import math
 import shutil
 import tempfile
 import time
@@ -24,9 +27,10 @@ from typing import Any
 import orjson
 
 from .. import contract
+from ..errors import retry_after_seconds
 from ..spec import SPEC_FILE, ApiSpec, SpecError, load_api_spec
 from . import requirements
-from .child import ApiProcess, ChildState
+from .child import ApiProcess, ChildState, describe_exit
 from .console import Console
 from .scale_metrics import ScaleToZeroMetrics
 
@@ -36,6 +40,35 @@ UNLOAD_CHECK_S = 0.25
 #: makes the API's server keep the request's deadline from that arrival (myelin/arrival.py).
 ARRIVAL_HEADER = b"x-myelin-arrival"
 ARRIVAL_ENV = {contract.ARRIVAL_HEADER_ENV: ARRIVAL_HEADER.decode()}
+
+
+class RestartBackoff:
+    """When to start a process that ended on its own again: Kubernetes' CrashLoopBackOff, scaled to a laptop.
+
+    As the kubelet does, the first restart is immediate and each further one waits twice as long as the one
+    before (here 1 s, 2 s, 4 s ... capped at `MAX_S`; the kubelet: 10 s ... 5 min); a process that then runs
+    `RESET_AFTER_S` without ending starts the count again (the kubelet: 10 min)."""
+
+    FIRST_S = 1.0
+    MAX_S = 30.0
+    RESET_AFTER_S = 60.0
+
+    def __init__(self) -> None:
+        self.crashes = 0  # ends since the count last started again
+        self.running_since: float | None = None
+
+    def started(self, now: float) -> None:
+        self.running_since = now
+
+    def ended(self, now: float) -> float:
+        """A process ended at `now`: the seconds to wait before starting the next one."""
+        if self.running_since is not None and now - self.running_since >= self.RESET_AFTER_S:
+            self.crashes = 0
+        self.running_since = None
+        self.crashes += 1
+        if self.crashes == 1:
+            return 0.0
+        return min(self.MAX_S, self.FIRST_S * 2 ** (self.crashes - 2))
 
 
 def _guess_endpoint(folder: Path) -> str:
@@ -90,6 +123,15 @@ class LocalApi:
         self.last_active = time.monotonic()
         self.synced_at = 0.0  # wall time the folder was last read (rescan: a failed API's files changed since?)
         self.last_cold_start: float | None = None
+        # Supervision: how often its process was started again after ending on its own, how the last one
+        # ended, and (while it is down) when the next one starts (monotonic).
+        self.restarts = 0
+        self.backoff = RestartBackoff()
+        self.last_exit: dict[str, Any] | None = None
+        self.restart_at: float | None = None
+        self.not_before = 0.0  # scaled to zero: the next cold start waits for the back-off
+        self.last_load: float | None = None  # load time of the process that ended (Retry-After while down)
+        self._keys: tuple[Any, Any] | None = None  # (spec, ApiKeys) read for that spec
 
     @property
     def scales_to_zero(self) -> bool:
@@ -114,12 +156,34 @@ class LocalApi:
     def state(self) -> str:
         if self.serving is not None and self.serving.state is ChildState.READY:
             return "ready"
+        if self.restart_at is not None:
+            return "restarting"
         if (self.pending is not None or (self.task is not None and not self.task.done())
                 or (self.waking is not None and not self.waking.done())):
             return "loading"
         if self.error:
             return "failed"
         return "idle" if self.scales_to_zero else "stopped"
+
+    def retry_after(self) -> int:
+        """Seconds until a process that ended should be serving again: its back-off, then its last load time."""
+        wait = max(0.0, (self.restart_at or self.not_before) - time.monotonic())
+        load = self.serving.load_seconds if self.serving is not None and self.serving.load_seconds else 0.0
+        return retry_after_seconds(wait + (load or self.last_load or 1.0))
+
+    def api_keys(self) -> Any:
+        """The ApiKeys of the current spec (None without networking.auth), read once per spec."""
+        spec = self.spec
+        if spec is None or spec.networking.auth is None:
+            return None
+        if self._keys is None or self._keys[0] is not spec:
+            from ..http_io import ApiKeys
+            from ..runtime import _read_keys
+
+            auth = spec.networking.auth
+            keys = [k.strip() for k in _read_keys(auth.api_keys_env).split(",") if k.strip()]
+            self._keys = (spec, ApiKeys(keys, auth.header))
+        return self._keys[1]
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -133,6 +197,14 @@ class LocalApi:
             info["refused"] = self.refused
         if self.pending is not None:
             info["loading_version"] = self.pending.generation
+        info["restarts"] = self.restarts
+        if self.last_exit is not None:
+            info["last_exit"] = self.last_exit
+        if self.restart_at is not None:
+            info["restart_in_seconds"] = round(max(0.0, self.restart_at - time.monotonic()), 3)
+        if self.serving is not None and self.serving.state is ChildState.READY:
+            info["pid"] = self.serving.pid
+            info["in_flight"] = self.serving.in_flight  # requests the router is forwarding to it
         if self.scales_to_zero:
             info["scale_to_zero"] = {
                 "held_requests": self.held,
@@ -232,15 +304,14 @@ class LocalServer:
                 self._idle(api, spec)  # loaded by its first request
                 return
             api.generation += 1
-            pending = ApiProcess(spec.name, api.folder, api.generation, self.socket_dir,
-                                 self._child_stdout, self._child_stderr, endpoint=spec.endpoint,
-                                 max_body=spec.serving.max_body_bytes,
-                                 env=ARRIVAL_ENV if api.scales_to_zero else None)
+            pending = self._process(api, spec, api.generation)
             api.pending = pending
             self.console.loading(spec.name, api.generation)
             ok = await pending.start()
             api.pending = None
             if not ok:
+                if api.serving is None:
+                    api.restart_at = None  # its process had ended: the new version cannot start either
                 self._refuse(api, spec.name, pending.error or "failed to load", pending.traceback)
                 await pending.stop(0)
                 return
@@ -248,6 +319,68 @@ class LocalServer:
             pending = None
         except asyncio.CancelledError:
             if pending is not None:  # superseded by a newer edit: this version never serves
+                api.pending = None
+                pending.kill_now()
+                await asyncio.shield(pending.stop(0))
+            raise
+
+    def _process(self, api: LocalApi, spec: ApiSpec, generation: int, restart: int = 0) -> ApiProcess:
+        return ApiProcess(spec.name, api.folder, generation, self.socket_dir, self._child_stdout, self._child_stderr,
+                          endpoint=spec.endpoint, max_body=spec.serving.max_body_bytes,
+                          env=ARRIVAL_ENV if api.scales_to_zero else None, on_exit=self._exited, restart=restart)
+
+    # ------------------------------------------------------------------ supervision
+    def _exited(self, child: ApiProcess, code: int) -> None:
+        """The serving process of an API ended on its own: say so at once, and start it again after the
+        back-off (an API scaled to zero goes back to idle: its next request starts it, after the back-off)."""
+        api = next((a for a in self.apis.values() if a.serving is child), None)
+        if api is None or self.closing or api.spec is None:
+            return  # not serving any more (retired, removed): nothing to restart
+        now = time.monotonic()
+        ran = now - api.backoff.running_since if api.backoff.running_since is not None else None
+        delay = api.backoff.ended(now)
+        how = describe_exit(code)
+        api.last_exit = {"how": how, "code": code, "at": time.strftime("%H:%M:%S"),
+                         "ran_seconds": round(ran, 3) if ran is not None else None}
+        api.last_load = child.load_seconds
+        api.serving = None
+        self._retire(child, 0)  # its pipes, client and socket file
+        if api.scales_to_zero:
+            api.not_before = now + delay
+            self.console.exited(api.name, how, api.restarts, delay, scaled_to_zero=True)
+            return
+        api.restart_at = now + delay
+        self.console.exited(api.name, how, api.restarts, delay)
+        if api.task is not None and not api.task.done():
+            return  # a newer version is loading: it takes over when ready
+        api.task = asyncio.create_task(self._restart(api, child.generation))
+
+    async def _restart(self, api: LocalApi, generation: int) -> None:
+        """Start the API's process again, after its back-off; again (longer back-off) if that one fails too."""
+        pending: ApiProcess | None = None
+        try:
+            while True:
+                assert api.restart_at is not None and api.spec is not None
+                await asyncio.sleep(max(0.0, api.restart_at - time.monotonic()))
+                spec = api.spec
+                api.restarts += 1
+                pending = self._process(api, spec, generation, restart=api.restarts)
+                api.pending = pending
+                self.console.restarting(spec.name, api.restarts)
+                ok = await pending.start()
+                api.pending = None
+                if ok:
+                    self._switch(api, spec, pending, restarted=True)
+                    pending = None
+                    return
+                failed, pending = pending, None
+                await failed.stop(0)
+                api.last_exit = {"how": f"failed to start again: {failed.error or 'failed to load'}",
+                                 "code": failed.returncode, "at": time.strftime("%H:%M:%S")}
+                api.restart_at = time.monotonic() + api.backoff.ended(time.monotonic())
+                self.console.failed(spec.name, failed.error or "failed to load", failed.traceback)
+        except asyncio.CancelledError:
+            if pending is not None:  # a newer edit or a removal took over
                 api.pending = None
                 pending.kill_now()
                 await asyncio.shield(pending.stop(0))
@@ -282,16 +415,19 @@ class LocalServer:
     async def _cold_start(self, api: LocalApi) -> ApiProcess | None:
         spec = api.spec
         assert spec is not None
-        api.generation += 1
-        child = ApiProcess(spec.name, api.folder, api.generation, self.socket_dir, self._child_stdout,
-                           self._child_stderr, endpoint=spec.endpoint, max_body=spec.serving.max_body_bytes,
-                           env=ARRIVAL_ENV)
-        self.console.waking(spec.name)
+        child: ApiProcess | None = None
         try:
+            # After its process ended on its own, the next start waits for the back-off (the request is held
+            # meanwhile, within its serving.timeout).
+            await asyncio.sleep(max(0.0, api.not_before - time.monotonic()))
+            api.generation += 1
+            child = self._process(api, spec, api.generation)
+            self.console.waking(spec.name)
             ok = await child.start()
         except asyncio.CancelledError:  # the folder went away or myelin local stops
-            child.kill_now()
-            await asyncio.shield(child.stop(0))
+            if child is not None:
+                child.kill_now()
+                await asyncio.shield(child.stop(0))
             raise
         took = time.monotonic() - api.wake_started
         if not ok:
@@ -305,10 +441,11 @@ class LocalServer:
         return child
 
     def retry_after(self, api: LocalApi) -> int:
-        """Seconds until the cold start under way should be done, from the last one (5 before any)."""
+        """Seconds until the cold start under way should be done, from the last one (5 before any); clamped to
+        [1, contract.MAX_RETRY_AFTER_S]."""
         if api.last_cold_start is None:
-            return 5
-        return max(1, math.ceil(api.last_cold_start - (time.monotonic() - api.wake_started)))
+            return retry_after_seconds(max(5, api.retry_after()))
+        return retry_after_seconds(api.last_cold_start - (time.monotonic() - api.wake_started))
 
     async def _unload_idle(self) -> None:
         """APIs scaled to zero give their process (and its memory) back after downscale_stabilization idle."""
@@ -359,15 +496,18 @@ class LocalServer:
             api.refused = {"version": api.generation, "error": error, "at": time.strftime("%H:%M:%S")}
         self.console.failed(name, error, traceback, keeps_serving=keeps)
 
-    def _switch(self, api: LocalApi, spec: ApiSpec, new: ApiProcess, cold_start: float | None = None) -> None:
+    def _switch(self, api: LocalApi, spec: ApiSpec, new: ApiProcess, cold_start: float | None = None,
+                restarted: bool = False) -> None:
         old = api.serving
         api.serving = new
+        api.restart_at = None
+        api.backoff.started(time.monotonic())
         api.error = api.traceback = api.refused = None
         routes = {endpoint: a for endpoint, a in self.routes.items() if a is not api}
         routes[spec.endpoint] = api  # an endpoint that moved: the old path is gone from this line on (404)
         self.routes = routes
         self.console.ready(spec.name, f"{self.base_url}{spec.endpoint}", new.load_seconds, new.generation,
-                           cold_start=cold_start)
+                           cold_start=cold_start, restarts=api.restarts if restarted else None)
         if old is not None:
             self._retire(old, spec.serving.drain_timeout.seconds)
 
@@ -375,8 +515,12 @@ class LocalServer:
         """Stop an old version once the router has finished the requests it sent it: in the background."""
 
         async def retire() -> None:
+            # A request whose body is still coming was sent to this version: it is answered by it, however
+            # slow the upload (the body timeout bounds it); the drain timeout counts from the last upload's end.
+            while child.uploading and child.state is ChildState.READY:
+                await asyncio.sleep(0.05)
             deadline = time.monotonic() + drain_timeout
-            while child.in_flight and time.monotonic() < deadline:
+            while child.in_flight and time.monotonic() < deadline and child.state is ChildState.READY:
                 await asyncio.sleep(0.02)
             await child.stop(drain_timeout)
 
@@ -386,6 +530,7 @@ class LocalServer:
 
     async def _remove(self, api: LocalApi) -> None:
         self.apis.pop(api.folder, None)
+        api.restart_at = None
         if api.waking is not None and not api.waking.done():
             api.waking.cancel()
         endpoint = api.endpoint
@@ -418,23 +563,25 @@ class LocalServer:
 
     # ------------------------------------------------------------------ routing
     def route(self, path: str) -> LocalApi | None:
-        """The API serving a path: its endpoint exactly, or a path below it (e.g. GET <endpoint>/<id>)."""
-        routes = self.routes
-        api = routes.get(path)
-        if api is not None:
-            return api
-        for endpoint, candidate in routes.items():
-            if path.startswith(endpoint + "/"):
-                return candidate
-        return None
+        """The API a path belongs to: the longest endpoint that is the path or a prefix of it at a `/` (an API
+        at /a and an AsyncAPI at /a/b: GET /a/b/<id> is /a/b's). Serving endpoints (the route table) and the
+        endpoints of APIs not serving (loading, failed, restarting: they answer 503, not 404) are matched
+        together, so a longer endpoint wins whatever its state and whichever reloaded last."""
+        best: LocalApi | None = None
+        best_len = -1
+        for endpoint, api in self._endpoints():
+            if len(endpoint) > best_len and (path == endpoint or path.startswith(endpoint + "/")):
+                best, best_len = api, len(endpoint)
+        return best
 
-    def unserved(self, path: str) -> LocalApi | None:
-        """An API that is not serving (loading, failed) whose endpoint is this path: it answers 503, not 404."""
+    def _endpoints(self) -> list[tuple[str, LocalApi]]:
+        routes = self.routes
+        pairs = list(routes.items())
         for api in self.apis.values():
             endpoint = api.spec.endpoint if api.spec is not None else api.guessed_endpoint
-            if endpoint and (path == endpoint or path.startswith(endpoint + "/")):
-                return api
-        return None
+            if endpoint and endpoint not in routes:
+                pairs.append((endpoint, api))
+        return pairs
 
     @property
     def ready(self) -> bool:

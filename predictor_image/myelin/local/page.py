@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..openapi_doc import sample_file, sample_media_type
+from .cost_view import cost_html
 
 SAMPLE_PATH = "/_myelin/sample"
 
@@ -49,7 +50,7 @@ h1{font-size:1.5rem;margin-bottom:.2rem} .sub{color:#5b6475;margin-top:0}
 .api h2{font-size:1.15rem;margin:0 0 .3rem} .api p{margin:.3rem 0}
 .state{display:inline-block;border-radius:4px;padding:0 .45rem;font-size:.8rem;margin-left:.5rem;vertical-align:middle}
 .ready{background:#d7f5dd;color:#14632a} .loading{background:#fff1c7;color:#6b4d00}
-.failed{background:#fbd9d9;color:#8a1c1c} .stopped,.idle{background:#e7e9ee;color:#4a5160}
+.failed,.restarting{background:#fbd9d9;color:#8a1c1c} .stopped,.idle{background:#e7e9ee;color:#4a5160}
 code{background:#f2f4f7;padding:0 .25rem;border-radius:3px}
 button{font:inherit;padding:.25rem .8rem;border-radius:5px;border:1px solid #3b5bdb;background:#3b5bdb;color:#fff;cursor:pointer}
 button:disabled{background:#aab4c8;border-color:#aab4c8}
@@ -90,9 +91,17 @@ def render(apis: list[dict[str, Any]], base: str) -> str:
         if endpoint:
             lines.append(f'<p class="meta">POST <code>{html.escape(base + endpoint)}</code>'
                          + (f" · version {api['version']}" if api.get("version") else "")
-                         + (f" · loaded in {api['load_seconds']:.2f} s" if api.get("load_seconds") else "") + "</p>")
+                         + (f" · loaded in {api['load_seconds']:.2f} s" if api.get("load_seconds") else "")
+                         + (f" · restarts: {api['restarts']}" if api.get("restarts") else "") + "</p>")
+        lines.append(cost_html(api.get("cost")))
         if api.get("error"):
             lines.append(f'<p class="err">{html.escape(api["error"])}</p>')
+        if api.get("last_exit") and (state == "restarting" or api.get("restarts")):
+            exit_ = api["last_exit"]
+            then = (f"; restarting in {api['restart_in_seconds']:.0f} s" if state == "restarting"
+                    and api.get("restart_in_seconds") is not None else "")
+            lines.append(f'<p class="err">its process {html.escape(str(exit_["how"]))} at '
+                         f'{html.escape(str(exit_["at"]))}{then}</p>')
         if api.get("refused"):
             lines.append(f'<p class="err">version {api["refused"]["version"]} was refused (the previous version '
                          f'keeps serving): {html.escape(api["refused"]["error"])}</p>')

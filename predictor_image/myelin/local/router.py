@@ -1,17 +1,23 @@
 """The ASGI app `myelin local` runs on its port: forwards each API's traffic to that API's server process, and
 answers the local routes itself (`/`, `/healthz`, `/readyz`, `/metrics`, `/info`, `/docs`, `/openapi.json`).
 
-Forwarding keeps status, headers (X-Request-ID included) and bytes as they are, and streams responses chunk
-by chunk as the API produces them; a client that goes away closes the upstream response, so the API sees the
-disconnect too. An API that is loading, failed or gone answers the contract's JSON errors, never a stack trace.
+Forwarding passes the client's request as the ALB does (its headers as sent, Host included, plus X-Request-ID
+if it had none) and streams the body to the API's process as it arrives (never buffered whole; at most
+serving.max_body_size, else 413); status, headers and bytes of the answer come back as they are, chunk by chunk,
+with one `date` (this server's). A client that goes away, while its request waits for the answer or between
+chunks, closes the upstream connection at once, so the API sees the disconnect too. API keys are checked
+first, whatever the API's state. Every response the router makes itself (401, 404, 405, 413, 503, 400...) is
+the contract's JSON error with a request id and leaves one request log line; never a stack trace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -25,19 +31,15 @@ from starlette.staticfiles import StaticFiles
 
 from .. import contract
 from ..errors import HTTPError
-from ..http_io import ApiKeys, ClientGone, RequestHead, send_error
+from ..http_io import ClientGone, RequestHead, ResponseWriter, new_request_id, send_error
 from ..metrics import CONTENT_TYPE
 from ..openapi_doc import DOCS_ASSETS_PATH, operation, sample_file, swagger_assets, swagger_page
 from ..server import _error_response, with_request_id
-from .child import ChildState
+from .child import ApiProcess, ChildState
+from .cost_view import attach_costs
 from .manager import ARRIVAL_HEADER, LocalApi, LocalServer
 from .page import SAMPLE_PATH, readme_summary, render, sample_info
 from .scale_metrics import OWN as OWN_FAMILIES
-
-#: Hop-by-hop headers (RFC 9110 7.6.1) and framing the router sets itself: never forwarded as they are.
-_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer", b"upgrade",
-        b"proxy-authenticate", b"proxy-authorization", b"host", b"content-length"}
-
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
@@ -58,7 +60,12 @@ class LocalRouter:
     # ------------------------------------------------------------------ ASGI
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            api = self.server.route(scope["path"]) or self.server.unserved(scope["path"])
+            scope["myelin.arrived"] = time.monotonic()
+            if bad_target(scope):
+                await self._reply(None, scope, send, 400, "bad_request", "the request path holds a control "
+                                  "character", _request_id(scope))
+                return
+            api = self.server.route(scope["path"])
             if api is not None:
                 await self._forward(api, scope, receive, send)
                 return
@@ -122,83 +129,134 @@ class LocalRouter:
                 self.server.schedule(folder)
 
     # ------------------------------------------------------------------ forwarding
-    async def _forward(self, api: LocalApi, scope: dict, receive: Any, send: Any) -> None:
-        request_id = ""
-        for key, value in scope["headers"]:
-            if key == b"x-request-id":
-                request_id = value.decode("latin-1")[:128]
-        if not request_id:
-            from ..http_io import new_request_id
+    def _reply(self, api: LocalApi | None, scope: dict, send: Any, status: int, error_type: str, message: str,
+               request_id: str, headers: list[tuple[bytes, bytes]] | None = None) -> Any:
+        """A response the router makes itself: the contract's JSON error, and its request log line."""
+        self.server.console.request(api.name if api is not None else None, request_id, scope["method"],
+                                    _printable(scope["path"]), status,
+                                    time.monotonic() - scope.get("myelin.arrived", time.monotonic()), error_type)
+        return send_error(send, status, error_type, message, request_id, headers)
 
-            request_id = new_request_id()
+    async def _forward(self, api: LocalApi, scope: dict, receive: Any, send: Any) -> None:
+        """Every failure of the forward path is a JSON error with the request id, never uvicorn's plain-text 500."""
+        request_id = _request_id(scope)
+        writer = ResponseWriter(send)
+        try:
+            await self._forward_checked(api, scope, receive, writer, request_id)
+        except Exception as err:  # noqa: BLE001 - the last line of defence: a bug here must not leak a traceback
+            self.server.console.note(f"{api.name}: the router failed on {scope['method']} "
+                                     f"{_printable(scope['path'])} (request id {request_id}): "
+                                     f"{type(err).__name__}: {err}")
+            if not writer.started:
+                await self._reply(api, scope, send, 500, "internal", "the local router failed on this request; "
+                                  f"the console says why (request id {request_id})", request_id)
+
+    async def _forward_checked(self, api: LocalApi, scope: dict, receive: Any, send: Any, request_id: str) -> None:
         arrived = time.time()
+        # API keys before anything else, whatever the API's state: 401 before 413 or 503.
+        keys = api.api_keys()
+        if keys is not None:
+            try:
+                keys.check(RequestHead(scope["headers"], api.spec.networking.auth.header.lower().encode()))
+            except HTTPError as err:
+                await self._reply(api, scope, send, err.status_code, err.error_type, err.message, request_id,
+                                  err.headers)
+                return
+        if self.draining:
+            await _unavailable(self, send, api, scope, request_id, True)
+            return
         child = api.serving
-        if child is None or child.state is not ChildState.READY or child.client is None or self.draining:
-            # As its own server would: authentication first, then a generic 503 (details on the console and /info).
-            if api.spec is not None and api.spec.networking.auth is not None:
-                try:
-                    _api_keys(api.spec).check(RequestHead(scope["headers"], api.spec.networking.auth.header.encode()))
-                except HTTPError as err:
-                    await send_error(send, err.status_code, err.error_type, err.message, request_id, err.headers)
-                    return
-            if self.draining or api.state not in ("idle", "loading") or not api.scales_to_zero:
-                await _unavailable(send, api, request_id, self.draining)
+        if child is None or child.state is not ChildState.READY or child.client is None:
+            if api.state not in ("idle", "loading") or not api.scales_to_zero:
+                await _unavailable(self, send, api, scope, request_id, False)
                 return
             # Scaled to zero: hold the request while the API loads, within its serving.timeout.
             try:
                 child = await self.server.wake(api, arrived + api.spec.serving.timeout.seconds - time.time())
             except asyncio.TimeoutError:
                 retry = self.server.retry_after(api)
-                await send_error(send, 503, "not_ready", f"API {api.name} is starting (scaled to zero) and was not "
-                                 f"ready within serving.timeout ({api.spec.serving.timeout}); retry in about {retry}s",
-                                 request_id, [(b"retry-after", str(retry).encode())])
+                await self._reply(api, scope, send, 503, "not_ready",
+                                  f"API {api.name} is starting (scaled to zero) and was not ready within "
+                                  f"serving.timeout ({api.spec.serving.timeout}); retry in about {retry}s",
+                                  request_id, [(b"retry-after", str(retry).encode())])
                 return
             if child is None or child.client is None:
-                await send_error(send, 503, "not_ready", f"API {api.name} failed to load during its cold start: "
-                                 f"{api.error or 'see the console'}", request_id, [(b"retry-after", b"5")])
+                # The load error stays on the console and in /info: it can hold whatever secret the model had.
+                await self._reply(api, scope, send, 503, "not_ready",
+                                  f"API {api.name} failed to load during its cold start; the console and "
+                                  f"{contract.INFO_PATH} say why (request id {request_id})", request_id,
+                                  [(b"retry-after", b"5")])
                 return
+        declared = _content_length(scope["headers"])
+        if declared is not None and declared > child.max_body:  # refused before a byte of it is read
+            await self._reply(api, scope, send, 413, "payload_too_large",
+                              f"request body exceeds the {child.max_body} byte limit (serving.max_body_size)",
+                              request_id, [(b"connection", b"close")])
+            return
         api.last_active = time.monotonic()
+        # The chosen version answers this request even if a reload retires it meanwhile: it is stopped only
+        # once the bodies it is receiving are complete and its requests answered (manager._retire).
         child.in_flight += 1
-        started = False
+        body = _Body(receive, child.max_body, child, has_body=declared != 0 and (
+            declared is not None or _has_header(scope["headers"], b"transfer-encoding")))
         try:
-            try:
-                body = await _read_body(receive, child.max_body)
-            except ClientGone:
-                return
-            except _TooLarge:
-                await send_error(send, 413, "payload_too_large",
-                                 f"request body exceeds the {child.max_body} byte limit (serving.max_body_size)",
-                                 request_id, [(b"connection", b"close")])
-                return
-            headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP and k.lower() != ARRIVAL_HEADER]
-            if not any(k == b"x-request-id" for k, _ in headers):
-                headers.append((b"x-request-id", request_id.encode("latin-1")))
-            if api.scales_to_zero:  # its server keeps the deadline from arrival here, however long it was held
-                headers.append((ARRIVAL_HEADER, repr(arrived).encode()))
-            url = httpx.URL(path=scope["path"], query=scope.get("query_string", b""))
-            request = child.client.build_request(scope["method"], url, headers=headers, content=body)
-            response = await child.client.send(request, stream=True)
-            gone = asyncio.ensure_future(_disconnected(receive))
-            try:
-                await send({"type": "http.response.start", "status": response.status_code,
-                            "headers": [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP or k.lower() == b"content-length"]})
-                started = True
-                async for chunk in response.aiter_raw():
-                    if gone.done():
-                        break  # the client left: closing the upstream response tells the API
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if not gone.done():
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-            finally:
-                gone.cancel()
-                await response.aclose()
-        except httpx.HTTPError:
-            if not started:
-                await send_error(send, 503, "not_ready", f"API {api.name} stopped answering (it is restarting or "
-                                 "was stopped); retry", request_id, [(b"retry-after", b"1")])
+            await self._exchange(api, child, scope, send, request_id, arrived, body)
         finally:
+            body.finish()
             child.in_flight -= 1
             api.last_active = time.monotonic()
+
+    async def _exchange(self, api: LocalApi, child: ApiProcess, scope: dict, send: ResponseWriter,
+                        request_id: str, arrived: float, body: "_Body") -> None:
+        """Send the request to the API's process and its answer back, racing both against the client leaving:
+        a client that goes away (while its request waits for the answer's headers, or between chunks) closes
+        the upstream connection at once, so the API sees the disconnect and its generator's `finally` runs."""
+        client = child.client
+        assert client is not None
+        headers = _forwarded_headers(scope["headers"], request_id)
+        if api.scales_to_zero:  # its server keeps the deadline from arrival here, however long it was held
+            headers.append((ARRIVAL_HEADER, repr(arrived).encode()))
+        request = httpx.Request(scope["method"], _upstream_url(scope), headers=headers,
+                                content=body if body.has_body else None)
+        pump = asyncio.ensure_future(self._pump(client, request, send, body))
+        gone = asyncio.ensure_future(_client_leaves(receive=body.receive, body=body))
+        try:
+            await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not pump.done():
+                pump.cancel()  # the client left: cancelling closes the upstream connection
+            gone.cancel()
+            await asyncio.gather(pump, gone, return_exceptions=True)
+        if pump.cancelled():
+            return  # the client left; its API logs the request (499)
+        err = pump.exception()
+        if err is None:
+            return
+        if body.error == "gone":
+            return  # the client left while sending its body
+        if isinstance(err, (httpx.HTTPError, RuntimeError, OSError)):
+            # The process ended (killed, crashed) or stopped answering: the request was not answered.
+            if not send.started:
+                await self._reply(api, scope, send, 503, "not_ready",
+                                  f"API {api.name} stopped answering (its process ended or was stopped; it is "
+                                  "being restarted); retry", request_id,
+                                  [(b"retry-after", str(api.retry_after()).encode())])
+            return  # started: the answer is cut, and the connection closed (uvicorn), never completed falsely
+        raise err
+
+    async def _pump(self, client: httpx.AsyncClient, request: httpx.Request, send: ResponseWriter,
+                    body: "_Body") -> None:
+        response = await client.send(request, stream=True)
+        try:
+            headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _RESPONSE_DROP]
+            if body.too_large:  # the rest of the client's body is unread: this connection cannot be reused
+                headers.append((b"connection", b"close"))
+            await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await response.aclose()
 
     # ------------------------------------------------------------------ local routes
     def _api_list(self, base: str) -> list[dict[str, Any]]:
@@ -220,7 +278,7 @@ class LocalRouter:
 
         @app.get("/", summary="The APIs served here: JSON for clients, a page to try them for browsers.")
         async def index(request: Request) -> Response:
-            apis = self._api_list(server.base_url)
+            apis = await attach_costs(self._api_list(server.base_url), server)
             if "text/html" in request.headers.get("accept", ""):
                 return HTMLResponse(render(apis, server.base_url))
             return _json({"apis": apis})
@@ -250,7 +308,7 @@ class LocalRouter:
 
         @app.get(contract.INFO_PATH, summary="Every API: state, serving version, load time, last error.")
         async def info() -> Response:
-            return _json({"apis": self._api_list(server.base_url)})
+            return _json({"apis": await attach_costs(self._api_list(server.base_url), server)})
 
         @app.get(contract.OPENAPI_PATH, include_in_schema=False)
         async def openapi() -> Response:
@@ -266,10 +324,15 @@ class LocalRouter:
 
         async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
             kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-            path = request.url.path[:200]
+            path = _printable(request.url.path[:200])
             message = {404: f"no API at {path}", 405: f"{request.method} is not allowed on {path}"}.get(
                 exc.status_code, str(exc.detail))
-            return _error_response(request, exc.status_code, kind, message, exc.headers)
+            response = _error_response(request, exc.status_code, kind, message, exc.headers)
+            scope = request.scope
+            self.server.console.request(None, scope.get("myelin.request_id", ""), scope["method"],
+                                        _printable(scope["path"]), exc.status_code,
+                                        time.monotonic() - scope.get("myelin.arrived", time.monotonic()), kind)
+            return response
 
         app.add_exception_handler(StarletteHTTPException, http_error)
         return app
@@ -301,47 +364,139 @@ class LocalRouter:
         return generate_latest(registry) + generate_latest(self.server.scale_metrics.registry)
 
 
-class _TooLarge(Exception):
-    pass
+class _Body:
+    """The client's request body as an async iterator for httpx: forwarded chunk by chunk as it arrives, never
+    held whole. A body without a Content-Length (chunked) that grows past `limit` is cut one byte past it: the
+    API's server, which has the same limit, answers that 413 (and logs it) and the router reads no more of it."""
+
+    def __init__(self, receive: Any, limit: int, child: ApiProcess, has_body: bool):
+        self.receive = receive
+        self.limit = limit
+        self.has_body = has_body
+        self.size = 0
+        self.error: str | None = None  # "gone": the client left mid-body
+        self.too_large = False  # cut past the limit: the rest is never read, the connection closes after
+        self.complete = asyncio.Event()
+        self._child: ApiProcess | None = child
+        child.uploading += 1
+        if not has_body:
+            self.finish()
+
+    def finish(self) -> None:
+        """The body is complete (or will never be): the process it goes to may be retired from now on."""
+        self.complete.set()
+        if self._child is not None:
+            self._child.uploading -= 1
+            self._child = None
+
+    async def __aiter__(self) -> Any:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.error = "gone"
+                self.finish()
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            self.size += len(chunk)
+            more = message.get("more_body", False)
+            if self.size > self.limit:
+                self.too_large = True
+                chunk, more = chunk[:len(chunk) - (self.size - self.limit - 1)], False
+            if not more:
+                self.finish()  # from here on the disconnect watcher reads `receive`
+            if chunk:
+                yield chunk
+            if not more:
+                return
 
 
-async def _read_body(receive: Any, limit: int) -> bytes:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge()
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _disconnected(receive: Any) -> None:
+async def _client_leaves(receive: Any, body: _Body) -> None:
+    """Returns when the client disconnects. Reads `receive` only once the body has been read whole."""
+    await body.complete.wait()
+    if body.error is not None:
+        await asyncio.Event().wait()  # the body's own error ends the exchange
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
 
 
-def _api_keys(spec: Any) -> ApiKeys:
-    from ..runtime import _read_keys
+#: Request headers never forwarded: hop-by-hop (RFC 9110 7.6.1) and the router's own arrival header. The
+#: client's Host, Content-Length and everything else pass as they are, as the ALB passes them.
+_REQUEST_DROP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
+                 b"proxy-authenticate", b"proxy-authorization", ARRIVAL_HEADER}
+#: Response headers the router's own server sets (its `date`: one per response) or that are hop-by-hop.
+_RESPONSE_DROP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer",
+                  b"upgrade", b"date", b"server"}
+#: Control characters: no API path holds one (a client can still send one percent-encoded, e.g. %0A).
+_CTL = re.compile(r"[\x00-\x1f\x7f]")
 
-    auth = spec.networking.auth
-    keys = [k.strip() for k in _read_keys(auth.api_keys_env).split(",") if k.strip()]
-    return ApiKeys(keys, auth.header)
+
+def _request_id(scope: dict) -> str:
+    for key, value in scope["headers"]:
+        if key == b"x-request-id" and value:
+            return value.decode("latin-1")[:128]
+    return new_request_id()
 
 
-async def _unavailable(send: Any, api: LocalApi, request_id: str, draining: bool) -> None:
+def _has_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bool:
+    return any(k.lower() == name for k, _ in headers)
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for key, value in headers:
+        if key.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _forwarded_headers(headers: list[tuple[bytes, bytes]], request_id: str) -> list[tuple[bytes, bytes]]:
+    """The client's headers as it sent them (values without the surrounding whitespace HTTP ignores, as
+    `myelin serve` reads them), minus hop-by-hop ones; X-Request-ID added only if the client sent none."""
+    out = [(k, v.strip(b" \t")) for k, v in headers if k.lower() not in _REQUEST_DROP]
+    if not any(k.lower() == b"x-request-id" for k, _ in out):
+        out.append((b"x-request-id", request_id.encode("latin-1")))
+    return out
+
+
+def _upstream_url(scope: dict) -> httpx.URL:
+    """The request target as the client sent it (raw path, percent-encoding kept), on the API's socket."""
+    raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+    target = quote(raw, safe="/%:@!$&'()*+,;=-._~")
+    query = scope.get("query_string", b"")
+    if query:
+        target += "?" + quote(query, safe="/%:@!$&'()*+,;=-._~?")
+    return httpx.URL("http://myelin-local" + target)
+
+
+def bad_target(scope: dict) -> bool:
+    """A control character in the (decoded) path: refused with a JSON 400 before any routing."""
+    return _CTL.search(scope["path"]) is not None
+
+
+def _printable(path: str) -> str:
+    """A path for the log and the console: control characters escaped, at most 1000 characters."""
+    return path[:1000].encode("unicode_escape").decode("ascii") if not path.isprintable() else path[:1000]
+
+
+async def _unavailable(router: "LocalRouter", send: Any, api: LocalApi, scope: dict, request_id: str,
+                       draining: bool) -> None:
     if draining:
-        await send_error(send, 503, "shutting_down", "myelin local is shutting down", request_id,
-                         [(b"retry-after", b"1"), (b"connection", b"close")])
+        await router._reply(api, scope, send, 503, "shutting_down", "myelin local is shutting down", request_id,
+                            [(b"retry-after", b"1"), (b"connection", b"close")])
+    elif api.state == "restarting":
+        retry = api.retry_after()
+        await router._reply(api, scope, send, 503, "not_ready",
+                            f"API {api.name} is restarting: its process {(api.last_exit or {}).get('how', 'ended')}; "
+                            f"retry in about {retry}s", request_id, [(b"retry-after", str(retry).encode())])
     elif api.state == "loading":
-        await send_error(send, 503, "not_ready", f"API {api.name} is loading", request_id, [(b"retry-after", b"1")])
+        await router._reply(api, scope, send, 503, "not_ready", f"API {api.name} is loading", request_id,
+                            [(b"retry-after", b"1")])
     else:
-        await send_error(send, 503, "not_ready", f"API {api.name} is not available: it failed to load; the console "
-                         f"and {contract.INFO_PATH} say why (request id {request_id})", request_id,
-                         [(b"retry-after", b"5")])
+        await router._reply(api, scope, send, 503, "not_ready",
+                            f"API {api.name} is not available: it failed to load; the console and "
+                            f"{contract.INFO_PATH} say why (request id {request_id})", request_id,
+                            [(b"retry-after", b"5")])

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .fields import ApiBase, Duration, _Strict
+from .fields import ApiBase, Duration, _Strict, parse_memory
 
 #: SQS's longest visibility timeout (12 h): the bound on serving.timeout for an AsyncAPI.
 MAX_VISIBILITY_S = 12 * 3600.0
@@ -62,6 +62,30 @@ class JobsSpec(_Strict):
         3, ge=1, le=100,
         description="Starts of a job whose worker stops (crash, kill, node loss) before it is failed and dead-lettered.",
     )
+    max_queued: int = Field(
+        10000, ge=1, le=10_000_000,
+        description="Jobs submitted and not finished (waiting or running) at most; a submit beyond it gets 503 with "
+        "Retry-After and nothing is stored.",
+    )
+    max_stored_bytes: str = Field(
+        "10Gi",
+        description="Bytes the job store may hold for this API (payloads, stored headers, results and errors of the "
+        "jobs kept for `retention`, dead letters); a submit that would go beyond it gets 503 with Retry-After and "
+        "nothing is stored.",
+    )
+
+    @field_validator("max_stored_bytes", mode="before")
+    @classmethod
+    def _stored(cls, v: Any) -> str:
+        v = str(v)
+        if parse_memory(v) < 1:
+            raise ValueError("must be at least 1 byte")
+        return v
+
+    @property
+    def max_stored(self) -> int:
+        """jobs.max_stored_bytes in bytes."""
+        return parse_memory(self.max_stored_bytes)
 
 
 class AsyncApiSpec(ApiBase):
@@ -88,6 +112,11 @@ class AsyncApiSpec(ApiBase):
             raise ValueError(
                 f"serving.timeout ({self.serving.timeout}) is too long for a job: at most 10h, so that a job "
                 "whose worker dies can be picked up again (the queue's visibility timeout is at most 12h)"
+            )
+        if self.jobs.max_stored < self.serving.max_body_bytes:
+            raise ValueError(
+                f"jobs.max_stored_bytes ({self.jobs.max_stored_bytes}) is smaller than serving.max_body_size "
+                f"({self.serving.max_body_size}): a job of the largest size accepted could never be stored"
             )
         if self.jobs.retention.seconds <= timeout:
             raise ValueError(

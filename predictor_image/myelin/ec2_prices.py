@@ -1,0 +1,63 @@
+"""EC2 on-demand prices for the local cost estimate (myelin.cost): generated, do not edit.
+
+Written by scripts/refresh_prices.py; rerun it to refresh (README, What a prediction costs).
+"""
+
+AS_OF = '2026-12-06'
+SOURCE = 'AWS EC2 On-Demand pricing for Linux, shared tenancy (the same in us-east-1 and us-west-2 for these types), transcribed by hand without AWS access; not yet checked by scripts/refresh_prices.py against the Price List API'
+#: Linux, shared tenancy, on-demand: US dollars per instance hour, by region, then instance type.
+ON_DEMAND = {'us-east-1': {'c6i.large': 0.085,
+               'c6i.xlarge': 0.17,
+               'g4dn.2xlarge': 0.752,
+               'g4dn.xlarge': 0.526,
+               'g5.2xlarge': 1.212,
+               'g5.xlarge': 1.006,
+               'g6.2xlarge': 0.9776,
+               'g6.xlarge': 0.8048,
+               'm5.large': 0.096,
+               'm5.xlarge': 0.192,
+               'm6a.large': 0.0864,
+               'm6a.xlarge': 0.1728,
+               'm6i.2xlarge': 0.384,
+               'm6i.large': 0.096,
+               'm6i.xlarge': 0.192,
+               'm7i.large': 0.1008,
+               'm7i.xlarge': 0.2016,
+               't3.medium': 0.0416},
+ 'us-west-2': {'c6i.large': 0.085,
+               'c6i.xlarge': 0.17,
+               'g4dn.2xlarge': 0.752,
+               'g4dn.xlarge': 0.526,
+               'g5.2xlarge': 1.212,
+               'g5.xlarge': 1.006,
+               'g6.2xlarge': 0.9776,
+               'g6.xlarge': 0.8048,
+               'm5.large': 0.096,
+               'm5.xlarge': 0.192,
+               'm6a.large': 0.0864,
+               'm6a.xlarge': 0.1728,
+               'm6i.2xlarge': 0.384,
+               'm6i.large': 0.096,
+               'm6i.xlarge': 0.192,
+               'm7i.large': 0.1008,
+               'm7i.xlarge': 0.2016,
+               't3.medium': 0.0416}}
+#: Instance type -> (vCPUs, memory GiB, GPUs), from the same price list products.
+INSTANCES = {'c6i.large': (2, 4.0, 0),
+ 'c6i.xlarge': (4, 8.0, 0),
+ 'g4dn.2xlarge': (8, 32.0, 1),
+ 'g4dn.xlarge': (4, 16.0, 1),
+ 'g5.2xlarge': (8, 32.0, 1),
+ 'g5.xlarge': (4, 16.0, 1),
+ 'g6.2xlarge': (8, 32.0, 1),
+ 'g6.xlarge': (4, 16.0, 1),
+ 'm5.large': (2, 8.0, 0),
+ 'm5.xlarge': (4, 16.0, 0),
+ 'm6a.large': (2, 8.0, 0),
+ 'm6a.xlarge': (4, 16.0, 0),
+ 'm6i.2xlarge': (8, 32.0, 0),
+ 'm6i.large': (2, 8.0, 0),
+ 'm6i.xlarge': (4, 16.0, 0),
+ 'm7i.large': (2, 8.0, 0),
+ 'm7i.xlarge': (4, 16.0, 0),
+ 't3.medium': (2, 4.0, 0)}
