@@ -172,7 +172,8 @@ class Invoker:
 
     def _returned(self, ticket: Ticket, out: asyncio.Future, inner: asyncio.Future) -> None:
         """The call really returned (past the request's deadline included): free its slot, answer if still waited for."""
-        self.release(ticket)
+        self.admission.release()
+        ticket.returned()
         if out.done():
             return
         if inner.cancelled():  # not by us (we only cancel after `out` is done): a failure, as JSON
@@ -196,10 +197,11 @@ class Invoker:
                 raise
             finally:
                 timer.cancel()
-        waiter = self.admission.try_acquire()
-        if waiter is not None:
-            await self.wait_for_slot(waiter, deadline)
-        ticket.begin_call()
+        admission = self.admission
+        waiter = admission.try_acquire()
+        if waiter is not None and not await admission.wait(waiter, deadline):
+            raise Timeout(self.timeout)
+        ticket.calling = True  # Ticket.begin_call(), inlined on the hot path
         try:
             inner, queued = self._start_call(payload, kwargs)
         except BaseException:

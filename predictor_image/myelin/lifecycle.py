@@ -119,7 +119,8 @@ class Ticket:
                     return b"".join(chunks)
         finally:
             if self.reserved:
-                self._give_back()
+                self._lifecycle.budget.used -= self.reserved
+                self.reserved = 0
 
     def _give_back(self) -> None:
         if self.reserved:
@@ -187,11 +188,17 @@ class Lifecycle:
         reserved = 0
         budget = self.budget
         if content_length > 0 and budget is not None:
-            if not budget.take(content_length):
+            if budget.used + content_length > budget.limit:
                 raise body_budget_full(budget.limit)
+            budget.used += content_length
             reserved = content_length
         self.admitted += 1
-        return self._add(Ticket(self, deadline, reserved, True))
+        ticket = Ticket(self, deadline, reserved, True)
+        tickets = self.tickets
+        if not tickets:
+            self._idle.clear()
+        tickets.add(ticket)
+        return ticket
 
     def enter(self, deadline: float) -> Ticket:
         """A ticket outside admission: an AsyncAPI job (the worker claims only free slots) or a status read."""
