@@ -83,6 +83,22 @@ class ApiKeys:
             raise HTTPError(401, "unauthorized", "missing or invalid API key", [(b"www-authenticate", b"ApiKey")])
 
 
+def has_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bool:
+    """Whether the raw ASGI headers hold `name` (lower case), in any case."""
+    return any(k.lower() == name for k, _ in headers)
+
+
+def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The request's Content-Length; None when absent or not a number."""
+    for key, value in headers:
+        if key.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
 def too_large(limit: int) -> HTTPError:
     return HTTPError(413, "payload_too_large", f"request body exceeds the {limit} byte limit (serving.max_body_size)",
                      [(b"connection", b"close")])

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
+
+import httpx
 
 APIS = Path(__file__).resolve().parent / "apis"
 
@@ -49,3 +52,19 @@ def wait_until(predicate, limit: float) -> bool:
             return True
         time.sleep(0.1)
     return predicate()
+
+
+def wait_for(pred, timeout: float, what: str, step: float = 0.05):
+    """pred()'s first truthy value within `timeout` seconds (HTTP errors and missing keys count as not yet);
+    AssertionError naming `what` and the last value otherwise."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = pred()
+            if last:
+                return last
+        except (httpx.HTTPError, KeyError, ValueError, StopIteration):
+            pass
+        time.sleep(step)
+    raise AssertionError(f"not within {timeout}s: {what} (last: {last})")

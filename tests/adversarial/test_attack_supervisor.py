@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from conftest import ServerProcess
+from tests.adversarial.helpers import wait_for
 
 LIVENESS_PERIOD = "0.3"  # MYELIN_LIVENESS_PERIOD: 3 failures take about a second
 
@@ -59,20 +60,6 @@ def _info(server: ServerProcess, name: str) -> dict:
     return next(a for a in httpx.get(f"{server.base}/info", timeout=5).json()["apis"] if a["name"] == name)
 
 
-def _wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = pred()
-            if last:
-                return last
-        except (httpx.HTTPError, KeyError, ValueError, StopIteration):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what} (last: {last})")
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -109,7 +96,7 @@ def test_a_stuck_api_is_killed_by_its_liveness_probe_and_restarted(tmp_path):
         r = httpx.post(f"{server.base}/stuck", json={"hang": True}, timeout=10)
         assert r.status_code == 504
         # Killed (with its process group) and started again.
-        info = _wait_for(lambda: (i := _info(server, "stuck"))["restarts"] >= 1 and i["state"] == "ready" and i,
+        info = wait_for(lambda: (i := _info(server, "stuck"))["restarts"] >= 1 and i["state"] == "ready" and i,
                          30, "the stuck API restarted")
         assert info["pid"] != first
         assert "liveness probe failed 3 times" in info["last_exit"]["how"], info["last_exit"]
@@ -138,7 +125,7 @@ def test_a_frozen_api_process_does_not_hold_requests_forever(tmp_path):
                 os.kill(frozen, signal.SIGCONT)
         assert r.status_code == 503, r.text
         assert r.headers["content-type"] == "application/json"
-        info = _wait_for(lambda: (i := _info(server, "frozen"))["state"] == "ready" and i, 30, "restarted")
+        info = wait_for(lambda: (i := _info(server, "frozen"))["state"] == "ready" and i, 30, "restarted")
         assert info["restarts"] == 1 and info["pid"] != frozen
         assert "did not answer within" in info["last_exit"]["how"], info["last_exit"]
         assert httpx.post(f"{server.base}/frozen", json={}, timeout=10).status_code == 200
@@ -162,23 +149,23 @@ def test_processes_an_api_started_end_with_it(tmp_path):
         assert all(_alive(p) for p in forks)
 
         os.kill(first, signal.SIGKILL)  # as the OOM killer would
-        info = _wait_for(lambda: (i := _info(server, "forky"))["state"] == "ready" and i["pid"] != first and i,
+        info = wait_for(lambda: (i := _info(server, "forky"))["state"] == "ready" and i["pid"] != first and i,
                          30, "restarted")
-        _wait_for(lambda: not any(_alive(p) for p in forks), 10, f"the killed process's children {forks} gone")
+        wait_for(lambda: not any(_alive(p) for p in forks), 10, f"the killed process's children {forks} gone")
 
         second = info["pid"]
         helper2 = httpx.post(f"{server.base}/forky", json={}, timeout=10).json()["helper"]
         started.append(helper2)
         predictor = tmp_path / "apis" / "forky" / "predictor.py"
         predictor.write_text(predictor.read_text() + "\n# v2\n")  # a reload retires the running version
-        _wait_for(lambda: _info(server, "forky")["version"] == 2, 60, "version 2 serving")
-        _wait_for(lambda: not _alive(second), 20, "version 1 stopped")
-        _wait_for(lambda: not _alive(helper2), 10, "version 1's helper gone with it")
+        wait_for(lambda: _info(server, "forky")["version"] == 2, 60, "version 2 serving")
+        wait_for(lambda: not _alive(second), 20, "version 1 stopped")
+        wait_for(lambda: not _alive(helper2), 10, "version 1's helper gone with it")
 
         helper3 = httpx.post(f"{server.base}/forky", json={}, timeout=10).json()["helper"]
         started.append(helper3)
         assert server.stop() == 0
-        _wait_for(lambda: not _alive(helper3), 10, "the last helper gone with myelin local")
+        wait_for(lambda: not _alive(helper3), 10, "the last helper gone with myelin local")
         print(f"helper processes left: {sum(_alive(p) for p in started)} of {len(started)}")
     finally:
         server.stop()

@@ -20,6 +20,7 @@ import pytest
 from conftest import ROOT, ServerProcess
 
 from tests.reliability.helpers import rss_kb
+from tests.adversarial.helpers import wait_for
 
 ECHO = """
 import os
@@ -54,20 +55,6 @@ def write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp~")
     tmp.write_text(text)
     tmp.replace(path)
-
-
-def wait_for(pred, timeout: float, what: str, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = pred()
-            if last:
-                return last
-        except (httpx.HTTPError, KeyError, ValueError, StopIteration):
-            pass
-        time.sleep(step)
-    raise AssertionError(f"not within {timeout}s: {what} (last: {last})")
 
 
 def info(server: ServerProcess, name: str) -> dict:

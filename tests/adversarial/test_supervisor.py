@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from conftest import ServerProcess
+from tests.adversarial.helpers import wait_for
 
 KEYS_ENV = "MYELIN_ADVERSARIAL_SUPERVISOR_KEYS"
 KEY = "k-supervised-4c1f9e"
@@ -44,20 +45,6 @@ def make_api(root: Path, name: str, yaml: str = "") -> Path:
 
 def info(server: ServerProcess, name: str) -> dict:
     return next(a for a in httpx.get(f"{server.base}/info", timeout=5).json()["apis"] if a["name"] == name)
-
-
-def wait_for(pred, timeout: float, what: str, step: float = 0.02):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = pred()
-            if last:
-                return last
-        except (httpx.HTTPError, KeyError, ValueError, StopIteration):
-            pass
-        time.sleep(step)
-    raise AssertionError(f"not within {timeout}s: {what} (last: {last})")
 
 
 def events(server: ServerProcess, message: str) -> list[dict]:

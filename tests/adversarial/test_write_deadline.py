@@ -6,38 +6,19 @@ long as it keeps the connection open (uvicorn's graceful close waits for a flush
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import time
 
 import httpx
 
+from tests.adversarial.helpers import APIS, non_reader, sockets_open
 from tests.reliability.helpers import rss_kb
 
-from pathlib import Path
-
-APIS = Path(__file__).resolve().parent / "apis"
 WRITE_TIMEOUT_S = 1.0
 CLIENTS = 24
 ANSWER = 8 * 2**20
 REQUEST = b"POST /big-answer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
-
-
-def _sockets_open(pid: int) -> int:
-    fds = Path(f"/proc/{pid}/fd")
-    return sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:"))
-
-
-def _non_readers(port: int, n: int) -> list[socket.socket]:
-    out = []
-    for _ in range(n):
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window stays small
-        sock.connect(("127.0.0.1", port))
-        sock.sendall(REQUEST)
-        out.append(sock)
-    return out
 
 
 def _write_timeouts(base: str) -> float:
@@ -59,16 +40,16 @@ def test_non_reading_clients_are_aborted_and_their_memory_reused(start_server):
     server = start_server("serve", str(APIS / "big-answer"), env={"MYELIN_WRITE_TIMEOUT": str(WRITE_TIMEOUT_S)})
     pid = server.proc.pid
     assert httpx.post(server.base + "/big-answer", json={}, timeout=10).content == b"x" * ANSWER
-    idle_sockets = _sockets_open(pid)
+    idle_sockets = sockets_open(pid)
     baseline = rss_kb(pid)
     rss_after = []
     held = []
     for wave in range(3):
-        clients = _non_readers(server.port, CLIENTS)
+        clients = [non_reader(server.port, REQUEST) for _ in range(CLIENTS)]
         held.extend(clients)  # the clients never read and never close: only the server can end these connections
         # Every connection is aborted once its answer has made no progress for the write deadline.
-        assert _wait(lambda: _sockets_open(pid) <= idle_sockets, 10 * WRITE_TIMEOUT_S + 10), (
-            f"wave {wave}: {_sockets_open(pid) - idle_sockets} non-reading connections still open")
+        assert _wait(lambda: sockets_open(pid) <= idle_sockets, 10 * WRITE_TIMEOUT_S + 10), (
+            f"wave {wave}: {sockets_open(pid) - idle_sockets} non-reading connections still open")
         assert _wait(lambda: _write_timeouts(server.base) >= CLIENTS * (wave + 1), 5)
         rss_after.append(rss_kb(pid))
     for sock in held:

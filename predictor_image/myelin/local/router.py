@@ -31,7 +31,7 @@ from starlette.staticfiles import StaticFiles
 
 from .. import contract
 from ..errors import HTTPError
-from ..http_io import ClientGone, RequestHead, ResponseWriter, new_request_id, send_error
+from ..http_io import ClientGone, RequestHead, ResponseWriter, declared_length, has_header, new_request_id, send_error
 from ..metrics import CONTENT_TYPE
 from ..openapi_doc import DOCS_ASSETS_PATH, paths, sample_file, swagger_assets, swagger_page
 from ..server import _error_response, with_request_id
@@ -190,7 +190,7 @@ class LocalRouter:
                                   f"{contract.INFO_PATH} say why (request id {request_id})", request_id,
                                   [(b"retry-after", b"5")])
                 return
-        declared = _content_length(scope["headers"])
+        declared = declared_length(scope["headers"])
         if declared is not None and declared > child.max_body:  # refused before a byte of it is read
             await self._reply(api, scope, send, 413, "payload_too_large",
                               f"request body exceeds the {child.max_body} byte limit (serving.max_body_size)",
@@ -201,7 +201,7 @@ class LocalRouter:
         # once the bodies it is receiving are complete and its requests answered (manager._retire).
         child.in_flight += 1
         body = _Body(receive, child.max_body, child, has_body=declared != 0 and (
-            declared is not None or _has_header(scope["headers"], b"transfer-encoding")))
+            declared is not None or has_header(scope["headers"], b"transfer-encoding")))
         try:
             await self._exchange(api, child, scope, send, request_id, arrived, body)
         finally:
@@ -450,20 +450,6 @@ def _request_id(scope: dict) -> str:
         if key == b"x-request-id" and value:
             return value.decode("latin-1")[:128]
     return new_request_id()
-
-
-def _has_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bool:
-    return any(k.lower() == name for k, _ in headers)
-
-
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    for key, value in headers:
-        if key.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
 
 
 def _forwarded_headers(headers: list[tuple[bytes, bytes]], request_id: str) -> list[tuple[bytes, bytes]]:

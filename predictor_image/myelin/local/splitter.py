@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from .. import contract as c
 from ..spec import SPEC_FILE, SpecError, TrafficSplitterSpec, is_splitter, load_api_spec, splitter_problems
+from ..http_io import declared_length, has_header
 from .child import ApiProcess, ChildState
 
 #: Copies of requests in flight to the shadow, per splitter; one beyond is dropped (reason "busy").
@@ -191,12 +192,12 @@ class LocalSplitter:
         if self.shadow_in_flight >= SHADOW_MAX_IN_FLIGHT:
             self._drop(DROP_BUSY)
             return None
-        declared = _content_length(scope["headers"])
+        declared = declared_length(scope["headers"])
         if declared is not None and declared > child.max_body:
             self._drop(DROP_TOO_LARGE)
             return None
         self.shadow_in_flight += 1  # a slot from now: released when the copy is answered or dropped
-        if declared == 0 or (declared is None and not _has_header(scope["headers"], b"transfer-encoding")):
+        if declared == 0 or (declared is None and not has_header(scope["headers"], b"transfer-encoding")):
             self._send_copy(scope, shadow, child, b"")  # no body: nothing to wait for
             return None
         return _BodyCopy(self, scope, shadow, child)
@@ -322,17 +323,3 @@ def _with_request_id(scope: dict, request_id: str) -> dict:
     if any(k == b"x-request-id" for k, _ in scope["headers"]):
         return scope
     return {**scope, "headers": [*scope["headers"], (b"x-request-id", request_id.encode("latin-1"))]}
-
-
-def _has_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bool:
-    return any(k.lower() == name for k, _ in headers)
-
-
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    for key, value in headers:
-        if key.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
