@@ -10,7 +10,8 @@ import pytest
 
 from myelin import contract as c
 from myelin.settings import Settings, SettingsError
-from myelin.spec import KINDS, ApiSpec, AsyncApiSpec, SpecError, load_api_spec, parse_duration, spec_from_dict
+from myelin.spec import (KINDS, ApiSpec, AsyncApiSpec, SpecError, TrafficSplitterSpec, load_api_spec, parse_duration,
+                         spec_from_dict)
 
 from conftest import ROOT
 
@@ -18,7 +19,7 @@ from .conftest import make_api
 
 
 def test_kind_selects_the_model_and_defaults():
-    assert KINDS == {"RealtimeAPI": ApiSpec, "AsyncAPI": AsyncApiSpec}
+    assert KINDS == {"RealtimeAPI": ApiSpec, "AsyncAPI": AsyncApiSpec, "TrafficSplitter": TrafficSplitterSpec}
     spec = spec_from_dict({"name": "docs", "kind": "AsyncAPI"}, "api.yaml")
     assert isinstance(spec, AsyncApiSpec) and spec.endpoint == "/docs"
     assert spec.jobs.retention.seconds == 7 * 86400 and spec.jobs.max_attempts == 3
