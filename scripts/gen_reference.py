@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = stale_pages()
         for path in stale:
-            print(f"{path.relative_to(ROOT)} is stale: run .venv/bin/python scripts/gen_reference.py", file=sys.stderr)
+            shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+            print(f"{shown} is stale: run .venv/bin/python scripts/gen_reference.py", file=sys.stderr)
         return 1 if stale else 0
     for path, render in PAGES.items():
         path.parent.mkdir(parents=True, exist_ok=True)
