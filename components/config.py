@@ -152,7 +152,7 @@ class GpuNodePoolConfig(NodePoolConfig):
 
 
 class CiAccessConfig(_Strict):
-    """The GitHub Actions roles (CI/CD) and what they may do in the cluster (EKS access entries)."""
+    """The GitHub Actions roles (docs/cicd.md) and what they may do in the cluster (EKS access entries)."""
 
     deploy_role_arn: str | None = Field(
         None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+", description="Runs `pulumi up`: cluster admin.")
@@ -216,7 +216,7 @@ class ClusterConfig(_Strict):
             if ipaddress.ip_network(c).prefixlen == 0:
                 raise ValueError("0.0.0.0/0 opens the Kubernetes API to the internet: list your office/VPN CIDRs")
         return _not_documentation(out, "the machines that run pulumi (your office or VPN, the CI runners: "
-                                       "README, CI/CD), or [] for a private endpoint reached from inside the VPC")
+                                       "docs/cicd.md), or [] for a private endpoint reached from inside the VPC")
 
 
 class IngressConfig(_Strict):
@@ -440,7 +440,7 @@ def _realtime_problems(spec: ApiSpec, config: StackConfig) -> list[tuple[str, st
                 f"to serving.timeout (+{SCALE_TO_ZERO_SLACK_S}s), and a stopping interceptor drains it for that long "
                 f"after {timings.shutdown_delay_s}s ({NAMESPACE}:pods.pre_stop_seconds), all within the load "
                 f"balancer's deregistration delay, at most {ALB_MAX_DEREGISTRATION_S}s: use at most {longest}s, or "
-                "min_replicas 1 (README, Scale to zero)")))
+                "min_replicas 1 (docs/scale-to-zero.md)")))
     need = math.ceil(spec.serving.timeout.seconds) + (SCALE_TO_ZERO_SLACK_S if a.min_replicas == 0 else 1)
     if config.ingress.idle_timeout_seconds < need:
         why = ("a request is held while the API scales from zero for up to serving.timeout"
@@ -465,10 +465,10 @@ def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) 
         spec = load_api_spec(folder, selection.overrides, f"{source} (myelin:apis.{folder_name}.overrides)")
         if spec.kind == "TrafficSplitter":
             # The ALB can weigh the splitter's APIs, but each API's pods answer only at their own endpoint and the
-            # ALB rewrites a rule's path once, before choosing a target group (README, Traffic splitting).
+            # ALB rewrites a rule's path once, before choosing a target group (docs/traffic-splitting.md).
             raise StackConfigError(source, [(f"{NAMESPACE}:apis.{folder_name}", (
                 f"{folder / 'api.yaml'} is a TrafficSplitter, which `myelin local` serves but a stack cannot deploy "
-                "yet; remove it from myelin:apis (README, Traffic splitting)"))])
+                "yet; remove it from myelin:apis (docs/traffic-splitting.md)"))])
         problems = []
         if spec.compute.gpu and config.cluster.gpu_nodes is None and config.cluster.existing is None:
             problems.append(("compute.gpu", "the API needs GPUs but the stack has no myelin:cluster.gpu_nodes"))
@@ -507,7 +507,7 @@ def _image_problems(folder: Path) -> list[tuple[str, str]]:
     try:
         context_files(folder)
     except ImageContextError as err:
-        return [("", f"{err} (the image holds the API folder's git-tracked files; README, Deploy to AWS)")]
+        return [("", f"{err} (the image holds the API folder's git-tracked files; docs/deploy-aws.md)")]
     return []
 
 
