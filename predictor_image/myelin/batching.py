@@ -23,13 +23,15 @@ from .errors import PredictorError, overloaded
 
 
 class _Item:
-    __slots__ = ("payload", "extras", "future", "enqueued")
+    __slots__ = ("payload", "extras", "future", "enqueued", "ticket")
 
-    def __init__(self, payload: Any, extras: dict[str, Any] | None, future: asyncio.Future, enqueued: float):
+    def __init__(self, payload: Any, extras: dict[str, Any] | None, future: asyncio.Future, enqueued: float,
+                 ticket: Any):
         self.payload = payload
         self.extras = extras
         self.future = future
         self.enqueued = enqueued
+        self.ticket = ticket  # the request's lifecycle.Ticket: its call runs while its batch does
 
 
 class BatchResultError(Exception):
@@ -47,7 +49,6 @@ class Batcher:
         max_batches: int = 1,
         extra_names: tuple[str, ...] = (),
         on_batch: Callable[[int], None] | None = None,
-        on_finish: Callable[[], None] | None = None,
     ):
         self._call = call
         self.max_batch_size = max_batch_size
@@ -57,9 +58,7 @@ class Batcher:
         self.max_batches = max_batches
         self._extra_names = extra_names
         self._on_batch = on_batch
-        self._on_finish = on_finish
         self._queue: deque[_Item] = deque()
-        self._running: dict[int, list[_Item]] = {}  # batches inside predict, by id
         self.running = 0  # batches inside predict
         self.running_requests = 0  # requests inside those batches
         self._last_batch = 1  # size of the previous batch: how many requests to expect
@@ -71,7 +70,7 @@ class Batcher:
     def waiting(self) -> int:
         return len(self._queue)
 
-    def submit(self, payload: Any, extras: dict[str, Any] | None = None) -> asyncio.Future:
+    def submit(self, payload: Any, extras: dict[str, Any] | None, ticket: Any) -> asyncio.Future:
         """Queue one payload; the returned future resolves to its own result. Raises 503 when the queue is full.
 
         Payloads that can join a batch at once (free request slots) do not count against
@@ -84,22 +83,12 @@ class Batcher:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._queue.append(_Item(payload, extras, fut, loop.time()))
+        self._queue.append(_Item(payload, extras, fut, loop.time(), ticket))
         if not self._scheduled and self._free():
             # Dispatch after this loop iteration, so requests parsed in the same tick share the batch.
             self._scheduled = True
             loop.call_soon(self._dispatch)
         return fut
-
-    @property
-    def stuck_requests(self) -> int:
-        """Requests of running batches whose deadline passed (answered 504; their batch still runs)."""
-        return sum(1 for items in self._running.values() for item in items if item.future.done())
-
-    @property
-    def stuck_batches(self) -> int:
-        """Running batches every request of which is past its deadline."""
-        return sum(1 for items in self._running.values() if all(item.future.done() for item in items))
 
     def forget(self, fut: asyncio.Future) -> None:
         """Drop a request that gave up while queued (deadline, cancellation), so it stops counting as waiting."""
@@ -147,7 +136,8 @@ class Batcher:
     def _start(self, items: list[_Item]) -> None:
         self.running += 1
         self.running_requests += len(items)
-        self._running[id(items)] = items
+        for item in items:  # the batch's requests are in one call (stuck together: lifecycle.Lifecycle.scan)
+            item.ticket.begin_call(items)
         if self._on_batch is not None:
             self._on_batch(len(items))
         kwargs = {name: [item.extras[name] for item in items] for name in self._extra_names}
@@ -169,7 +159,8 @@ class Batcher:
     def _finish(self, items: list[_Item], results: Any, error: BaseException | None) -> None:
         self.running -= 1
         self.running_requests -= len(items)
-        self._running.pop(id(items), None)
+        for item in items:
+            item.ticket.returned()
         if error is None:
             n = len(items)
             if isinstance(results, (str, bytes, dict)) or not hasattr(results, "__len__"):
@@ -190,8 +181,6 @@ class Batcher:
                     item.future.set_exception(result)
                 else:
                     item.future.set_result(result)
-        if self._on_finish is not None:
-            self._on_finish()
         if self._queue and not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._dispatch)

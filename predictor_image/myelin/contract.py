@@ -54,6 +54,8 @@ MODEL_LOAD = "myelin_model_load_seconds"  # gauge {api}: how long the predictor 
 STUCK = "myelin_stuck_predictions"  # gauge {api}: predicts still running past their request's deadline
 WRITE_TIMEOUTS = "myelin_write_timeouts"  # exposed as myelin_write_timeouts_total{api}: connections aborted, client not reading
 WRITE_TIMEOUTS_TOTAL = "myelin_write_timeouts_total"
+#: gauge (no labels): request body bytes being received by a process's APIs now; MYELIN_MAX_BODY_BYTES_IN_FLIGHT bounds it
+BODY_BYTES_IN_FLIGHT = "myelin_body_bytes_in_flight"
 TARGET_IN_FLIGHT = "myelin_target_in_flight"  # gauge {api}: autoscaling.target_in_flight, for dashboards and alerts
 #: Scale to zero (autoscaling.min_replicas 0): cold starts of an API (a replica woken for held requests), the
 #: time from the first held request to that replica's readiness, and requests held right now (myelin local;

@@ -1,7 +1,8 @@
 """The predict route's ASGI handler: the hot path of `POST <endpoint>`.
 
-Read the body (bounded), decode, run it through the API's `Invoker`, encode, respond; then one log
-line and the request metrics, after the response has been sent.
+Admit the request (its `lifecycle.Ticket`, before a byte of the body is read), read the body
+(bounded), decode, run it through the API's `Invoker`, encode, respond, finish the ticket; then one
+log line and the request metrics, after the response has been sent.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from starlette.responses import Response
 
 from . import codec
 from .errors import HTTPError, PredictorError
-from .http_io import ClientGone, RequestHead, read_body, send_body, send_error, too_large
+from .http_io import ClientGone, RequestHead, send_body, send_error, too_large
 from .invoke import PredictorFailure
 from .runtime import ApiRuntime, State
 from .streaming import stream_response
@@ -51,7 +52,7 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
     request_id = head.request_id
     status = 500
     error_type = None
-    counted = False
+    ticket = None
     try:
         if keys is not None:  # authentication first: an unauthenticated client learns nothing about the API
             keys.check(head)
@@ -62,20 +63,19 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
             deadline -= min(held, runtime.timeout)
             if held >= runtime.timeout:
                 raise held_too_long(runtime, held)
-        # In flight from here, while the body is still arriving: a drain or reload waits for it.
-        runtime.enter()
-        counted = True
         if head.content_length > runtime.max_body:
             raise too_large(runtime.max_body)
-        body = await read_body(receive, runtime.max_body)
+        # Admitted (in flight) from here, before the body is read; refused with 503 at once when full.
+        ticket = runtime.lifecycle.admit(head.content_length, deadline)
+        body = await ticket.read_body(receive, runtime.max_body)
         payload = await codec.decode(head.content_type, body)
         predictor = runtime.predictor
         kwargs = _extras(runtime, scope) if predictor.wants_query_params or predictor.wants_headers else {}
         if predictor.streams:  # a generator predict: items go out as they come (streaming.py)
-            status, error_type = await stream_response(runtime, payload, kwargs, deadline, scope, receive, send,
+            status, error_type = await stream_response(runtime, payload, kwargs, ticket, scope, receive, send,
                                                        request_id, start)
             return
-        result = await runtime.invoker.invoke(payload, kwargs, deadline)
+        result = await runtime.invoker.invoke(payload, kwargs, ticket)
         draining = runtime.state is State.DRAINING
         if isinstance(result, Response):
             result.headers.setdefault("x-request-id", request_id)
@@ -130,8 +130,8 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
         )
         await send_error(send, 500, "predictor_failure", "the predictor failed; see the server log", request_id)
     finally:
-        if counted:
-            runtime.leave()
+        if ticket is not None:
+            ticket.finish()
         latency = time.perf_counter() - start
         runtime.metrics.observe(status, latency)
         runtime.log.request(runtime.name, request_id, "POST", scope["path"], status, latency, error_type)

@@ -1,8 +1,9 @@
 """Reading requests and writing responses over raw ASGI: the pieces every front door shares.
 
-Bounded body reads, API-key checks, the contract's JSON error responses, request ids, and a
-`ResponseWriter` that remembers whether the response has started (after that an error can only
-end the stream, never replace the status line).
+API-key checks, the contract's JSON error responses, request ids, whole responses (`send_body`),
+and a `ResponseWriter` that remembers whether the response has started (after that an error can
+only end the stream, never replace the status line). Bodies are read through the request's ticket
+(`lifecycle.Ticket.read_body`: bounded per request and per process).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ Send = Callable[[dict], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict]]
 
 MAX_REQUEST_ID = 128
+#: A response body larger than this (the connection's high-water mark: above it uvicorn pauses the writer)
+#: is sent in two steps, and `send_body` returns only once the connection has taken it, or was aborted by
+#: the write deadline: the request's ticket (lifecycle.py) is held until then.
+FLUSH_ABOVE = 64 * 1024
 
 _ids = itertools.count(1)
 _ID_PREFIX = os.urandom(4).hex()
@@ -83,31 +88,6 @@ def too_large(limit: int) -> HTTPError:
                      [(b"connection", b"close")])
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """The whole body, never holding more than `limit` bytes (413 beyond); ClientGone on disconnect."""
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientGone()
-    body = message.get("body", b"")
-    if not message.get("more_body", False):
-        if len(body) > limit:
-            raise too_large(limit)
-        return body
-    chunks = [body]
-    size = len(body)
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:  # stop reading: never hold more than the limit in memory
-            raise too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
 async def send_error(send: Send, status: int, error_type: str, message: str, request_id: str,
                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
     """The contract's JSON error: `{"error": {"type", "message", "request_id"}}`."""
@@ -120,15 +100,24 @@ async def send_error(send: Send, status: int, error_type: str, message: str, req
 
 
 async def send_body(send: Send, status: int, body: bytes, content_type: bytes, request_id: str,
-                    close: bool = False) -> None:
+                    close: bool = False, extra: list[tuple[bytes, bytes]] | None = None) -> None:
     """One whole response. `close` (the replica is draining) tells the client not to reuse the connection:
-    its next request opens a new one, which the load balancer sends to another replica."""
+    its next request opens a new one, which the load balancer sends to another replica.
+
+    Above `FLUSH_ABOVE` bytes, returns once the connection has taken all but its low-water mark of the
+    body (uvicorn waits for a paused writer before the next message), or was closed."""
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
                (b"x-request-id", request_id.encode("latin-1"))]
     if close:
         headers.append((b"connection", b"close"))
+    if extra:
+        headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    if len(body) > FLUSH_ABOVE:
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    else:
+        await send({"type": "http.response.body", "body": body})
 
 
 class ResponseWriter:

@@ -1,9 +1,11 @@
 """The invocation core: run one predict under admission (or batching) within its deadline.
 
 No ASGI here: the HTTP front door (`endpoint.py`) and any other caller (a queue worker) hand an
-`Invoker` a decoded payload, the extra arguments the predictor declared, and a deadline on the
-event loop's clock; they get the result back or an exception (`Timeout`, `HTTPError` for
-overload, `PredictorError`, or whatever predict raised).
+`Invoker` a decoded payload, the extra arguments the predictor declared, and the request's
+`lifecycle.Ticket` (its deadline is on the event loop's clock); they get the result back or an
+exception (`Timeout`, `HTTPError` for overload, `PredictorError`, or whatever predict raised).
+The call marks the ticket while it runs, so in-flight and stuck accounting see it until it
+really returns (`lifecycle.py`).
 
 How a call runs depends on the predictor's call kind, decided once at load (`loader.CallKind`):
 a sync `predict` runs in this API's thread pool, never on the event loop; an `async def predict`
@@ -20,6 +22,7 @@ from .admission import AdmissionControl
 from .batching import Batcher
 from .errors import HTTPError, PredictorError
 from .handoff import Handoff
+from .lifecycle import Ticket
 from .loader import Predictor
 from .spec import ApiSpec
 
@@ -68,15 +71,6 @@ async def _guarded(coro: Any) -> Any:
         raise PredictorFailure(err) from None
 
 
-class _Call:
-    """One running predict call (one request, or one batch): stuck once every request in it passed its deadline."""
-
-    __slots__ = ("stuck",)
-
-    def __init__(self) -> None:
-        self.stuck = False
-
-
 def deliver(fut: asyncio.Future, result: Any) -> None:
     if not fut.done():
         fut.set_result(result)
@@ -102,7 +96,11 @@ def max_concurrent_batches(spec: ApiSpec, predictor: Predictor) -> int:
 
 
 class Invoker:
-    """Admission or batching, the deadline, and the call itself for one loaded predictor."""
+    """Admission or batching, the deadline, and the call itself for one loaded predictor.
+
+    Every call holds its request's `lifecycle.Ticket`: `begin_call` when it starts, `returned` when it
+    really returns (past its deadline included); the in-flight and stuck accounting live there.
+    """
 
     def __init__(self, name: str, spec: ApiSpec, predictor: Predictor, max_concurrency: int, max_queue_length: int,
                  on_batch: Callable[[int], None] | None = None):
@@ -115,22 +113,17 @@ class Invoker:
         self.batcher: Batcher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = Handoff(spec.serving.threads, thread_name_prefix=f"predict-{name}", wrap_error=failure)
-        # Predicts still running past their request's deadline: their 504 is sent, their slot still held.
-        self._stuck_requests = 0
-        self._stuck_calls = 0
         # Calls that can run at once; when that many are stuck, the replica cannot serve anything.
         if spec.batching is not None:
             self.call_capacity = max_concurrent_batches(spec, predictor)
         else:
             self.call_capacity = max_concurrency if predictor.is_async else min(max_concurrency, spec.serving.threads)
-        #: Loop time at which every call slot became stuck; None while the replica can serve.
-        self.wedged_since: float | None = None
         extras = tuple(n for n, want in (("query_params", predictor.wants_query_params),
                                          ("headers", predictor.wants_headers)) if want)
         if spec.batching is not None:
             self.batcher = Batcher(
                 self._call, spec.batching.max_batch_size, spec.batching.max_batch_delay.seconds,
-                max_concurrency, max_queue_length, self.call_capacity, extras, on_batch, self._on_batch_change,
+                max_concurrency, max_queue_length, self.call_capacity, extras, on_batch,
             )
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -146,36 +139,28 @@ class Invoker:
     def waiting(self) -> int:
         return self.batcher.waiting if self.batcher is not None else self.admission.waiting
 
-    @property
-    def stuck(self) -> int:
-        """Requests whose deadline passed while their predict still runs (answered 504, still holding a slot)."""
-        if self.batcher is not None:
-            return self.batcher.stuck_requests
-        return self._stuck_requests
-
-    def _stuck_calls_now(self) -> int:
-        return self.batcher.stuck_batches if self.batcher is not None else self._stuck_calls
-
-    def _update_wedged(self) -> None:
-        wedged = self._stuck_calls_now() >= self.call_capacity
-        if wedged and self.wedged_since is None:
-            self.wedged_since = self._loop.time()
-        elif not wedged:
-            self.wedged_since = None
-
-    def _on_batch_change(self) -> None:
-        self._update_wedged()
-
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    # ---------------------------------------------------------------- slots
+    async def wait_for_slot(self, waiter: asyncio.Future, deadline: float) -> None:
+        """Queued by `admission.try_acquire()`: wait for the slot until `deadline`, else Timeout (504)."""
+        if not await self.admission.wait(waiter, deadline):
+            raise Timeout(self.timeout)
+
+    def release(self, ticket: Ticket) -> None:
+        """A call that held an admission slot really returned: free the slot, and the ticket's call."""
+        self.admission.release()
+        ticket.returned()
+
     # ---------------------------------------------------------------- one call
     def _call(self, payload: Any, kwargs: dict[str, Any]) -> asyncio.Future:
-        """Start one predict call; the returned future resolves on the event loop."""
+        """Start one batch's predict call; the returned future resolves on the event loop once it returns."""
         return self._start_call(payload, kwargs)[0]
 
     def _start_call(self, payload: Any, kwargs: dict[str, Any]) -> tuple[asyncio.Future, Any]:
-        """(future resolved on the loop, the executor's future for a sync predict, to cancel it while queued)."""
+        """(future resolved on the loop once predict returns, the handoff's call of a sync predict, to cancel it
+        while queued)."""
         predictor = self.predictor
         loop = self._loop
         if predictor.is_async:
@@ -185,18 +170,30 @@ class Invoker:
             return self._executor.start(loop, functools.partial(predictor.predict, payload, **kwargs))
         return self._executor.start(loop, predictor.predict, payload)
 
-    async def invoke(self, payload: Any, kwargs: dict[str, Any], deadline: float) -> Any:
-        """The predictor's result for `payload`, or the exception that ends the request."""
+    def _returned(self, ticket: Ticket, out: asyncio.Future, inner: asyncio.Future) -> None:
+        """The call really returned (past the request's deadline included): free its slot, answer if still waited for."""
+        self.admission.release()
+        ticket.returned()
+        if out.done():
+            return
+        if inner.cancelled():  # not by us (we only cancel after `out` is done): a failure, as JSON
+            out.set_exception(RuntimeError("predict was cancelled"))
+        elif inner.exception() is not None:
+            out.set_exception(inner.exception())
+        else:
+            out.set_result(inner.result())
+
+    async def invoke(self, payload: Any, kwargs: dict[str, Any], ticket: Ticket) -> Any:
+        """The predictor's result for `payload`, or the exception that ends the request (504 at `ticket.deadline`)."""
         loop = self._loop
+        deadline = ticket.deadline
         if self.batcher is not None:
-            fut = self.batcher.submit(payload, kwargs)
+            fut = self.batcher.submit(payload, kwargs, ticket)
             timer = loop.call_at(deadline, _expire, fut, self.timeout)
             try:
                 return await fut
-            except BaseException as err:
+            except BaseException:
                 self.batcher.forget(fut)  # timed out or cancelled while queued: stop counting it as waiting
-                if isinstance(err, Timeout):
-                    self._update_wedged()  # its batch may still be running: now a stuck one
                 raise
             finally:
                 timer.cancel()
@@ -204,43 +201,22 @@ class Invoker:
         waiter = admission.try_acquire()
         if waiter is not None and not await admission.wait(waiter, deadline):
             raise Timeout(self.timeout)
+        ticket.calling = True  # Ticket.begin_call(), inlined on the hot path
         try:
-            inner, queued_work = self._start_call(payload, kwargs)
+            inner, queued = self._start_call(payload, kwargs)
         except BaseException:
-            admission.release()
+            self.release(ticket)
             raise
         out = loop.create_future()
-        call = _Call()
-
-        def done(f: asyncio.Future) -> None:
-            admission.release()  # the slot is held until predict really returns, even past a timeout
-            if call.stuck:
-                self._stuck_requests -= 1
-                self._stuck_calls -= 1
-                self._update_wedged()
-            if out.done():
-                return
-            if f.cancelled():  # not by us (we only cancel after `out` is done): a failure, as JSON
-                out.set_exception(RuntimeError("predict was cancelled"))
-            elif f.exception() is not None:
-                out.set_exception(f.exception())
-            else:
-                out.set_result(f.result())
-
-        inner.add_done_callback(done)
+        inner.add_done_callback(functools.partial(self._returned, ticket, out))
         timer = loop.call_at(deadline, _expire, out, self.timeout)
         try:
             return await out
         except Timeout:
-            if isinstance(inner, asyncio.Task):
-                inner.cancel()
-            elif queued_work is not None and queued_work.cancel():
-                inner.cancel()  # never started (all threads were busy): it will not run; its slot is released now
-            if not inner.done():  # still running (a sync thread cannot be interrupted): stuck until it returns
-                call.stuck = True
-                self._stuck_requests += 1
-                self._stuck_calls += 1
-                self._update_wedged()
-            raise
+            if queued is None:
+                inner.cancel()  # an async predict: one that ignores this is stuck until it returns
+            elif queued.cancel():
+                inner.cancel()  # never started (all threads were busy): it never will; its slot is freed now
+            raise  # a sync predict already running cannot be interrupted: stuck until it returns
         finally:
             timer.cancel()

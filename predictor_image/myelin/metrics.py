@@ -82,6 +82,10 @@ class Metrics:
             "shutting_down).", [c.LABEL_API, c.LABEL_REASON], registry=reg,
         )
 
+        self.body_bytes = Gauge(
+            c.BODY_BYTES_IN_FLIGHT, "Request body bytes being received now, reserved against "
+            "MYELIN_MAX_BODY_BYTES_IN_FLIGHT (a declared Content-Length is reserved whole).", registry=reg, **gauge_mode,
+        )
         self.write_timeouts = Counter(
             c.WRITE_TIMEOUTS, "Connections aborted because the client read none of the response for MYELIN_WRITE_TIMEOUT "
             "seconds (api is empty for the server's own routes).", [c.LABEL_API], registry=reg,

@@ -1,8 +1,9 @@
 """One served API's lifecycle: load the predictor, become ready, drain, close.
 
 `ApiRuntime` owns the state machine (loading → ready | failed; ready → draining → stopped), the
-count of requests in flight (what a drain or a reload waits for, and the autoscaling gauge), and,
-once loaded, the `Invoker` that runs predictions. The HTTP front door is `endpoint.py`.
+API's `lifecycle.Lifecycle` (one ticket per request: admission, the in-flight count a drain or a
+reload waits for and the autoscaler reads, stuck accounting), and, once loaded, the `Invoker` that
+runs predictions. The HTTP front door is `endpoint.py`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .contract import API_KEYS_FILE_SUFFIX
 from .errors import HTTPError, overloaded
 from .http_io import ApiKeys
 from .invoke import Invoker, deliver
+from .lifecycle import BodyBudget, Lifecycle
 from .loader import LoadError, Predictor, load_predictor
 from .logs import RequestLog
 from .metrics import ApiMetrics
@@ -51,7 +53,7 @@ class State(str, enum.Enum):
 
 class ApiRuntime:
     def __init__(self, folder: Path, spec: ApiSpec, metrics: ApiMetrics, log: RequestLog, processes: int | None = None,
-                 settings: Settings | None = None):
+                 settings: Settings | None = None, body_budget: BodyBudget | None = None):
         self.folder = Path(folder)
         self.settings = settings or Settings()
         self.spec = spec
@@ -73,12 +75,13 @@ class ApiRuntime:
         self.ready_at: float | None = None  # Unix time the predictor became ready
         self.arrival: Any = None  # an ArrivalClock when the load balancer stamps arrival times (arrival.py)
         self.max_body = serving.max_body_bytes
-        self.in_flight = 0
+        #: One ticket per request or job; the body budget is the process's, shared by its APIs.
+        self.lifecycle = Lifecycle(self.max_concurrency + self.max_queue_length,
+                                   body_budget or BodyBudget(self.settings.max_body_bytes_in_flight))
         self.load_seconds = 0.0
         #: Streaming responses running now (streaming.Stream): ended with an error event when a drain gives up.
         self.streams: set[Any] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._idle: asyncio.Event | None = None
         self.stuck_timeout = serving.stuck_timeout.seconds
         # Keys are read before anything else, so requests are authenticated even while loading or failed.
         self._keys_error: LoadError | None = None
@@ -127,6 +130,7 @@ class ApiRuntime:
             self.predictor = predictor
             self.invoker = Invoker(self.name, self.spec, predictor, self.max_concurrency, self.max_queue_length,
                                    self.metrics.batch_size.observe)
+            self.lifecycle.call_capacity = self.invoker.call_capacity
             if self.loop is not None:
                 self.invoker.bind(self.loop)
         if self.state is State.LOADING:  # a drain that began during the load wins
@@ -168,8 +172,7 @@ class ApiRuntime:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.lifecycle.loop = self.loop
         # A private daemon thread, not the loop's default executor: interpreter shutdown would wait for
         # that one, so a SIGTERM during a long model load could not exit within the grace period.
         loaded = self.loop.create_future()
@@ -201,14 +204,8 @@ class ApiRuntime:
             self.state = State.DRAINING
 
     async def drained(self, timeout: float) -> bool:
-        """Wait until no request is in flight (True), or the timeout passes (False)."""
-        if self._idle is None or self.in_flight == 0:
-            return True
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+        """Wait until no request is in flight, stuck calls included (True), or the timeout passes (False)."""
+        return await self.lifecycle.idle(timeout)
 
     def end_streams(self) -> None:
         """End every running stream with a `shutting_down` error event (a drain's grace period is over)."""
@@ -224,15 +221,10 @@ class ApiRuntime:
             self.model.release()  # the cache may evict it once no process serves it
 
     # ---------------------------------------------------------------- requests in flight
-    def enter(self) -> None:
-        """A request is in flight from here (a drain or reload waits for it)."""
-        self.in_flight += 1
-        self._idle.clear()
-
-    def leave(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0:
-            self._idle.set()
+    @property
+    def in_flight(self) -> int:
+        """Requests (and jobs) holding a ticket: admitted and not released, stuck calls included."""
+        return self.lifecycle.in_flight
 
     def not_ready(self, request_id: str) -> HTTPError:
         """The error a request gets while this API cannot serve (never the load error itself: that is logged)."""
@@ -253,23 +245,25 @@ class ApiRuntime:
 
     @property
     def stuck(self) -> int:
-        return self.invoker.stuck if self.invoker is not None else 0
+        """Requests whose call still runs past their deadline (as of the last `Lifecycle.scan`)."""
+        return self.lifecycle.stuck
 
     @property
     def wedged(self) -> bool:
-        """Every prediction slot is held by a predict running past its request's deadline."""
-        return self.invoker is not None and self.invoker.wedged_since is not None
+        """Every call slot is held by a call running past its request's deadline."""
+        return self.invoker is not None and self.lifecycle.wedged()
 
     def stuck_for(self) -> float:
         """Seconds this API has been wedged (0 when it is not)."""
-        since = self.invoker.wedged_since if self.invoker is not None else None
-        return self.loop.time() - since if since is not None and self.loop is not None else 0.0
+        return self.lifecycle.stuck_for()
 
     def sample_metrics(self) -> None:
-        # A stuck predict's request was answered (504) but its slot is still taken: it stays "in flight"
-        # for the autoscaler, or a wedged replica would look idle and be scaled down.
-        stuck = self.stuck
-        self.metrics.sample(self.in_flight + stuck, self.waiting, self.state is State.READY and not self.wedged, stuck)
+        # A stuck call's request was answered (504) but its ticket is held until it returns: it stays "in
+        # flight" for the autoscaler, or a wedged replica would look idle and be scaled down.
+        lifecycle = self.lifecycle
+        lifecycle.scan()
+        self.metrics.sample(lifecycle.in_flight, self.waiting,
+                            self.state is State.READY and lifecycle.wedged_since is None, lifecycle.stuck)
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"name": self.name, "endpoint": self.endpoint, "state": self.state.value,

@@ -29,6 +29,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .openapi_doc import DOCS_ASSETS_PATH, operation, swagger_assets, swagger_page
 from .endpoint import handle_predict
 from .http_io import MAX_REQUEST_ID, new_request_id
+from .lifecycle import BodyBudget
 from .runtime import ApiRuntime, State
 from .settings import Settings
 from .spec import ApiSpec
@@ -108,6 +109,8 @@ class MyelinApp:
         # Kubernetes shows a crash loop with the reason instead of a pod that is never ready.
         self.exit_on_load_failure = exit_on_load_failure
         self.metrics = metrics or Metrics()
+        # Bytes of request bodies being received at once, this process's APIs together (lifecycle.py).
+        self.body_budget = BodyBudget(self.settings.max_body_bytes_in_flight)
         self.cost = CostMeter.from_env()  # CPU seconds per prediction and the stack's estimate, in /info
         self.processes = processes
         self.on_loaded = on_loaded
@@ -123,14 +126,16 @@ class MyelinApp:
         if spec.kind == "AsyncAPI":
             from .asyncapi import AsyncApiRuntime
 
-            return AsyncApiRuntime(folder, spec, self.metrics, self.log, self.processes, self.settings, self.spawn)
+            return AsyncApiRuntime(folder, spec, self.metrics, self.log, self.processes, self.settings, self.spawn,
+                                   self.body_budget)
         return ApiRuntime(folder, spec, self.metrics.for_api(spec.name, spec.target_in_flight), self.log,
-                          self.processes, self.settings)
+                          self.processes, self.settings, self.body_budget)
 
     def apply_settings(self, settings: Settings) -> None:
         """Server settings the APIs need before they load: the model cache (model_files.py), the arrival-time
         header of APIs scaled to zero (arrival.py)."""
         self.settings = settings
+        self.body_budget.limit = settings.max_body_bytes_in_flight
         for runtime in self.runtimes.values():
             runtime.settings = settings  # the model cache (model_files.py) and what follows
         if settings.arrival_header is None:
@@ -239,6 +244,7 @@ class MyelinApp:
     def sample_metrics(self) -> None:
         for runtime in self.runtimes.values():
             runtime.sample_metrics()
+        self.metrics.body_bytes.set(self.body_budget.used)
 
     # ------------------------------------------------------------------ drain
     def begin_drain(self) -> None:

@@ -108,6 +108,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "liveness_period": ("MYELIN_LIVENESS_PERIOD", _positive_float),
     "uvicorn_log_level": ("MYELIN_UVICORN_LOG_LEVEL", _log_level),
     "max_header_bytes": ("MYELIN_MAX_HEADER_BYTES", _positive_int),
+    "max_body_bytes_in_flight": ("MYELIN_MAX_BODY_BYTES_IN_FLIGHT", _size),
     "arrival_header": ("MYELIN_ARRIVAL_HEADER", _header_name),
     "model_cache": (MODEL_CACHE_ENV, _path),
     "model_cache_max_bytes": (MODEL_CACHE_MAX_BYTES_ENV, _size),
@@ -141,6 +142,9 @@ class Settings:
     uvicorn_log_level: str = "warning"
     #: Largest request line + headers accepted; beyond it 431 and the connection is closed.
     max_header_bytes: int = 64 * 1024
+    #: Bytes of request bodies being received at once by one process, all its APIs together (lifecycle.py):
+    #: a request whose declared length does not fit is refused (503, Retry-After) before its body is read.
+    max_body_bytes_in_flight: int = 256 * 2**20
     #: Request header with the request's arrival time at the load balancer (APIs scaled to zero: arrival.py).
     arrival_header: str | None = None
     #: Where `predictor.model_uri` files are cached (content-addressed; see model_files.py).

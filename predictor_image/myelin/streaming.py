@@ -7,16 +7,20 @@
 - Before the first item a failure raises, and the caller answers with the ordinary JSON error.
   After it, an error can only end the stream: SSE sends `event: error` with the JSON error body,
   NDJSON a last line `{"error": {...}}`. Tracebacks go to the log only.
-- A stream holds one admission slot from its start until its generator is finished or closed.
-  `serving.timeout` bounds the first item (from arrival, queueing included) and every later step
-  (handing an item to the client and producing the next); `serving.max_stream_duration` bounds the
-  whole stream.
+- A stream holds one admission slot from its start until its generator is finished or closed, and
+  its request's `lifecycle.Ticket` until then too: a step still running past its deadline (a sync
+  `next()` cannot be interrupted) is a stuck call, counted in flight and stuck, as a plain predict
+  past its deadline is. `serving.timeout` bounds the first item (from arrival, queueing included)
+  and every later step (handing an item to the client and producing the next);
+  `serving.max_stream_duration` bounds the whole stream.
 - A client disconnect (uvicorn reports it only as `http.disconnect` from `receive()`, so a watcher
   task waits on it), a drain past its grace period and `max_stream_duration` end the stream from
   outside: the pump task is cancelled, the generator closed (its `finally` runs) and the slot freed.
 - A sync generator's `next()` runs in the API's thread pool, one step at a time, so the generator
   is never in two threads at once; it is closed in the pool too, once the step that is running
-  returns (a thread cannot be interrupted). An async generator runs on the event loop.
+  returns (a thread cannot be interrupted). An async generator runs on the event loop; a step past
+  its deadline is cancelled, and one that swallows the cancellation is stuck (counted so) until it
+  returns, when the stream ends with the timeout error.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from .invoke import Timeout, deliver, deliver_error
 from .loader import CallKind
 
 if TYPE_CHECKING:
+    from .lifecycle import Ticket
     from .runtime import ApiRuntime
 
 SSE = b"text/event-stream"
@@ -46,6 +51,8 @@ STREAM_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _NEWLINES = re.compile(r"\r\n|\r|\n")
 _END = object()  # the generator is exhausted
+#: An async generator's items between two passes of the event loop (see AsyncItems.next).
+YIELD_EVERY = 32
 
 
 # ------------------------------------------------------------------------------------------- framing
@@ -161,8 +168,15 @@ class AsyncItems:
         self._anext = agen.__anext__
         self._on_closed = on_closed
         self._closing = False
+        self._steps = 0
 
     async def next(self) -> Any:
+        # One pass of the event loop every YIELD_EVERY items: a generator that never awaits would otherwise keep
+        # the loop to itself once its client is gone (a disconnected send returns at once): the disconnect, or a
+        # drain, would go unseen until it ends.
+        self._steps += 1
+        if not self._steps % YIELD_EVERY:
+            await asyncio.sleep(0)
         try:
             return await self._anext()
         except StopAsyncIteration:
@@ -215,6 +229,8 @@ class Stream:
         self.finished = False
         self._pump: asyncio.Task | None = None
         self._released = False
+        self.ticket: "Ticket | None" = None
+        self._items: ThreadedGenerator | AsyncItems | None = None
 
     # ------------------------------------------------------------------ ending it from outside
     def stop(self, reason: BaseException) -> None:
@@ -232,7 +248,7 @@ class Stream:
         self.stop(ClientGone())
 
     # ------------------------------------------------------------------ running it
-    async def run(self, payload: Any, kwargs: dict[str, Any], deadline: float, receive: Any) -> tuple[int, str | None]:
+    async def run(self, payload: Any, kwargs: dict[str, Any], ticket: "Ticket", receive: Any) -> tuple[int, str | None]:
         """Stream the predictor's items; returns the (status, error type) to log and count.
 
         Raises, with nothing sent, when it fails before the first item (the caller answers with JSON).
@@ -240,11 +256,13 @@ class Stream:
         runtime = self.runtime
         invoker = runtime.invoker
         loop = runtime.loop
-        admission = invoker.admission
-        waiter = admission.try_acquire()
-        if waiter is not None and not await admission.wait(waiter, deadline):
-            raise Timeout(invoker.timeout)
-        try:  # the slot is held from here until the generator is finished or closed (_closed)
+        deadline = ticket.deadline
+        waiter = invoker.admission.try_acquire()
+        if waiter is not None:
+            await invoker.wait_for_slot(waiter, deadline)
+        self.ticket = ticket
+        ticket.begin_call()  # the generator is the call: it holds the slot until it is finished or closed
+        try:
             predictor = runtime.predictor
             gen = predictor.predict(payload, **kwargs)
             items = (AsyncItems(gen, self._closed) if predictor.kind is CallKind.ASYNC_GENERATOR
@@ -269,10 +287,11 @@ class Stream:
                 timer.cancel()
 
     def _closed(self, error: BaseException | None) -> None:
+        """The generator is finished or closed: its slot and its ticket's call are free."""
         if self._released:
             return
         self._released = True
-        self.runtime.invoker.admission.release()
+        self.runtime.invoker.release(self.ticket)
         if error is not None and not isinstance(error, asyncio.CancelledError):
             self.runtime.log.event("error", "closing the stream's generator raised", api=self.runtime.name,
                                    request_id=self.request_id, error=f"{type(error).__name__}: {error}")
@@ -288,11 +307,16 @@ class Stream:
     async def _write(self, items: ThreadedGenerator | AsyncItems, deadline: float) -> tuple[int, str | None]:
         send = self.send
         timeout = self.runtime.timeout
+        ticket = self.ticket
+        loop = self.runtime.loop
+        self._items = items
         started = writing = False
         limit: asyncio.Timeout | None = None  # the deadline of the step under way
         try:
             async with asyncio.timeout_at(deadline) as limit:  # the first item: from arrival, queueing included
                 item = await items.next()
+            if limit.expired():  # an async step that swallowed its cancellation: late all the same
+                raise TimeoutError()
             chunk = self._encode(item) if item is not _END else b""
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", self.framing.content_type), (b"x-request-id", self.request_id.encode("latin-1")),
@@ -301,16 +325,22 @@ class Stream:
             started = True
             while item is not _END:
                 writing = True
-                async with asyncio.timeout(timeout) as limit:  # one step: hand this item over, produce the next
+                # One step: hand this item over, produce the next. Its deadline is the ticket's: a step still
+                # running past it is a stuck call (lifecycle.Lifecycle.scan).
+                ticket.deadline = step_deadline = loop.time() + timeout
+                async with asyncio.timeout_at(step_deadline) as limit:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     if self.started_at:
                         self.runtime.metrics.first_item.observe(time.perf_counter() - self.started_at)
                         self.started_at = 0.0
                     writing = False
                     item = await items.next()
+                if limit.expired():
+                    raise TimeoutError()
                 if item is not _END:
                     chunk = self._encode(item)
             self.finished = True
+            await items.close()  # exhausted: the call is over before the last bytes go out
             await self._send_last(b"")
             return 200, None
         except asyncio.CancelledError:
@@ -361,6 +391,9 @@ class Stream:
 
     async def _end_with(self, err: HTTPError | PredictorError) -> tuple[int, str]:
         self.finished = True
+        # The call ends before the error event goes out (a step still running closes the generator when it
+        # returns): a slow reader of the event is not a stuck call.
+        await self._items.close()
         await self._send_last(self.framing.error(err.error_type, err.message, self.request_id))
         return err.status_code, err.error_type
 
@@ -372,9 +405,9 @@ class Stream:
             pass
 
 
-async def stream_response(runtime: "ApiRuntime", payload: Any, kwargs: dict[str, Any], deadline: float,
+async def stream_response(runtime: "ApiRuntime", payload: Any, kwargs: dict[str, Any], ticket: "Ticket",
                           scope: dict, receive: Any, send: Any, request_id: str, started_at: float,
                           ) -> tuple[int, str | None]:
     """Stream a generator predict's items in the format the request accepts; (status, error type) to log."""
     stream = Stream(runtime, framing_for(scope["headers"]), request_id, send, started_at)
-    return await stream.run(payload, kwargs, deadline, receive)
+    return await stream.run(payload, kwargs, ticket, receive)

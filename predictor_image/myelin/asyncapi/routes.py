@@ -24,7 +24,8 @@ import orjson
 from .. import codec
 from .. import contract as c
 from ..errors import HTTPError
-from ..http_io import ClientGone, RequestHead, read_body, send_error, too_large
+from ..http_io import ClientGone, RequestHead, send_body, send_error, too_large
+from ..lifecycle import Ticket
 from ..runtime import State
 from .store import COMPLETED, JobState, Submission, new_job_id, valid_job_id
 
@@ -70,17 +71,18 @@ def _stored_headers(headers: list[tuple[bytes, bytes]], key_header: bytes) -> li
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k not in _NOT_STORED and k != key_header]
 
 
-Handler = Callable[[RequestHead, bytes], Awaitable[tuple[int, bytes, list[tuple[bytes, bytes]]]]]
+Handler = Callable[[RequestHead, str, Ticket], Awaitable[tuple[int, bytes, list[tuple[bytes, bytes]]]]]
 
 
 async def _serve(runtime: "AsyncApiRuntime", scope: dict, receive: Any, send: Any, states: tuple[State, ...],
-                 handler: Handler) -> None:
-    """What both routes share: state and key checks, in-flight count, JSON errors, log line, metrics."""
+                 handler: Handler, admit: bool) -> None:
+    """What both routes share: state and key checks, the request's ticket (lifecycle.py: admitted before the
+    body is read when `admit`, else only counted in flight), JSON errors, log line, metrics."""
     start = time.perf_counter()
     keys = runtime.api_keys
     head = RequestHead(scope["headers"], keys.header if keys is not None else b"")
     request_id = head.request_id
-    status, error_type, counted = 500, None, False
+    status, error_type, ticket = 500, None, None
     try:
         if not runtime.serves_requests:
             raise HTTPError(404, "not_found", f"this process is an AsyncAPI worker ({c.ROLE_WORKER}): submit jobs and "
@@ -89,13 +91,15 @@ async def _serve(runtime: "AsyncApiRuntime", scope: dict, receive: Any, send: An
             keys.check(head)
         if runtime.state not in states:
             raise runtime.not_ready(request_id)
-        runtime.enter()
-        counted = True
-        status, body, headers = await handler(head, request_id)
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", codec.JSON), (b"content-length", str(len(body)).encode()),
-            (b"x-request-id", request_id.encode("latin-1")), *headers]})
-        await send({"type": "http.response.body", "body": body})
+        deadline = runtime.loop.time() + runtime.timeout
+        if admit:
+            if head.content_length > runtime.max_body:
+                raise too_large(runtime.max_body)
+            ticket = runtime.lifecycle.admit(head.content_length, deadline)
+        else:
+            ticket = runtime.lifecycle.enter(deadline)
+        status, body, headers = await handler(head, request_id, ticket)
+        await send_body(send, status, body, codec.JSON, request_id, extra=headers)
     except HTTPError as err:
         status, error_type = err.status_code, err.error_type
         await send_error(send, status, error_type, err.message, request_id, err.headers)
@@ -117,8 +121,8 @@ async def _serve(runtime: "AsyncApiRuntime", scope: dict, receive: Any, send: An
         await send_error(send, 503, error_type, "the job store is unavailable; retry later (see the server log)",
                          request_id, [(b"retry-after", b"1")])
     finally:
-        if counted:
-            runtime.leave()
+        if ticket is not None:
+            ticket.finish()
         latency = time.perf_counter() - start
         runtime.metrics.observe(status, latency)
         runtime.log.request(runtime.name, request_id, scope["method"], scope["path"], status, latency, error_type)
@@ -127,11 +131,9 @@ async def _serve(runtime: "AsyncApiRuntime", scope: dict, receive: Any, send: An
 async def submit_job(runtime: "AsyncApiRuntime", scope: dict, receive: Any, send: Any) -> None:
     """`POST /<endpoint>` -> 202 `{"id"}` with `Location: /<endpoint>/<id>`, once the payload is stored."""
 
-    async def store(head: RequestHead, request_id: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        if head.content_length > runtime.max_body:
-            raise too_large(runtime.max_body)
+    async def store(head: RequestHead, request_id: str, ticket: Ticket) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         await runtime.check_room(head.content_length)  # jobs.max_queued / max_stored_bytes: 503 before the body
-        body = await read_body(receive, runtime.max_body)
+        body = await ticket.read_body(receive, runtime.max_body)
         await codec.decode(head.content_type, body)  # what the worker could not decode is refused now, with 400
         keys = runtime.api_keys
         job = Submission(id=new_job_id(), body=body, content_type=head.content_type.decode("latin-1"),
@@ -142,13 +144,13 @@ async def submit_job(runtime: "AsyncApiRuntime", scope: dict, receive: Any, send
         runtime.jobs.count(c.JOB_SUBMITTED)
         return 202, orjson.dumps({"id": job.id}), [(b"location", f"{runtime.endpoint}/{job.id}".encode())]
 
-    await _serve(runtime, scope, receive, send, (State.READY,), store)
+    await _serve(runtime, scope, receive, send, (State.READY,), store, admit=True)
 
 
 async def job_status(runtime: "AsyncApiRuntime", job_id: str, scope: dict, receive: Any, send: Any) -> None:
     """`GET /<endpoint>/<id>` -> 200 with the status document, or 404 (unknown, or past the retention)."""
 
-    async def read(head: RequestHead, request_id: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def read(head: RequestHead, request_id: str, ticket: Ticket) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         state = await runtime.store.get(job_id) if valid_job_id(job_id) else None
         if state is None:
             raise HTTPError(404, "not_found", f"no job {job_id!r} at {runtime.endpoint}: unknown, or older than "
@@ -156,7 +158,7 @@ async def job_status(runtime: "AsyncApiRuntime", job_id: str, scope: dict, recei
         return 200, status_document(state), []
 
     # Reads stay possible while draining: jobs submitted here must remain visible until the end.
-    await _serve(runtime, scope, receive, send, (State.READY, State.DRAINING), read)
+    await _serve(runtime, scope, receive, send, (State.READY, State.DRAINING), read, admit=False)
 
 
 

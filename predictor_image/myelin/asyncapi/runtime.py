@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import contract as c
+from ..lifecycle import BodyBudget
 from ..loader import LoadError
 from ..logs import RequestLog
 from ..metrics import Metrics
@@ -42,8 +43,9 @@ class AsyncApiRuntime(ApiRuntime):
     asynchronous = True
 
     def __init__(self, folder: Path, spec: AsyncApiSpec, metrics: Metrics, log: RequestLog, processes: int | None,
-                 settings: Settings, spawn: Callable[[Any], asyncio.Task]):
-        super().__init__(folder, spec, metrics.for_api(spec.name, spec.target_in_flight), log, processes, settings)
+                 settings: Settings, spawn: Callable[[Any], asyncio.Task], body_budget: BodyBudget | None = None):
+        super().__init__(folder, spec, metrics.for_api(spec.name, spec.target_in_flight), log, processes, settings,
+                         body_budget)
         self.role = settings.role
         self.serves_requests = self.role in (c.ROLE_GATEWAY, c.ROLE_ALL)
         self.runs_predictor = self.role in (c.ROLE_WORKER, c.ROLE_ALL)

@@ -146,7 +146,8 @@ class JobWorker:
     # ---------------------------------------------------------------- one job
     async def _run(self, claim: Claim) -> None:
         runtime = self.runtime
-        runtime.enter()
+        # The job's ticket (lifecycle.py): in flight, and stuck past its deadline, as a request would be.
+        ticket = runtime.lifecycle.enter(runtime.loop.time() + runtime.timeout)
         start = time.perf_counter()
         error: dict[str, Any] | None = None
         body, ctype = b"", ""
@@ -158,14 +159,14 @@ class JobWorker:
                 kwargs["query_params"] = QueryParams(claim.query_string)
             if predictor.wants_headers:
                 kwargs["headers"] = Headers(raw=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in claim.headers])
-            result = await runtime.invoker.invoke(payload, kwargs, runtime.loop.time() + runtime.timeout)
+            result = await runtime.invoker.invoke(payload, kwargs, ticket)
         except asyncio.CancelledError:
-            runtime.leave()
+            ticket.finish()
             await self._give_back(claim)
             raise
         except HTTPError as err:
             if err.status_code == 503:  # no free slot after all: not the job's fault, run it later
-                runtime.leave()
+                ticket.finish()
                 await self._give_back(claim)
                 return
             error = _error(err)
@@ -190,7 +191,7 @@ class JobWorker:
         try:
             await self._record(claim, error, body, ctype, time.perf_counter() - start)
         finally:
-            runtime.leave()
+            ticket.finish()
 
     async def _room_for(self, claim: Claim, result: bytes) -> dict[str, Any] | None:
         """jobs.max_stored_bytes bounds results too: a result that does not fit beside what the store holds (less

@@ -257,7 +257,9 @@ class ServingSpec(_Strict):
     max_concurrency: int = Field(1, ge=1, le=10000, description="Requests running at once per replica (with "
                                  "batching: requests inside running batches; must be ≥ `max_batch_size`).")
     max_queue_length: int = Field(100, ge=0, le=100000, description="Requests waiting per replica beyond that; "
-                                  "more get 503 + `Retry-After`.")
+                                  "more get 503 + `Retry-After`, on their headers, before their body is read (a request is "
+                                  "admitted, and counts in flight, from then until its answer is written and its predict has "
+                                  "returned).")
     timeout: Duration = Field(Duration("60s"), description="Deadline per request from "
                              "arrival, queueing included; past it, 504. For a stream: the time to its first item, and then the "
                              "longest gap between two items.")
