@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8888
 
-.PHONY: local test deps deps-apis deps-full validate clean docs-images
+.PHONY: local test deps deps-apis deps-full validate clean docs docs-images
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Myelin needs Python 3.11 (found " + sys.version.split()[0] + "): install it, or run make PYTHON=/path/to/python3.11")'
@@ -42,10 +42,16 @@ local: $(VENV)/.deps-apis
 test: $(VENV)/.deps-apis
 	$(BIN)/python -m pytest
 
-# Redraw the README's pictures: docs/dashboard-api.png from the observability end-to-end test's real Prometheus
-# data, docs/local-page.png from the local page in headless Chromium.
+# The documentation site (mkdocs.yml, docs/) at http://127.0.0.1:$(DOCS_PORT), rebuilt on every edit. `make test`
+# builds it with --strict (tests/docs/test_site.py).
+DOCS_PORT ?= 8000
+docs: $(VENV)/.deps
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
+
+# Redraw the documentation's pictures: docs/images/dashboard-api.png from the observability end-to-end test's real Prometheus
+# data, docs/images/local-page.png from the local page in headless Chromium.
 docs-images: $(VENV)/.deps-apis
-	MYELIN_DASHBOARD_PNG=docs/dashboard-api.png $(BIN)/python -m pytest -q tests/observability
+	MYELIN_DASHBOARD_PNG=docs/images/dashboard-api.png $(BIN)/python -m pytest -q tests/observability
 	MYELIN_UPDATE_SCREENSHOT=1 $(BIN)/python -m pytest -q tests/runtime/test_local_page.py
 
 validate: $(VENV)/.deps

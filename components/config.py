@@ -64,7 +64,10 @@ def _not_documentation(cidrs: list[str], what: str) -> list[str]:
 
 
 class ExistingVpc(_Strict):
-    vpc_id: str = Field(..., pattern=r"^vpc-[0-9a-f]+$")
+    """Use this VPC instead of creating one: the internal load balancer subnets must hold nothing else (API pods
+    admit their addresses), and the load balancers are pinned to the given subnets."""
+
+    vpc_id: str = Field(..., pattern=r"^vpc-[0-9a-f]+$", description="The VPC's id.")
     vpc_cidr: str = Field(..., description="The VPC's CIDR (who may call internal APIs).")
     public_subnet_ids: list[str] = Field(..., min_length=2, description="Internet-facing load balancers live here.")
     public_subnet_cidrs: list[str] = Field(
@@ -84,11 +87,16 @@ class ExistingVpc(_Strict):
 
 
 class NetworkConfig(_Strict):
-    vpc_cidr: str = Field("10.0.0.0/16", description="CIDR of the new VPC (a /16 to /20).")
-    az_count: int = Field(2, ge=2, le=6, description="Availability zones to spread subnets over.")
+    """The VPC: public subnets (internet-facing load balancers, NAT), private subnets (nodes and pods) and small
+    internal-load-balancer subnets."""
+
+    vpc_cidr: str = Field("10.0.0.0/16", description="CIDR of the new VPC (/16 to /20).")
+    az_count: int = Field(2, ge=2, le=6, description="Availability zones (2 to 6) with one public and one private subnet each.")
     nat: Literal["none", "single", "per_az"] = Field(
         "single",
-        description="NAT gateways for the private subnets: none (VPC endpoints only), one shared, or one per AZ.",
+        description="Private subnets' egress: `none` (VPC endpoints only: ECR, S3, STS, logs, EC2, ELB, autoscaling, "
+        "EKS, and SQS when the stack has an AsyncAPI; Helm charts and base images must then be mirrored), `single` NAT "
+        "gateway, or one `per_az` (survives an AZ outage).",
     )
     existing: ExistingVpc | None = Field(None, description="Use this VPC and its subnets instead of creating one.")
 
@@ -104,12 +112,16 @@ class NetworkConfig(_Strict):
 
 
 class NodePoolConfig(_Strict):
+    """A node pool: with `spot`, a spot group the cluster-autoscaler prefers plus an on-demand fallback group
+    holding `on_demand_base` nodes."""
+
     instance_types: list[str] = Field(..., min_length=1, description="EC2 instance types, most preferred first.")
     min_size: int = Field(0, ge=0, le=1000, description="Nodes kept even when idle (spread over spot and on-demand).")
-    max_size: int = Field(..., ge=1, le=1000)
+    max_size: int = Field(..., ge=1, le=1000, description="Most nodes the cluster-autoscaler may start.")
     spot: bool = Field(True, description="Add a spot node group the autoscaler prefers; on-demand is the fallback.")
     on_demand_base: int = Field(0, ge=0, le=1000, description="On-demand nodes always kept (the reliable floor).")
-    disk_size_gib: int = Field(50, ge=20, le=16384)
+    disk_size_gib: int = Field(50, ge=20, le=16384, description="Each node's root volume, which holds container "
+                               "images and pods' ephemeral storage.")
 
     @model_validator(mode="after")
     def _bounds(self) -> "NodePoolConfig":
@@ -121,8 +133,15 @@ class NodePoolConfig(_Strict):
 
 
 class GpuNodePoolConfig(NodePoolConfig):
-    ami_type: Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"] = "AL2023_x86_64_NVIDIA"
-    disk_size_gib: int = Field(100, ge=40, le=16384, description="The volume that holds container images.")
+    """GPU capacity: nodes are tainted `nvidia.com/gpu=true:NoSchedule` and scale to zero when `min_size` is 0. The
+    instance types are split into one spot/on-demand pair of groups per GPU model (g4dn T4, g5 A10G, g6 L4, g6e L40S,
+    p3 V100, p4d A100, p5 H100...), each labelled `k8s.amazonaws.com/accelerator` so the cluster-autoscaler knows a
+    new node's GPUs are coming; floors go to the first model listed. Absent: no GPU APIs possible."""
+
+    ami_type: Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"] = Field(
+        "AL2023_x86_64_NVIDIA", description="The NVIDIA AMI of the GPU nodes.")
+    disk_size_gib: int = Field(100, ge=40, le=16384, description="The volume that holds container images "
+                               "(on Bottlerocket the second, data volume).")
 
     @field_validator("instance_types")
     @classmethod
@@ -133,7 +152,7 @@ class GpuNodePoolConfig(NodePoolConfig):
 
 
 class CiAccessConfig(_Strict):
-    """The GitHub Actions roles (README, CI/CD) and what they may do in the cluster (EKS access entries)."""
+    """The GitHub Actions roles (docs/cicd.md) and what they may do in the cluster (EKS access entries)."""
 
     deploy_role_arn: str | None = Field(
         None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+", description="Runs `pulumi up`: cluster admin.")
@@ -143,36 +162,48 @@ class CiAccessConfig(_Strict):
 
 
 class SystemNodesConfig(_Strict):
-    instance_type: str = "t3.medium"
+    """The fixed on-demand group that runs the controllers."""
+
+    instance_type: str = Field("t3.medium", description="EC2 instance type of the system nodes.")
     size: int = Field(2, ge=1, le=10, description="On-demand nodes for the controllers (fixed size).")
 
 
 class ExistingCluster(_Strict):
+    """Deploy only the add-ons and APIs onto this cluster (set the kubeconfig with `pulumi config set --secret`)."""
+
     kubeconfig: str = Field(..., description="Kubeconfig (JSON or YAML) of the cluster; set it as a secret.")
-    cluster_name: str
-    oidc_provider_arn: str = Field(..., pattern=r"^arn:aws[a-z-]*:iam::\d{12}:oidc-provider/.+")
-    oidc_provider_url: str
-    vpc_id: str = Field(..., pattern=r"^vpc-[0-9a-f]+$")
-    vpc_cidr: str
+    cluster_name: str = Field(..., description="The EKS cluster's name.")
+    oidc_provider_arn: str = Field(..., pattern=r"^arn:aws[a-z-]*:iam::\d{12}:oidc-provider/.+",
+                                   description="ARN of the cluster's IAM OIDC provider (IRSA roles trust it).")
+    oidc_provider_url: str = Field(..., description="The cluster's OIDC issuer URL.")
+    vpc_id: str = Field(..., pattern=r"^vpc-[0-9a-f]+$", description="The cluster's VPC.")
+    vpc_cidr: str = Field(..., description="That VPC's CIDR.")
 
     _cidr_ok = field_validator("vpc_cidr")(_cidr)
 
 
 class ClusterConfig(_Strict):
-    version: str = Field(KUBERNETES_VERSION, pattern=r"^1\.\d{2}$")
+    """The EKS cluster: its Kubernetes API, access, logs and node pools."""
+
+    version: str = Field(KUBERNETES_VERSION, pattern=r"^1\.\d{2}$", description="EKS Kubernetes version.")
     endpoint_public_access_cidrs: list[str] = Field(
         default_factory=list,
-        description="CIDRs allowed to reach the Kubernetes API; empty = private endpoint only.",
+        description="CIDRs allowed to reach the Kubernetes API (every machine that runs Pulumi, CI runners "
+        "included); empty = private endpoint only (`0.0.0.0/0` and the RFC 5737 documentation ranges are refused).",
     )
-    admin_principal_arns: list[str] = Field(default_factory=list, description="IAM roles/users given cluster admin.")
-    ci_access: CiAccessConfig = Field(default_factory=CiAccessConfig, description="Access entries for the CI roles.")
+    admin_principal_arns: list[str] = Field(default_factory=list, description="IAM roles/users given cluster-admin through "
+                                                  "EKS access entries.")
+    ci_access: CiAccessConfig = Field(default_factory=CiAccessConfig, description="EKS access entries for the CI "
+                                      "roles (deploy: cluster admin; preview: `AmazonEKSAdminViewPolicy`), see CI/CD.")
     log_types: list[Literal["api", "audit", "authenticator", "controllerManager", "scheduler"]] = Field(
-        default_factory=lambda: ["api", "audit", "authenticator"]
+        default_factory=lambda: ["api", "audit", "authenticator"],
+        description="Control-plane logs shipped to CloudWatch.",
     )
-    deletion_protection: bool = False
+    deletion_protection: bool = Field(False, description="Refuse to delete the cluster.")
     system_nodes: SystemNodesConfig = Field(default_factory=SystemNodesConfig)
     cpu_nodes: NodePoolConfig = Field(
-        default_factory=lambda: NodePoolConfig(instance_types=["m6i.large", "m5.large"], max_size=10)
+        default_factory=lambda: NodePoolConfig(instance_types=["m6i.large", "m5.large"], max_size=10),
+        description="CPU capacity for the APIs.",
     )
     gpu_nodes: GpuNodePoolConfig | None = Field(None, description="GPU capacity; absent = no GPU APIs possible.")
     existing: ExistingCluster | None = Field(None, description="Deploy add-ons and APIs onto this cluster instead.")
@@ -185,18 +216,25 @@ class ClusterConfig(_Strict):
             if ipaddress.ip_network(c).prefixlen == 0:
                 raise ValueError("0.0.0.0/0 opens the Kubernetes API to the internet: list your office/VPN CIDRs")
         return _not_documentation(out, "the machines that run pulumi (your office or VPN, the CI runners: "
-                                       "README, CI/CD), or [] for a private endpoint reached from inside the VPC")
+                                       "docs/cicd.md), or [] for a private endpoint reached from inside the VPC")
 
 
 class IngressConfig(_Strict):
+    """The shared Application Load Balancers (one per visibility: public, internal)."""
+
     certificate_arn: str | None = Field(
-        None, pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/.+", description="ACM cert: HTTPS + redirect."
+        None, pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/.+", description="ACM certificate: HTTPS on 443 and HTTP redirected to HTTPS; none: HTTP only."
     )
-    domain: str | None = Field(None, description="DNS name pointing at the load balancer, used in `endpoints`.")
-    idle_timeout_seconds: int = Field(120, ge=1, le=4000)
-    ssl_policy: str = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+    domain: str | None = Field(None, description="DNS name you point (CNAME/alias) at the "
+                                 "public load balancer; used in `endpoints`.")
+    idle_timeout_seconds: int = Field(
+        120, ge=1, le=4000, description="Load balancer idle timeout; must exceed every RealtimeAPI's `serving.timeout` "
+        "(by 10s for one scaled to zero), which the stack config checks (an AsyncAPI's jobs do not run on the "
+        "connection).")
+    ssl_policy: str = Field("ELBSecurityPolicy-TLS13-1-2-2021-06", description="TLS policy of the HTTPS listener.")
     public_source_cidrs: list[str] = Field(
-        default_factory=lambda: ["0.0.0.0/0"], description="Who may reach public APIs through the load balancer."
+        default_factory=lambda: ["0.0.0.0/0"], description="Who may call public APIs through the "
+                                                  "load balancer (documentation ranges are refused)."
     )
 
     @field_validator("public_source_cidrs")
@@ -216,7 +254,10 @@ KMS_KEY_ARN = r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$"
 
 
 class ApiSelection(_Strict):
-    overrides: dict[str, Any] = Field(default_factory=dict, description="api.yaml fields to replace for this stack.")
+    """One API folder (under `apis_dir`) this stack deploys: `my-api: {}`, or with overrides."""
+
+    overrides: dict[str, Any] = Field(default_factory=dict, description="`api.yaml` fields to replace "
+                                       "for this stack, e.g. `{autoscaling: {min_replicas: 2}}`.")
     model_kms_key_arn: str | None = Field(
         None, pattern=KMS_KEY_ARN,
         description="The customer-managed KMS key the s3:// model's objects are encrypted with (SSE-KMS): the API's "
@@ -224,12 +265,18 @@ class ApiSelection(_Strict):
 
 
 class GrafanaConfig(_Strict):
+    """Grafana with Myelin's dashboards."""
+
     enabled: bool = Field(True, description="Install Grafana with Myelin's dashboards (reach it by port-forward).")
 
 
 class ObservabilityConfig(_Strict):
-    log_retention_days: Literal[1, 3, 5, 7, 14, 30, 60, 90, 180, 365] = 14
-    prometheus_retention: str = Field("2d", pattern=r"^\d+[hdw]$")
+    """Logs, metrics, dashboards, alerts and cost (see Observability)."""
+
+    log_retention_days: Literal[1, 3, 5, 7, 14, 30, 60, 90, 180, 365] = Field(
+        14, description="CloudWatch retention of container logs.")
+    prometheus_retention: str = Field("2d", pattern=r"^\d+[hdw]$", description="In-cluster Prometheus retention "
+                                      "(autoscaling data; no persistent volume).")
     grafana: GrafanaConfig = Field(default_factory=GrafanaConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Alert thresholds and receiver.")
     cost: CostConfig = Field(default_factory=CostConfig, description="OpenCost and what each API costs.")
@@ -243,6 +290,9 @@ class ObservabilityConfig(_Strict):
 
 
 class PodConfig(_Strict):
+    """Timings of the API pods: how they stop, and how long `pulumi up` waits for them (node + image pull + model
+    load per Deployment, at least 20 minutes for a GPU API)."""
+
     pre_stop_seconds: int = Field(
         10, ge=0, le=120, description="Pause before SIGTERM so the load balancer deregisters the pod first."
     )
@@ -263,15 +313,18 @@ class PodConfig(_Strict):
 
 
 class StackConfig(_Strict):
-    stack: str
-    region: str
+    """Every `myelin:` key of a stack file."""
+
+    stack: str = Field(..., description="The stack's name (from Pulumi, not the stack file).")
+    region: str = Field(..., description="`aws:region` (from Pulumi's `aws` namespace).")
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     pods: PodConfig = Field(default_factory=PodConfig)
-    apis: dict[str, ApiSelection] = Field(..., min_length=1, description="API folders under apis/ to deploy.")
-    apis_dir: str = "apis"
+    apis: dict[str, ApiSelection] = Field(..., min_length=1, description="API folders (under `apis_dir`) to deploy, "
+                                          "each with its overrides.")
+    apis_dir: str = Field("apis", description="Folder holding the API folders.")
 
     @field_validator("apis", mode="before")
     @classmethod
@@ -387,7 +440,7 @@ def _realtime_problems(spec: ApiSpec, config: StackConfig) -> list[tuple[str, st
                 f"to serving.timeout (+{SCALE_TO_ZERO_SLACK_S}s), and a stopping interceptor drains it for that long "
                 f"after {timings.shutdown_delay_s}s ({NAMESPACE}:pods.pre_stop_seconds), all within the load "
                 f"balancer's deregistration delay, at most {ALB_MAX_DEREGISTRATION_S}s: use at most {longest}s, or "
-                "min_replicas 1 (README, Scale to zero)")))
+                "min_replicas 1 (docs/scale-to-zero.md)")))
     need = math.ceil(spec.serving.timeout.seconds) + (SCALE_TO_ZERO_SLACK_S if a.min_replicas == 0 else 1)
     if config.ingress.idle_timeout_seconds < need:
         why = ("a request is held while the API scales from zero for up to serving.timeout"
@@ -412,10 +465,10 @@ def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) 
         spec = load_api_spec(folder, selection.overrides, f"{source} (myelin:apis.{folder_name}.overrides)")
         if spec.kind == "TrafficSplitter":
             # The ALB can weigh the splitter's APIs, but each API's pods answer only at their own endpoint and the
-            # ALB rewrites a rule's path once, before choosing a target group (README, Traffic splitting).
+            # ALB rewrites a rule's path once, before choosing a target group (docs/traffic-splitting.md).
             raise StackConfigError(source, [(f"{NAMESPACE}:apis.{folder_name}", (
                 f"{folder / 'api.yaml'} is a TrafficSplitter, which `myelin local` serves but a stack cannot deploy "
-                "yet; remove it from myelin:apis (README, Traffic splitting)"))])
+                "yet; remove it from myelin:apis (docs/traffic-splitting.md)"))])
         problems = []
         if spec.compute.gpu and config.cluster.gpu_nodes is None and config.cluster.existing is None:
             problems.append(("compute.gpu", "the API needs GPUs but the stack has no myelin:cluster.gpu_nodes"))
@@ -454,7 +507,7 @@ def _image_problems(folder: Path) -> list[tuple[str, str]]:
     try:
         context_files(folder)
     except ImageContextError as err:
-        return [("", f"{err} (the image holds the API folder's git-tracked files; README, Deploy to AWS)")]
+        return [("", f"{err} (the image holds the API folder's git-tracked files; docs/deploy-aws.md)")]
     return []
 
 

@@ -125,7 +125,7 @@ def resolve_models(apis: Iterable[DeployedApi], stack: str, preview: bool, clien
                 f"API {spec.name}: {command} records the version of the model at {uri.raw} and could not list it: "
                 f"{err.reason}" + (f" ({err.detail})" if err.detail else "") + ". The identity running pulumi "
                 "(your AWS credentials, or the CI's deploy and preview roles) needs s3:ListBucket on the prefix and "
-                "s3:GetObject on the objects (and s3:GetObjectVersion with ?versionId=): README, Models from S3"))]) from None
+                "s3:GetObject on the objects (and s3:GetObjectVersion with ?versionId=): docs/models-from-s3.md"))]) from None
         except Exception as err:  # noqa: BLE001 - a bad AWS config file, say: still name the API and the URI
             raise SpecError(source, [("predictor.model_uri", (
                 f"API {spec.name}: {command} could not list the model at {uri.raw}: {type(err).__name__}: {err}"))]) from None

@@ -58,24 +58,32 @@ class AlertsConfig(BaseModel):
     """`myelin:observability.alerts`: thresholds (sane defaults) and the receiver."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    error_ratio: float = Field(0.05, gt=0, lt=1, description="5xx share of an API's requests that pages (over 5m).")
-    latency_p99_seconds: float = Field(2.5, gt=0, description="p99 latency an API may not exceed for 10m.")
+    error_ratio: float = Field(0.05, gt=0, lt=1, description="5xx share of an API's requests "
+                               "over 5 minutes that fires `MyelinHighErrorRatio`.")
+    latency_p99_seconds: float = Field(2.5, gt=0, description="p99 latency over 10 minutes that fires "
+                                       "`MyelinHighLatencyP99`.")
     latency_p99_seconds_by_api: dict[str, float] = Field(
-        default_factory=dict, description="Per-API p99 thresholds (API name -> seconds), overriding the default.")
+        default_factory=dict, description="Per-API p99 thresholds (API name -> seconds), overriding the default "
+        "(names are checked against the deployed APIs).")
     rejections_per_second: float = Field(
-        1.0, gt=0, description="503s from admission control (overloaded) per second, sustained 10m, that page.")
-    gpu_pending_minutes: int = Field(15, ge=1, le=240, description="How long a GPU pod may wait for a node.")
+        1.0, gt=0, description="503s from admission control (overloaded) per second, sustained 10 minutes, "
+        "that fire `MyelinAdmissionRejections`.")
+    gpu_pending_minutes: int = Field(15, ge=1, le=240, description="How long a pod "
+                                     "requesting a GPU may stay Pending before `MyelinGpuPodPending`.")
     async_no_worker_minutes: int = Field(
         20, ge=1, le=240, description="How long an AsyncAPI may have jobs waiting while no worker replica is ready "
-        "(a worker scaled from zero needs a node, its image and its model first).")
+        "before `MyelinAsyncQueueNoWorker` (a worker scaled from zero needs a node, its image and its model first).")
     async_dead_lettered_jobs: int = Field(
-        0, ge=0, description="Dead-lettered jobs of an AsyncAPI in an hour above which it pages (0: any).")
+        0, ge=0, description="Dead-lettered jobs of an AsyncAPI in an hour above which "
+        "`MyelinAsyncJobsDeadLettered` fires (0: any).")
     cost_per_million_predictions_dollars: float | None = Field(
-        None, gt=0, description="Dollars per million predictions an API may not exceed for 30m (none: no alert); "
-        "needs observability.cost (OpenCost).")
+        None, gt=0, description="Dollars per million predictions an API may not exceed for 30 minutes before "
+        "`MyelinCostPerMillionPredictionsHigh` (none: no alert); needs `observability.cost.enabled` (OpenCost).")
     cost_per_million_predictions_dollars_by_api: dict[str, float] = Field(
-        default_factory=dict, description="Per-API thresholds (API name -> dollars per 1M predictions).")
-    receiver: ReceiverConfig | None = Field(None, description="Where alerts go; none = visible in Prometheus only.")
+        default_factory=dict, description="Per-API thresholds (API name -> dollars per 1M predictions; names are "
+        "checked against the deployed APIs, each must be a number above 0).")
+    receiver: ReceiverConfig | None = Field(None, description="Where Alertmanager sends "
+        "alerts; absent = alerts are visible in Prometheus and Alertmanager only.")
 
     @field_validator("latency_p99_seconds_by_api")
     @classmethod

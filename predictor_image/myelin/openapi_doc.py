@@ -4,6 +4,7 @@ and Swagger UI served from an installed package (no CDN: `/docs` works offline).
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 from .contract import DOCS_ASSETS_PATH
 from .spec import ApiSpec
 
-__all__ = ["DOCS_ASSETS_PATH", "operation", "request_body", "sample_file", "swagger_assets", "swagger_page"]
+__all__ = ["DOCS_ASSETS_PATH", "operation", "request_body", "sample_file", "streams", "swagger_assets",
+           "swagger_page"]
 
 _SAMPLE_TYPES = {".json": "application/json", ".txt": "text/plain", ".png": "image/png", ".jpg": "image/jpeg",
                  ".jpeg": "image/jpeg", ".csv": "text/csv", ".wav": "audio/wav"}
@@ -71,6 +73,47 @@ RESPONSES = {
 }
 
 
+#: A `predict` that yields (streaming.py): 200 with the items as they come, NDJSON or Server-Sent Events by `Accept`.
+STREAM_RESPONSES = {
+    **RESPONSES,
+    "200": {"description": "A stream of the predictor's items, each sent as it is produced: NDJSON "
+                           "(`application/x-ndjson`, one JSON value per line) by default, or Server-Sent Events "
+                           "(`text/event-stream`, one `data:` event per item) when the request's `Accept` asks for "
+                           "them. An error after the first item ends the stream with an error item (NDJSON: a last "
+                           "`{\"error\": ...}` line; SSE: `event: error`); before it, the error statuses below.",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}},
+                        "text/event-stream": {"schema": {"type": "string"}}}},
+}
+
+
+def _yields(function: ast.AST) -> bool:
+    """Whether a function's own body yields (a yield inside a nested function or class is not its own)."""
+    stack = list(ast.iter_child_nodes(function))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Yield, ast.YieldFrom)):
+            return True
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            stack.extend(ast.iter_child_nodes(node))
+    return False
+
+
+def streams(spec: ApiSpec, folder: Path) -> bool:
+    """Whether the predictor class's `predict` is a generator (it streams), read from its source without importing
+    it (the `myelin local` router never imports predictors). A `predict` it cannot find there (inherited, assigned)
+    is documented as a plain prediction."""
+    try:
+        tree = ast.parse((Path(folder) / spec.predictor.path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeError, ValueError):
+        return False
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == spec.predictor.class_name:
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name == "predict":
+                    return _yields(item)
+    return False
+
+
 _JOB_STATUSES = ["in_queue", "in_progress", "completed", "failed"]
 ASYNC_SUBMIT_RESPONSES = {
     "202": {"description": "The job is stored; poll `GET <endpoint>/{id}` (the Location header) for its result",
@@ -96,11 +139,15 @@ JOB_RESPONSES = {
 
 
 def operation(spec: ApiSpec, folder: Path) -> dict[str, Any]:
-    """The POST on the API's endpoint: a prediction, or for an AsyncAPI the submit of a job (202 and its id)."""
+    """The POST on the API's endpoint: a prediction (a stream of items for a `predict` that yields), or for an
+    AsyncAPI the submit of a job (202 and its id)."""
     slug = spec.name.replace("-", "_")
     if spec.kind == "AsyncAPI":
         return {"summary": f"Submit a job to {spec.name}", "operationId": f"submit_{slug}",
                 "requestBody": request_body(folder), "responses": ASYNC_SUBMIT_RESPONSES}
+    if streams(spec, folder):
+        return {"summary": f"Predict with {spec.name}: a stream of items (NDJSON or Server-Sent Events)",
+                "operationId": f"predict_{slug}", "requestBody": request_body(folder), "responses": STREAM_RESPONSES}
     return {"summary": f"Predict with {spec.name}", "operationId": f"predict_{slug}",
             "requestBody": request_body(folder), "responses": RESPONSES}
 

@@ -536,7 +536,7 @@ def test_a_kms_key_without_an_s3_model_or_not_a_key_arn_is_refused():
         load_settings(_raw(with_kms("alias/models")), "dev", "us-west-2")
 
 
-# -- item 7: the README gives the exact OIDC subject every AWS job presents -----------------------------------------
+# -- item 7: the docs give the exact OIDC subject every AWS job presents -------------------------------------------
 
 
 def _oidc_subjects() -> dict[str, str]:
@@ -564,19 +564,18 @@ def _oidc_subjects() -> dict[str, str]:
     return out
 
 
-def test_the_readme_names_every_oidc_subject_the_aws_jobs_present():
+def test_the_docs_name_every_oidc_subject_the_aws_jobs_present():
     subjects = _oidc_subjects()
     assert subjects == {"deploy.yml dev": "repo:<owner>/<repo>:environment:dev",
                         "deploy.yml prod": "repo:<owner>/<repo>:environment:production",
                         "preview.yml preview": "repo:<owner>/<repo>:pull_request"}
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme[readme.index("### CI/CD with GitHub Actions"):readme.index("### Tear down")]
+    section = (REPO_ROOT / "docs" / "cicd.md").read_text()
     for job, subject in subjects.items():
-        assert f"`{subject}`" in section, f"README, CI/CD: the trust policy subject of {job}"
+        assert f"`{subject}`" in section, f"docs/cicd.md: the trust policy subject of {job}"
 
 
-def test_the_readme_states_the_ephemeral_storage_figures_the_code_uses():
-    readme = (REPO_ROOT / "README.md").read_text()
+def test_the_docs_state_the_ephemeral_storage_figures_the_code_uses():
+    readme = (REPO_ROOT / "docs" / "scale-to-zero.md").read_text()
     cpu = capacity.ephemeral_storage_gib(50, "AL2023_x86_64_STANDARD", "cpu")
     gpu = capacity.ephemeral_storage_gib(100, "AL2023_x86_64_NVIDIA", "gpu")
     assert f"{cpu} GiB for the default 50 GiB CPU disk" in readme and f"{gpu} GiB for the default 100 GiB GPU disk" in readme

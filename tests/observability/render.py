@@ -1,7 +1,7 @@
 """Render the per-API dashboard's main panels to a PNG from a run's real Prometheus data.
 
 Called by the end-to-end test when MYELIN_DASHBOARD_PNG names the output (`make docs-images` writes
-docs/dashboard-api.png). Each subplot is one panel of `components/observability/dashboards.py`, with the
+docs/images/dashboard-api.png). Each subplot is one panel of `components/observability/dashboards.py`, with the
 same queries, evaluated as range queries over the run.
 """
 

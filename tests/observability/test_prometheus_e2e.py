@@ -8,7 +8,7 @@ for failures, then a burst past the admission limits; 2 clients streaming from `
 for an API of the kind it is for, and each alert signal must return series with the labels its consumers
 group by, the in-flight query must track the load, and Prometheus must evaluate every alert rule without error.
 
-`MYELIN_DASHBOARD_PNG=docs/dashboard-api.png` also renders the per-API dashboard's main panels from this
+`MYELIN_DASHBOARD_PNG=docs/images/dashboard-api.png` also renders the per-API dashboard's main panels from this
 run's data (`make docs-images`).
 """
 

@@ -88,6 +88,59 @@ def test_readme_submit_poll_result_session_works_as_written(local, name):
     assert set(statuses) <= {"in_queue", "in_progress", "completed"}
 
 
+# -- the documentation's curl lines (README.md, docs/), each run as written against this server -----------------------
+
+def _docs_local_commands() -> list:
+    from doc_commands import commands, is_local_curl
+
+    return [c for c in commands() if is_local_curl(c.text)]
+
+
+def _run_as_written(line: str, base: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    from doc_commands import local_url
+
+    return subprocess.run(["bash", "-c", f"set -euo pipefail\n{local_url(line, base)}"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120, env=env)
+
+
+@pytest.mark.parametrize("command", [c for c in _docs_local_commands() if not c.text.startswith("ID=")
+                                     and "$ID" not in c.text], ids=lambda c: c.where())
+def test_docs_curl_lines_work_as_written(local, command):
+    """Each prediction line of the quick start (README.md, docs/getting-started.md, ...) answers a prediction."""
+    out = _run_as_written(command.text, local.base)
+    assert out.returncode == 0, (command.where(), out.stderr, local.stderr()[-2000:])
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    assert lines and not any("error" in doc for doc in lines if isinstance(doc, dict)), (command.where(), out.stdout)
+    if command.text.startswith("curl -N"):  # a stream: items, then the last one says it is done
+        assert len(lines) > 2 and lines[-1].get("done") is True, out.stdout
+
+
+def _submit_poll_pairs() -> list:
+    cmds = _docs_local_commands()
+    return [(a, b) for a, b in zip(cmds, cmds[1:]) if a.text.startswith("ID=$(") and "$ID" in b.text]
+
+
+@pytest.mark.parametrize("pair", _submit_poll_pairs(), ids=lambda p: p[0].where())
+def test_docs_submit_and_poll_work_as_written(local, pair):
+    """An AsyncAPI's two lines in the docs: the first keeps the job id in ID, the second shows the job until done."""
+    submit, poll = pair
+    out = _run_as_written(f'{submit.text}\necho "$ID"', local.base)
+    job_id = out.stdout.strip()
+    assert out.returncode == 0 and re.fullmatch(r"[0-9a-f]{32}", job_id), (submit.where(), out.stdout, out.stderr)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        doc = json.loads(_run_as_written(poll.text, local.base, env={"ID": job_id, "PATH": "/usr/bin:/bin"}).stdout)
+        if doc["status"] in ("completed", "failed"):
+            break
+        time.sleep(0.2)
+    assert doc["status"] == "completed" and doc["id"] == job_id, (poll.where(), doc)
+
+
+def test_docs_name_a_local_curl_line_for_every_test_above():
+    """The parametrized tests above have something to run (a parse that found nothing would pass vacuously)."""
+    assert len(_docs_local_commands()) >= 14 and len(_submit_poll_pairs()) >= 3
+
+
 def test_local_lists_every_example_as_loaded(local):
     """Not on a terminal (as here), the console's status lines are JSON events on stdout."""
     serving = {line["api"]: line for line in local.log_lines() if line.get("message") == "serving"}

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT, ServerProcess
 
-SCREENSHOT = ROOT / "docs" / "local-page.png"
+SCREENSHOT = ROOT / "docs" / "images" / "local-page.png"
 EXPECTED = {  # what each example answers to its own sample (checked in the page's output)
     "iris-classifier": lambda r: r["label"] in ("setosa", "versicolor", "virginica"),
     "kmeans": lambda r: 0 <= r["cluster"] < 100,

@@ -29,7 +29,7 @@ import orjson
 
 from .. import contract
 from ..errors import retry_after_seconds
-from ..spec import SPEC_FILE, ApiSpec, SpecError, load_api_spec
+from ..spec import SPEC_FILE, ApiSpec, SpecError, load_api_spec, parse_model_uri
 from . import requirements, splitter
 from .child import ApiProcess, ChildState, describe_exit
 from .console import Console
@@ -266,6 +266,33 @@ class LocalServer:
             self.schedule(folder)
         self._recheck = asyncio.create_task(self._recheck_requirements())
         self._reaper = asyncio.create_task(self._unload_idle())
+
+    def model_folders(self) -> dict[Path, Path]:
+        """Each API's local `predictor.model_uri` folder (a file's folder) -> that API's folder: `myelin local`
+        watches these too, so new model files reload the API as an edit of its code does."""
+        watched: dict[Path, Path] = {}
+        for folder, api in self.apis.items():
+            uri = api.spec.predictor.model_uri if api.spec is not None and hasattr(api.spec, "predictor") else None
+            if not uri:
+                continue
+            try:
+                parsed = parse_model_uri(uri)
+            except ValueError:
+                continue
+            if parsed.is_s3:
+                continue
+            path = parsed.local_dir(folder).resolve()
+            watched[path if not path.is_file() else path.parent] = folder
+        return watched
+
+    def api_folders_of(self, path: str | Path) -> set[Path]:
+        """The API folders a changed file belongs to: the one it is in, and those whose local model folder holds it."""
+        path = Path(path).resolve()
+        owners = {api for model, api in self.model_folders().items() if path == model or model in path.parents}
+        folder = self.folder_of(path)
+        if folder is not None and (folder in self.apis or not owners):
+            owners.add(folder)
+        return owners
 
     def rescan(self) -> None:
         """Schedule folders that gained an api.yaml and APIs whose folder or api.yaml is gone, if no event said so."""

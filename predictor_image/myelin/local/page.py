@@ -85,6 +85,18 @@ async function sendSample(name, endpoint, contentType) {
 """ % {"sample": SAMPLE_PATH}
 
 
+def refused_line(api: dict[str, Any]) -> str:
+    """Which edit was refused and which version serves. An edit refused before it started (a bad api.yaml) never
+    became a version: its number is still the serving one's, so it is named by when it was saved."""
+    refused, serving = api["refused"], api.get("version")
+    if refused.get("version") is not None and refused["version"] != serving:
+        what = f"version {refused['version']} was refused"
+    else:
+        what = f"the edit saved at {refused.get('at', '?')} was refused"
+    keeps = f"version {serving} keeps serving" if serving is not None else "the previous version keeps serving"
+    return f"{what}; {keeps}: {refused['error']}"
+
+
 def render(apis: list[dict[str, Any]], base: str) -> str:
     cards = []
     for api in apis:
@@ -96,7 +108,7 @@ def render(apis: list[dict[str, Any]], base: str) -> str:
             lines.append(f"<p>{html.escape(api['summary'])}</p>")
         if endpoint:
             lines.append(f'<p class="meta">POST <code>{html.escape(base + endpoint)}</code>'
-                         + (f" · version {api['version']}" if api.get("version") else "")
+                         + (f" · version {api['version']} serving" if api.get("version") else "")
                          + (f" · loaded in {api['load_seconds']:.2f} s" if api.get("load_seconds") else "")
                          + (f" · restarts: {api['restarts']}" if api.get("restarts") else "") + "</p>")
         lines.append(cost_html(api.get("cost")))
@@ -109,8 +121,7 @@ def render(apis: list[dict[str, Any]], base: str) -> str:
             lines.append(f'<p class="err">its process {html.escape(str(exit_["how"]))} at '
                          f'{html.escape(str(exit_["at"]))}{then}</p>')
         if api.get("refused"):
-            lines.append(f'<p class="err">version {api["refused"]["version"]} was refused (the previous version '
-                         f'keeps serving): {html.escape(api["refused"]["error"])}</p>')
+            lines.append(f'<p class="err">{html.escape(refused_line(api))}</p>')
         sample = api.get("sample")
         if sample and endpoint:
             disabled = "" if state in ("ready", "idle") else " disabled"  # idle: the request wakes it

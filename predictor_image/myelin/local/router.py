@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import re
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -117,19 +118,52 @@ class LocalRouter:
             self.server.rescan()
 
     async def _watch(self) -> None:
+        """Code, specs and requirements of every API folder, and each API's local `predictor.model_uri` folder
+        (every file in it: new weights reload the API as new code does). A model folder outside the APIs folder
+        is watched as well; the watch is renewed when the set of model folders changes (an api.yaml edit)."""
         from watchfiles import awatch
+
+        root = self.server.root.resolve()
 
         def relevant(change: Any, path: str) -> bool:
             name = path.rsplit("/", 1)[-1]
             if "__pycache__" in path or name.endswith(("~", ".swp", ".tmp")):
                 return False
+            resolved = Path(path).resolve()
+            if any(resolved == model or model in resolved.parents for model in self.server.model_folders()):
+                return True  # a model file, whatever its name (weights.json, model.bin, ...)
             # Code, specs and requirements; a folder appearing or disappearing shows as its api.yaml.
             return name.endswith((".py", ".yaml", ".yml")) or name == "requirements.txt"
 
-        async for changes in awatch(self.server.root, debounce=200, step=50, watch_filter=relevant):
-            touched = {self.server.folder_of(path) for _, path in changes}
-            for folder in sorted(f for f in touched if f is not None):
-                self.server.schedule(folder)
+        while True:
+            outside = sorted({m for m in self.server.model_folders() if m.is_dir() and not m.is_relative_to(root)})
+            renew = asyncio.Event()
+            watcher = self._spawn_returning(self._renew_when_models_move(set(outside), root, renew))
+            try:
+                async for changes in awatch(root, *outside, debounce=200, step=50, watch_filter=relevant,
+                                            stop_event=renew):
+                    touched: set[Path] = set()
+                    for _, path in changes:
+                        touched |= self.server.api_folders_of(path)
+                    for folder in sorted(touched):
+                        self.server.schedule(folder)
+            finally:
+                watcher.cancel()
+
+    def _spawn_returning(self, coro: Any) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _renew_when_models_move(self, outside: set[Path], root: Path, renew: asyncio.Event) -> None:
+        """Ends the current watch once a model folder outside the APIs folder appears or goes (an api.yaml edit)."""
+        while True:
+            await asyncio.sleep(RESCAN_S)
+            now = {m for m in self.server.model_folders() if m.is_dir() and not m.is_relative_to(root)}
+            if now != outside:
+                renew.set()
+                return
 
     # ------------------------------------------------------------------ forwarding
     def _reply(self, api: LocalApi | None, scope: dict, send: Any, status: int, error_type: str, message: str,

@@ -29,11 +29,12 @@ def visibility_timeout(timeout_s: float) -> float:
 class QueueAutoscalingSpec(_Strict):
     """Workers scale on the queue (KEDA's `aws-sqs-queue` scaler in the cloud), down to zero."""
 
-    min_replicas: int = Field(0, ge=0, le=1000, description="Worker replicas with an empty queue; 0 scales to zero.")
-    max_replicas: int = Field(100, ge=1, le=1000)
+    min_replicas: int = Field(0, ge=0, le=1000, description="Worker replicas with an "
+                              "empty queue (0: workers, and their GPU nodes, scale to zero).")
+    max_replicas: int = Field(100, ge=1, le=1000, description="Ceiling of worker replicas.")
     target_queue_depth: int | None = Field(
         None, ge=1, le=100000,
-        description="Jobs queued or running per worker replica to aim for; defaults to serving.max_concurrency.",
+        description="Jobs queued or running per worker replica to aim for; defaults to `serving.max_concurrency`.",
     )
     polling_interval: Duration = Field(Duration("30s"), description="How often the queue's depth is read.")
     cooldown_period: Duration = Field(
@@ -55,8 +56,11 @@ class QueueAutoscalingSpec(_Strict):
 
 
 class JobsSpec(_Strict):
+    """How long jobs are kept, how often a job is started, and what the job store may hold."""
+
     retention: Duration = Field(
-        Duration("7d"), description="How long a job (payload, status, result) is kept after submission; then 404."
+        Duration("7d"), description="How long a job (payload, status, result) is kept after "
+        "submission; then `GET` answers 404; must be longer than `serving.timeout`."
     )
     max_attempts: int = Field(
         3, ge=1, le=100,
@@ -64,14 +68,16 @@ class JobsSpec(_Strict):
     )
     max_queued: int = Field(
         10000, ge=1, le=10_000_000,
-        description="Jobs submitted and not finished (waiting or running) at most; a submit beyond it gets 503 with "
-        "Retry-After and nothing is stored.",
+        description="Jobs submitted and not finished (waiting or running) at most; a submit beyond it gets "
+        "`503 overloaded` with `Retry-After: 5`, before its body is read, and nothing is stored.",
     )
     max_stored_bytes: str = Field(
         "10Gi",
         description="Bytes the job store may hold for this API (payloads, stored headers, results and errors of the "
         "jobs kept for `retention`, dead letters); a submit that would go beyond it gets 503 with Retry-After and "
-        "nothing is stored; a result that would go beyond it fails its job (`result_too_large`) and is not stored.",
+        "nothing is stored; a result that would go beyond it fails its job (`result_too_large`) and is not stored; at "
+        "least `serving.max_body_size`. Exact on the embedded store; approximate on SQS + S3 (see AsyncAPI, Where jobs "
+        "live).",
     )
 
     @field_validator("max_stored_bytes", mode="before")
@@ -89,7 +95,15 @@ class JobsSpec(_Strict):
 
 
 class AsyncApiSpec(ApiBase):
-    kind: Literal["AsyncAPI"] = "AsyncAPI"
+    """`kind: AsyncAPI`: a `POST` stores the payload as a job and answers `202 {"id"}` at once; a worker runs
+    `predict`, and `GET <endpoint>/<id>` returns the job's status and result. It has the same `predictor`, `compute`,
+    `serving`, `update_strategy` and `networking` fields as a RealtimeAPI; `autoscaling` targets the job queue
+    instead, `jobs` is its own, and `batching` is refused (each job is one `predict` call). `serving.timeout` is per
+    job, from its start (at most 10h), and sets the visibility timeout: `serving.timeout` + 10% (at least 5 s).
+    `serving.max_concurrency` is the jobs running at once per replica; `serving.max_queue_length` does not apply
+    (the store is the queue)."""
+
+    kind: Literal["AsyncAPI"] = Field("AsyncAPI", description="`AsyncAPI`.")
     autoscaling: QueueAutoscalingSpec = Field(default_factory=QueueAutoscalingSpec)
     jobs: JobsSpec = Field(default_factory=JobsSpec)
     #: Always None: present so code that reads `spec.batching` works for every kind.

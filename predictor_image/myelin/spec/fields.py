@@ -97,14 +97,17 @@ def _duration(value: Any) -> Duration:
 
 
 class PredictorSpec(_Strict):
-    path: str = Field("predictor.py", description="Python file, relative to the API folder, defining the class.")
-    class_name: str = Field("Predictor", description="Name of the predictor class in `path`.")
-    config: dict[str, Any] = Field(default_factory=dict, description="Handed to `__init__(self, config)`.")
-    env: dict[str, str] = Field(default_factory=dict, description="Environment variables set before loading.")
+    """The `Predictor` class: where it is, what it is handed, where its model files come from."""
+
+    path: str = Field("predictor.py", description="File in the API folder defining the class.")
+    class_name: str = Field("Predictor", description="Class to load from `path`.")
+    config: dict[str, Any] = Field(default_factory=dict, description="Mapping passed to `__init__(self, config)`.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables set before the predictor is imported.")
     model_uri: str | None = Field(
         None,
-        description="Model files fetched before `__init__` and handed to it as `model_dir`: s3://bucket/prefix "
-        "(one object or a prefix; ?versionId= pins one object) or a local path (relative to the API folder).",
+        description="Model files handed to `__init__` as `model_dir`: `s3://bucket/key` (one object, or the prefix "
+        "`key/` when no such object exists), `s3://bucket/prefix/`, `s3://bucket/key?versionId=V` (that version of one "
+        "object), or a local path (relative to the API folder; a file means its folder). See Models from S3.",
     )
 
     @field_validator("model_uri")
@@ -140,12 +143,18 @@ class PredictorSpec(_Strict):
 
 
 class ComputeSpec(_Strict):
+    """What one replica requests: CPU, memory, GPUs and, for a model from S3, the disk for its cache."""
+
     cpu: str = Field("1", description="CPU request per replica (Kubernetes quantity).")
     mem: str = Field("1Gi", description="Memory request and limit per replica (Kubernetes quantity).")
-    gpu: int = Field(0, ge=0, le=16, description="NVIDIA GPUs per replica.")
+    gpu: int = Field(0, ge=0, le=16, description="NVIDIA GPUs per replica (GPU node pool, GPU image).")
     model_disk: str | None = Field(
-        None, description="Size of the pod's own volume holding the model cache (Kubernetes quantity, e.g. '20Gi'); "
-        "for APIs whose predictor.model_uri is an s3:// URI.",
+        None, description="In the cloud, the size of the pod's own volume for the model cache (quantity, at least "
+        "`1Mi`): **required** with an `s3://` `model_uri` (the deploy stops without it), at most the ephemeral storage "
+        "of the node pool (90% of its `disk_size_gib` less the OS and images: see Scale to zero), and at least the "
+        "model's size plus 5% (`pulumi up` checks); ignored with a local `model_uri` and by `myelin local`. In the "
+        "cloud an `s3://` `model_uri` is for `kind: RealtimeAPI` (an AsyncAPI with one is refused by the stack config: "
+        "its workers get no model role yet). See Models from S3.",
     )
 
     @field_validator("cpu", mode="before")
@@ -194,19 +203,32 @@ class ComputeSpec(_Strict):
 
 
 class AutoscalingSpec(_Strict):
-    """Cortex's autoscaling knobs and defaults, mapped onto HPA behavior in the cluster."""
+    """Replicas scaled on in-flight requests (KEDA in the cluster): Cortex's autoscaling knobs and defaults, mapped
+    onto HPA behavior."""
 
-    min_replicas: int = Field(1, ge=0, le=1000)
-    max_replicas: int = Field(100, ge=1, le=1000)
-    init_replicas: int | None = Field(None, ge=0, le=1000, description="Defaults to min_replicas (at least 1).")
+    min_replicas: int = Field(1, ge=0, le=1000, description="Floor; `0` scales the API to zero when idle (its first "
+                              "request is held while it starts: see Scale to zero).")
+    max_replicas: int = Field(100, ge=1, le=1000, description="Ceiling.")
+    init_replicas: int | None = Field(
+        None, ge=0, le=1000,
+        description="Replicas at first deploy (default `min_replicas`, at least 1); validated (min ≤ init ≤ max), but "
+        "not yet applied in the cluster: a new Deployment starts with 1 pod and KEDA raises it to `min_replicas` within "
+        "seconds (setting `replicas` on the Deployment would fight the autoscaler on every update).")
     target_in_flight: float | None = Field(
-        None, gt=0, description="In-flight requests per replica to aim for; defaults to serving.max_concurrency."
+        None, gt=0, description="In-flight requests (running + queued) per replica to aim for; defaults to "
+        "`serving.max_concurrency`."
     )
-    window: Duration = Field(Duration("60s"), description="Averaging window of the in-flight metric.")
-    upscale_stabilization: Duration = Duration("1m")
-    downscale_stabilization: Duration = Duration("5m")
-    max_upscale_factor: float = Field(1.5, gt=1.0, le=100.0)
-    max_downscale_factor: float = Field(0.75, gt=0.0, lt=1.0)
+    window: Duration = Field(Duration("60s"), description="Averaging window of the in-flight metric; at least `30s` "
+                             "(two 15 s scrapes: a shorter window can be empty, reads as 0 and the API never scales).")
+    upscale_stabilization: Duration = Field(
+        Duration("1m"), description="How long a higher recommendation must hold before scaling up.")
+    downscale_stabilization: Duration = Field(
+        Duration("5m"), description="How long before scaling down; with `min_replicas: 0`, how long without requests "
+        "before the API goes to zero (at most 60m in the cloud, the HPA's limit).")
+    max_upscale_factor: float = Field(1.5, gt=1.0, le=100.0,
+                                      description="Most replicas can grow by per step (× current).")
+    max_downscale_factor: float = Field(0.75, gt=0.0, lt=1.0,
+                                        description="Most replicas can shrink to per step (× current).")
 
     @model_validator(mode="after")
     def _ordering(self) -> "AutoscalingSpec":
@@ -232,20 +254,33 @@ class AutoscalingSpec(_Strict):
 class ServingSpec(_Strict):
     """Per-replica server limits. With `processes > 1` the limits are split evenly across processes."""
 
-    max_concurrency: int = Field(1, ge=1, le=10000, description="Predictions running at once per replica.")
-    max_queue_length: int = Field(100, ge=0, le=100000, description="Requests waiting per replica beyond that.")
-    timeout: Duration = Field(Duration("60s"), description="Deadline per request, queueing included (504 past it).")
-    processes: int = Field(1, ge=1, le=64, description="Server processes per replica, each with its own predictor.")
-    threads: int = Field(1, ge=1, le=1000, description="Threads per process that run a sync predict.")
-    max_body_size: str = Field("10Mi", description="Largest request body accepted (413 above it).")
-    drain_timeout: Duration = Field(Duration("30s"), description="Grace period for in-flight requests on SIGTERM.")
+    max_concurrency: int = Field(1, ge=1, le=10000, description="Requests running at once per replica (with "
+                                 "batching: requests inside running batches; must be ≥ `max_batch_size`).")
+    max_queue_length: int = Field(100, ge=0, le=100000, description="Requests waiting per replica beyond that; "
+                                  "more get 503 + `Retry-After`, on their headers, before their body is read (a request is "
+                                  "admitted, and counts in flight, from then until its answer is written and its predict has "
+                                  "returned).")
+    timeout: Duration = Field(Duration("60s"), description="Deadline per request from "
+                             "arrival, queueing included; past it, 504. For a stream: the time to its first item, and then the "
+                             "longest gap between two items.")
+    processes: int = Field(1, ge=1, le=64, description="Server processes per "
+                           "replica, each with its own predictor, sharing the port; the limits above are split across them.")
+    threads: int = Field(1, ge=1, le=1000, description="Threads per process running a sync "
+                         "`predict`, or the steps of a sync generator `predict` (with batching: up to this many batches in "
+                         "parallel).")
+    max_body_size: str = Field("10Mi", description="Largest request body; larger gets 413 "
+                               "without being read.")
+    drain_timeout: Duration = Field(Duration("30s"), description="On SIGTERM (or SIGHUP), how long "
+                                   "in-flight requests may take before the process exits (streams still running then end with an error "
+                                   "event).")
     stuck_timeout: Duration = Field(
         Duration("5m"),
-        description="How long every prediction slot may be held by predicts still running past `timeout` before "
-        "/healthz fails (Kubernetes then restarts the container).",
+        description="How long every prediction slot may stay held by predicts running past `serving.timeout` before "
+        "`/healthz` fails and the container is restarted.",
     )
     max_stream_duration: Duration | None = Field(
-        None, description="Longest a streaming prediction may run in total (off by default; `timeout` bounds each item)."
+        None, description="The longest a streaming prediction may run in total (off by default; `timeout` bounds each "
+        "item: see Streaming)."
     )
 
     @field_validator("max_body_size", mode="before")
@@ -266,20 +301,24 @@ class ServingSpec(_Strict):
 
 
 class BatchingSpec(_Strict):
-    max_batch_size: int = Field(..., ge=1, le=100000, description="Most payloads in one predict(list) call.")
+    """Dynamic batching (off unless set): `predict` receives a list of payloads and returns a list of results."""
+
+    max_batch_size: int = Field(..., ge=1, le=100000, description="Most payloads per `predict(list)` call.")
     max_batch_delay: Duration = Field(
-        Duration("5ms"), description="Longest a request waits for others once the predictor is free."
+        Duration("5ms"), description="Once the predictor is free, how long a partial batch waits for more."
     )
     max_concurrent_batches: int | None = Field(
         None, ge=1, le=10000,
-        description="Batches running at once per process: default 1 for an async predict; a sync predict runs at "
-        "most serving.threads (one per thread), which this can lower.",
+        description="Batches running at once per process: default 1 for an `async def predict`; a sync `predict` "
+        "runs at most `serving.threads` (one per thread), which this can lower.",
     )
 
 
 class UpdateStrategySpec(_Strict):
+    """The Deployment's rolling update in the cloud (`rollout.strategy: rolling`)."""
+
     max_surge: int | str = Field("25%", description="Extra pods during a rolling update (count or percent).")
-    max_unavailable: int | str = Field(0, description="Pods that may be down during an update (count or percent).")
+    max_unavailable: int | str = Field(0, description="Pods that may be down during an update (count or percent; 0: zero-downtime).")
 
     @field_validator("max_surge", "max_unavailable", mode="before")
     @classmethod
@@ -304,10 +343,13 @@ class UpdateStrategySpec(_Strict):
 
 
 class AuthSpec(_Strict):
+    """API keys (off unless set): requests without a valid key get 401, checked before anything else."""
+
     api_keys_env: str = Field(
         ...,
-        description="Environment variable holding the accepted API keys (comma-separated); "
-        "in the cloud it is filled from a Kubernetes Secret.",
+        description="Environment variable holding the accepted API keys (comma-separated); requests need "
+        "`x-api-key: <key>` or `Authorization: Bearer <key>`, else 401. In the cloud it is filled from a Kubernetes "
+        "Secret (see the stack's `api_keys`).",
     )
     header: str = Field("x-api-key", description="Request header carrying the key (or `Authorization: Bearer`).")
 
@@ -352,12 +394,17 @@ class EgressRule(_Strict):
 
 
 class NetworkingSpec(_Strict):
-    endpoint: str | None = Field(None, description="Public path of the API; defaults to /<name>.")
-    visibility: Literal["public", "internal"] = "public"
+    """Where the API answers, who may call it, and where it may connect to."""
+
+    endpoint: str | None = Field(None, description="Public path, the same locally and in the cloud; defaults to `/<name>`.")
+    visibility: Literal["public", "internal"] = Field(
+        "public", description="`public` (internet-facing load balancer) or `internal` (VPC only).")
     auth: AuthSpec | None = None
     egress: list[EgressRule] = Field(
         default_factory=list,
-        description="Where the API may connect to in the cluster (DNS is always allowed; nothing else by default).",
+        description="In the cluster, where the API's pods may connect: a list of `{cidr, ports}` (TCP), e.g. "
+        "`[{cidr: 10.0.0.0/8, ports: [5432]}]`; DNS is always allowed (and HTTPS, port 443, for an API with an "
+        "`s3://` `model_uri`: S3 and STS), everything else is denied.",
     )
 
     @field_validator("endpoint")
@@ -385,8 +432,9 @@ class ApiBase(_Strict):
     sections that differ (autoscaling, batching, jobs).
     """
 
-    name: str = Field(..., description="DNS label naming the API and its Kubernetes objects.")
-    kind: str
+    name: str = Field(..., description="DNS label (lowercase, digits, `-`, at most 40 characters); names the API "
+                      "and its Kubernetes objects.")
+    kind: str = Field(..., description="`RealtimeAPI` (the default), `AsyncAPI` or `TrafficSplitter`.")
     predictor: PredictorSpec = Field(default_factory=PredictorSpec)
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
     serving: ServingSpec = Field(default_factory=ServingSpec)

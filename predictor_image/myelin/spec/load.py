@@ -41,7 +41,7 @@ def validation_problems(err: ValidationError) -> list[tuple[str, str]]:
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see the api.yaml reference in README.md)"
+            msg = "unknown field (check the spelling; see the api.yaml reference, docs/reference/api-yaml.md)"
         problems.append((_format_loc(tuple(e["loc"])), msg))
     return problems
 

@@ -11,7 +11,10 @@ from .rollout import RolloutSpec
 
 
 class ApiSpec(ApiBase):
-    kind: Literal["RealtimeAPI"] = "RealtimeAPI"
+    """`kind: RealtimeAPI`: each request is answered with its prediction (or a stream of items, for a `predict` that
+    yields). `api.yaml` needs only a `name`; everything else has a default."""
+
+    kind: Literal["RealtimeAPI"] = Field("RealtimeAPI", description="`RealtimeAPI` (may be left out).")
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     batching: BatchingSpec | None = None
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)

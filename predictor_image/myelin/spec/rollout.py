@@ -24,20 +24,28 @@ MIN_WINDOW_SCRAPES = 4
 
 
 class CanaryStep(_Strict):
+    """One step of a canary release: a weight held for a pause."""
+
     weight: int = Field(..., ge=1, le=99, strict=True,
-                        description="Percent of the API's requests the new version answers during this step.")
+                        description="Percent of the API's requests the new version answers during this "
+                                    "step (1-99, increasing from step to step).")
     pause: Duration | None = Field(
         None, description="How long the step lasts before the next; omitted: until `kubectl argo rollouts promote`.")
 
 
 class AnalysisSpec(_Strict):
+    """What the new version of a canary must show in each interval, measured on its own pods' metrics."""
+
     max_error_ratio: float = Field(0.01, ge=0.0, le=1.0,
-                                   description="Largest share of the new version's answers that may be 5xx.")
-    max_p99_seconds: float = Field(1.0, gt=0.0, description="Largest p99 latency of the new version's answers.")
+                                   description="Largest share of the new version's answers that may be 5xx "
+                                               "in an interval.")
+    max_p99_seconds: float = Field(1.0, gt=0.0, description="Largest p99 latency of the new "
+                                   "version's answers in an interval.")
     min_requests: int = Field(50, ge=1, strict=True,
                               description="Fewest requests the new version must answer in an interval for the "
                                           "interval to count; fewer is inconclusive, never a pass.")
-    interval: Duration = Field(Duration("1m"), description="How often the analysis measures, over that window.")
+    interval: Duration = Field(Duration("1m"), description="How often the analysis "
+                             "measures, over that window (at least `60s`, four scrapes).")
 
     @model_validator(mode="after")
     def _window(self) -> "AnalysisSpec":
@@ -51,10 +59,15 @@ class AnalysisSpec(_Strict):
 
 
 class RolloutSpec(_Strict):
+    """How a new version reaches its clients in the cloud (`myelin local` ignores it)."""
+
     strategy: Literal["rolling", "canary"] = Field(
-        "rolling", description="rolling: the Deployment's rolling update; canary: weighted steps with analysis.")
-    steps: list[CanaryStep] = Field(default_factory=list, description="The canary's weights, in order.")
-    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+        "rolling", description="`rolling` (the Deployment's rolling update, as set by `update_strategy`) or `canary` "
+        "(weighted steps on the load balancer with an analysis on the API's own metrics: see Canary releases); `canary` "
+        "is refused with `autoscaling.min_replicas: 0`.")
+    steps: list[CanaryStep] = Field(default_factory=list, description="The canary's steps, in order (required for "
+                                        "`canary`).")
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="The canary's analysis thresholds.")
 
     @model_validator(mode="after")
     def _steps(self) -> "RolloutSpec":

@@ -56,7 +56,8 @@ class SplitterNetworkingSpec(_Strict):
     lands on, and a splitter has no pods of its own."""
 
     endpoint: str | None = Field(None, description="Public path of the splitter; defaults to /<name>.")
-    visibility: Literal["public", "internal"] = "public"
+    visibility: Literal["public", "internal"] = Field(
+        "public", description="`public` (internet-facing load balancer) or `internal` (VPC only).")
 
     @model_validator(mode="before")
     @classmethod
@@ -75,7 +76,12 @@ class SplitterNetworkingSpec(_Strict):
 
 
 class TrafficSplitterSpec(_Strict):
-    kind: Literal["TrafficSplitter"] = KIND
+    """`kind: TrafficSplitter`: an endpoint that spreads its requests over other APIs of the same folder tree by
+    weight, and copies each to at most one shadow API whose answers are thrown away. It has no predictor, compute or
+    `networking.auth`: each request is checked with the keys of the API it lands on, and keeps that API's limits,
+    deadline and log line. `myelin local` serves it; a stack cannot deploy one yet (see Traffic splitting)."""
+
+    kind: Literal["TrafficSplitter"] = Field(KIND, description="`TrafficSplitter`.")
     name: str = Field(..., description="DNS label naming the splitter.")
     networking: SplitterNetworkingSpec = Field(default_factory=SplitterNetworkingSpec)
     apis: list[SplitTarget] = Field(..., min_length=1, description="The APIs requests go to, and the shadow.")
