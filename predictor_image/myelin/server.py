@@ -30,6 +30,8 @@ from .openapi_doc import DOCS_ASSETS_PATH, operation, swagger_assets, swagger_pa
 from .endpoint import handle_predict
 from .http_io import MAX_REQUEST_ID, new_request_id
 from .lifecycle import BodyBudget
+from .contract import PROTOCOL_MYELIN
+from .protocols import ProtocolRoutes
 from .runtime import ApiRuntime, State
 from .settings import Settings
 from .spec import ApiSpec
@@ -117,6 +119,10 @@ class MyelinApp:
         self.runtimes: dict[str, ApiRuntime] = {}
         for folder, spec in apis:
             self.runtimes[spec.endpoint] = self.new_runtime(folder, spec)
+        #: The native routes (POST <endpoint>, an AsyncAPI's GET <endpoint>/<id>): APIs that speak `myelin`.
+        self.native = {e: r for e, r in self.runtimes.items() if PROTOCOL_MYELIN in r.spec.networking.protocols}
+        #: The other protocols' routes (protocols.py), and the server-wide OIP routes.
+        self.protocol_routes = ProtocolRoutes(list(self.runtimes.values()), self)
         self.draining = False
         self.started = False
         self._tasks: set[asyncio.Task] = set()
@@ -157,7 +163,7 @@ class MyelinApp:
         if scope["type"] == "http":
             method = scope["method"]
             if method == "POST":
-                runtime = self.runtimes.get(scope["path"])
+                runtime = self.native.get(scope["path"])
                 if runtime is not None:
                     if runtime.asynchronous:
                         await runtime.submit(scope, receive, send)
@@ -166,10 +172,14 @@ class MyelinApp:
                     return
             elif method == "GET":  # an AsyncAPI job: GET <endpoint>/<id>
                 endpoint, _, job_id = scope["path"].rpartition("/")
-                runtime = self.runtimes.get(endpoint)
+                runtime = self.native.get(endpoint)
                 if runtime is not None and runtime.asynchronous:
                     await runtime.status(job_id, scope, receive, send)
                     return
+            route = self.protocol_routes.match(method, scope["path"])
+            if route is not None:
+                await route(scope, receive, send)
+                return
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
