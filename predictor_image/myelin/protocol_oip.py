@@ -501,6 +501,12 @@ def _not_allowed(method: str, allowed: str) -> Any:
     return handle
 
 
+async def not_found(scope: dict, receive: Any, send: Send) -> None:
+    """A path under /v2 that names no route or no model of this server: 404 in the protocol's shape."""
+    path = scope["path"][:200].encode("ascii", "backslashreplace").decode("ascii")
+    await write_error(send, 404, "not_found", f"no route or model at {path}", RequestHead(scope["headers"]).request_id)
+
+
 class ServerRoutes:
     """`/v2`, `/v2/health/live`, `/v2/health/ready`: answered for the whole server (`server` is the MyelinApp, or
     anything with `.ready` and `.stuck_too_long()`)."""

@@ -158,10 +158,24 @@ class ProtocolRoutes:
         return None
 
     def _oip(self, method: str, path: str) -> Handler | None:
-        from .protocol_oip import model_route
+        from .protocol_oip import model_route, not_found
 
+        handler = None
         if path.startswith(OIP_HEALTH_PREFIX + "/") or path in (OIP_PREFIX, OIP_PREFIX + "/"):
-            return self.server_wide.match(method, path)
-        if path.startswith(OIP_MODELS_PREFIX + "/"):
-            return model_route(self.oip, method, path[len(OIP_MODELS_PREFIX) + 1:])
-        return None
+            handler = self.server_wide.match(method, path)
+        elif path.startswith(OIP_MODELS_PREFIX + "/"):
+            handler = model_route(self.oip, method, path[len(OIP_MODELS_PREFIX) + 1:])
+        return handler or not_found
+
+
+def error_writer_for(path: str, spec: Any) -> ErrorWriter | None:
+    """The error shape a response on `path` takes when it is a protocol route (`myelin local`'s router answers
+    some itself: 401, 404, 413, 503 while loading): OIP's, OpenAI's, or None for the contract's own."""
+    from . import protocol_oip, protocol_openai
+
+    if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
+        return protocol_oip.write_error
+    if spec is not None and "openai" in spec.networking.protocols and path.startswith(
+            spec.endpoint + OPENAI_PREFIX + "/"):
+        return protocol_openai.write_error
+    return None

@@ -339,7 +339,7 @@ class MyelinApp:
                 apis.append(dict(described, spec=public_spec(r.spec), cost=self.cost.describe(r, self.metrics)))
             return _json({"apis": apis})
 
-        for runtime in self.runtimes.values():
+        for runtime in self.native.values():  # an API that does not speak myelin has no native route to document
             if runtime.asynchronous:
                 from .asyncapi.routes import document_job_routes
 
