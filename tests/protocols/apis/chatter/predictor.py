@@ -2,7 +2,8 @@
 
 Each word of the prompt is streamed back as one item (`{"text": " word"}`), except these directives:
 `wait` (before the next item, wait until the file `<state_dir>/go` exists), `fail` (raise). When the
-generator is closed or finishes, it writes `<state_dir>/closed-<n>`: the tests see the `finally` ran.
+generator is closed or finishes, it writes `<state_dir>/closed-<n>`: "exit" when it was closed before its
+end (a disconnect, a stop sequence), "done" when it ran to its end.
 The payload the runtime handed over is written to `<state_dir>/payload.json`.
 """
 
@@ -23,6 +24,7 @@ class Predictor:
         self.calls += 1
         n = self.calls
         (self.state / "payload.json").write_text(json.dumps(payload))
+        finished = False
         try:
             for word in payload["prompt"].split():
                 if word == "wait":
@@ -32,8 +34,9 @@ class Predictor:
                 if word == "fail":
                     raise RuntimeError("scripted failure")
                 yield {"text": " " + word}
+            finished = True
         finally:
-            (self.state / f"closed-{n}").write_text("closed")
+            (self.state / f"closed-{n}").write_text("done" if finished else "exit")
 
 
 class Whole:
