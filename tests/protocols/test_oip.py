@@ -238,3 +238,12 @@ def test_api_keys_on_oip_routes(tmp_path):
         assert c.is_server_live()  # the server-wide routes are open, as /healthz is
     finally:
         server.stop()
+
+
+def test_more_rows_than_max_batch_size_run_in_parts(serve_example):
+    """kmeans batches at most 64: a request of 150 rows runs as 64 + 64 + 22, each row's answer the native one."""
+    server = serve_example("kmeans")
+    points = np.random.default_rng(3).uniform(-10, 10, size=(150, 2)).astype(np.float32)
+    got = client(server).infer("kmeans", kmeans_inputs(True, points)).as_numpy("cluster").tolist()
+    want = [native(server, "/kmeans", {"features": [float(v) for v in row]})["cluster"] for row in points]
+    assert got == want

@@ -266,3 +266,12 @@ def test_bearer_keys(chatter):
     with pytest.raises(openai.AuthenticationError):
         sdk(server, "chatter", key="sk-wrong").completions.create(model="chatter", prompt="x")
     assert sdk(server, "chatter", key="sk-two").completions.create(model="chatter", prompt="x y").choices[0].text == " x y"
+
+
+def test_more_inputs_than_max_batch_size(serve_example):
+    server = serve_example("sentence-embedding")  # batches at most 64 texts
+    texts = [f"sentence number {i}" for i in range(70)]
+    answer = sdk(server, "sentence-embedding").embeddings.create(model="sentence-embedding", input=texts)
+    assert [d.index for d in answer.data] == list(range(70))
+    last = httpx.post(server.base + "/sentence-embedding", json={"text": texts[-1]}).json()["embedding"]
+    assert np.allclose(answer.data[-1].embedding, last, atol=1e-5)
