@@ -117,6 +117,32 @@ def _flatten(data: Any) -> list[Any]:
     return data
 
 
+#: Python types a JSON element may have, by datatype kind (bool is not an int here).
+_PY_TYPES = {"b": (bool,), "u": (int,), "i": (int,), "f": (int, float)}
+
+
+def _rows_from_flat(declared: "TensorSpec", shape: list[int], data: Any) -> list[Any] | None:
+    """The rows of a flat JSON list of plain numbers, without numpy (the common small request); None when the data
+    needs the general path (nested, BYTES, FP16, more than two dimensions, a wrong count or element type)."""
+    if type(data) is not list or len(shape) > 2 or declared.datatype in ("BYTES", "FP16"):
+        return None
+    dtype = NUMPY[declared.datatype]
+    if len(data) != math.prod(shape):
+        return None
+    types = _PY_TYPES[dtype.kind]
+    for value in data:
+        if type(value) not in types:
+            return None
+    if dtype.kind in "iu" and data:
+        info = np.iinfo(dtype)
+        if min(data) < info.min or max(data) > info.max:
+            return None
+    if len(shape) == 1:
+        return data
+    k = shape[1]
+    return [data[i:i + k] for i in range(0, len(data), k)]
+
+
 def _from_json(declared: "TensorSpec", shape: list[int], data: Any, where: str) -> np.ndarray:
     """A JSON tensor (nested or flat, row major) as an array of `shape`, its elements checked against the datatype."""
     count = math.prod(shape)
@@ -142,7 +168,8 @@ def _from_json(declared: "TensorSpec", shape: list[int], data: Any, where: str) 
         info = np.iinfo(dtype)
         if arr.min() < info.min or arr.max() > info.max:
             raise _bad(f"{where}: a value is out of range for {declared.datatype} ({info.min} to {info.max})")
-    return arr.astype(dtype, copy=False).reshape(shape)
+    # Numbers reach predict as the JSON carried them (floats as doubles): the same payload as the native route's.
+    return arr.astype(np.float64 if dtype.kind == "f" else dtype, copy=False).reshape(shape)
 
 
 def _kind_word(dtype: np.dtype) -> str:
@@ -302,7 +329,7 @@ class OipModel:
         inputs = doc.get("inputs")
         if not isinstance(inputs, list) or not inputs:
             raise _bad(f"inputs must be a non-empty list; model {self.name} takes {', '.join(self.inputs)}")
-        arrays: dict[str, np.ndarray] = {}
+        columns: dict[str, list[Any]] = {}
         offset = 0
         rows = None
         for i, entry in enumerate(inputs):
@@ -313,7 +340,7 @@ class OipModel:
             declared = self.inputs.get(name)
             if declared is None:
                 raise _bad(f"model {self.name} has no input {name[:64]!r} (inputs: {', '.join(self.inputs)})")
-            if name in arrays:
+            if name in columns:
                 raise _bad(f"{where} is given twice")
             if entry.get("datatype") != declared.datatype:
                 raise _bad(f"{where}: datatype {str(entry.get('datatype'))[:16]!r}; the model declares "
@@ -328,12 +355,14 @@ class OipModel:
                 if type(size) is not int or size < 0 or offset + size > len(binary):
                     raise _bad(f"{where}: binary_data_size {str(size)[:20]} runs past the binary data after the "
                                f"JSON header ({len(binary) - offset} bytes left)")
-                arrays[name] = _from_binary(declared, shape, binary[offset:offset + size], where)
+                columns[name] = _from_binary(declared, shape, binary[offset:offset + size], where).tolist()
                 offset += size
             else:
                 if "data" not in entry:
                     raise _bad(f"{where}: no data (give `data`, or binary_data_size with the binary extension)")
-                arrays[name] = _from_json(declared, shape, entry["data"], where)
+                rows_of = _rows_from_flat(declared, shape, entry["data"])
+                columns[name] = (rows_of if rows_of is not None
+                                 else _from_json(declared, shape, entry["data"], where).tolist())
             if rows is None:
                 rows = shape[0]
             elif shape[0] != rows:
@@ -341,7 +370,7 @@ class OipModel:
         if offset != len(binary):
             raise _bad(f"{len(binary) - offset} bytes of binary data after the JSON header belong to no input "
                        "(binary_data_size)")
-        missing = [name for name in self.inputs if name not in arrays]
+        missing = [name for name in self.inputs if name not in columns]
         if missing:
             raise _bad(f"missing input(s) {', '.join(missing)}; model {self.name} takes {', '.join(self.inputs)}")
         if not rows:
@@ -363,7 +392,6 @@ class OipModel:
                 out_params = out.get("parameters") or {}
                 binary = out_params.get("binary_data") if isinstance(out_params, dict) else None
                 outputs.append((out["name"], binary_default if binary is None else binary is True))
-        columns = {name: arr.tolist() for name, arr in arrays.items()}
         names = list(columns)
         if len(names) == 1:
             (name,) = names
@@ -392,6 +420,15 @@ class OipModel:
                 else:
                     raise HTTPError(500, "internal", f"predict returned a {type(result).__name__} for row {i}; with "
                                     f"oip.outputs {', '.join(self.outputs)} it must return a dict of them")
+            if not binary and len(declared.shape) == 1 and declared.datatype not in ("BYTES", "FP16"):
+                kind = NUMPY[declared.datatype].kind
+                types = _PY_TYPES[kind]
+                if all(type(v) in types for v in values) and (
+                        kind not in "iu" or _in_range(values, NUMPY[declared.datatype])):
+                    # One scalar per row, plain Python numbers of the right kind: sent as they are, no numpy.
+                    outputs.append({"name": name, "datatype": declared.datatype, "shape": [len(values)],
+                                    "data": values})
+                    continue
             arr = self._stack(declared, values, len(results))
             entry: dict[str, Any] = {"name": name, "datatype": declared.datatype, "shape": list(arr.shape)}
             if binary:
@@ -452,6 +489,11 @@ class OipModel:
         if declared.datatype == "FP16":
             return flat.tolist()
         return flat
+
+
+def _in_range(values: list[int], dtype: np.dtype) -> bool:
+    info = np.iinfo(dtype)
+    return info.min <= min(values) and max(values) <= info.max
 
 
 class InferRequest:
