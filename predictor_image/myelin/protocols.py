@@ -149,6 +149,16 @@ class ProtocolRoutes:
                 self.oip[spec.name] = protocol_oip.OipModel(runtime)
         self.server_wide = protocol_oip.ServerRoutes(server)
 
+    def runtime_for(self, path: str) -> "ApiRuntime | None":
+        """The API a protocol route belongs to (for the write-timeout metric), or None."""
+        for (_, route), handler in self.exact.items():
+            if route == path:
+                return handler.__self__.runtime
+        if path.startswith(OIP_MODELS_PREFIX + "/"):
+            model = self.oip.get(path[len(OIP_MODELS_PREFIX) + 1:].split("/", 1)[0])
+            return model.runtime if model is not None else None
+        return None
+
     def match(self, method: str, path: str) -> Handler | None:
         handler = self.exact.get((method, path))
         if handler is not None:

@@ -155,7 +155,8 @@ class MyelinApp:
 
     def on_write_timeout(self, path: str) -> None:
         """A connection was aborted for its write deadline (protection.py): count it against its API."""
-        runtime = self.runtimes.get(path) or self.runtimes.get(path.rpartition("/")[0])  # <endpoint>, or <endpoint>/<id>
+        runtime = (self.runtimes.get(path) or self.runtimes.get(path.rpartition("/")[0])  # <endpoint>, or <endpoint>/<id>
+                   or self.protocol_routes.runtime_for(path))  # an OpenAI or OIP route
         self.metrics.write_timeouts.labels(runtime.name if runtime is not None else "").inc()
 
     # ------------------------------------------------------------------ ASGI
