@@ -43,8 +43,10 @@ vpc_cidr = existing.vpc_cidr if existing else network.vpc_cidr
 to_zero = [d.spec for d in settings.apis if d.spec.kind == "RealtimeAPI" and d.spec.autoscaling.min_replicas == 0]
 # How the interceptors that hold their requests stop without cutting one (drain, grace, deregistration delay).
 interceptor = interceptor_timings(to_zero, cfg.pods) if to_zero else None
+# An API released as a canary: Argo Rollouts (its CRDs and controller) before any Rollout or AnalysisTemplate.
+canary = any(d.spec.kind == "RealtimeAPI" and d.spec.rollout.canary for d in settings.apis)
 addons = Addons(cluster_name, cfg, cluster, vpc_id, [d.spec.name for d in settings.apis], interceptor=interceptor,
-                aws_scalers=bool(async_apis))
+                aws_scalers=bool(async_apis), canary=canary)
 k8s_opts = pulumi.ResourceOptions(provider=cluster.provider)
 namespace = ApiNamespace(f"{cluster_name}-apis", API_NAMESPACE, opts=k8s_opts)
 route_after = []

@@ -410,6 +410,12 @@ def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) 
                 source, [(f"{NAMESPACE}:apis.{folder_name}", f"no API folder with an api.yaml at {folder}")]
             )
         spec = load_api_spec(folder, selection.overrides, f"{source} (myelin:apis.{folder_name}.overrides)")
+        if spec.kind == "TrafficSplitter":
+            # The ALB can weigh the splitter's APIs, but each API's pods answer only at their own endpoint and the
+            # ALB rewrites a rule's path once, before choosing a target group (README, Traffic splitting).
+            raise StackConfigError(source, [(f"{NAMESPACE}:apis.{folder_name}", (
+                f"{folder / 'api.yaml'} is a TrafficSplitter, which `myelin local` serves but a stack cannot deploy "
+                "yet; remove it from myelin:apis (README, Traffic splitting)"))])
         problems = []
         if spec.compute.gpu and config.cluster.gpu_nodes is None and config.cluster.existing is None:
             problems.append(("compute.gpu", "the API needs GPUs but the stack has no myelin:cluster.gpu_nodes"))

@@ -123,6 +123,14 @@ OPENCOST = Chart(
      "opencost.customPricing.createConfigmap", "opencost.customPricing.provider", "opencost.customPricing.costModel"),
 )
 
+# argoproj/argo-helm tag argo-rollouts-2.41.0 charts/argo-rollouts (Chart.yaml appVersion v1.9.0; values.yaml
+# installCRDs, controller.nodeSelector). The Rollout and AnalysisTemplate fields Myelin writes are checked against
+# that chart's templates/crds/{rollout,analysis-template}-crd.yaml (tests/infra/schemas, extracted by
+# scripts/crd_schema.py) and argoproj/argo-rollouts v1.9.0 docs/features/traffic-management/alb.md.
+# Installed only when an API has rollout.strategy canary.
+ARGO_ROLLOUTS = Chart("argo-rollouts", "https://argoproj.github.io/argo-helm", "2.41.0",
+                      ("installCRDs", "controller.nodeSelector"))
+
 ALL_CHARTS = (
     NVIDIA_DEVICE_PLUGIN,
     METRICS_SERVER,
@@ -135,6 +143,7 @@ ALL_CHARTS = (
     GRAFANA,
     DCGM_EXPORTER,
     OPENCOST,
+    ARGO_ROLLOUTS,
 )
 
 #: Base images of the predictor image (build arg BASE_IMAGE). The GPU one carries CUDA and cuDNN runtimes.

@@ -27,6 +27,14 @@ RESERVED_PATHS = ("/healthz", "/readyz", "/metrics", "/info", "/docs", "/openapi
 OIP_SERVER_PATHS = ("/v2", "/v2/health/live", "/v2/health/ready")
 OIP_MODELS = "/v2/models/"
 ALB = "alb.ingress.kubernetes.io/"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+#: A RealtimeAPI released as a canary runs under an Argo Rollout: the same pod template, the same rules.
+ROLLOUT = "kubernetes:argoproj.io/v1alpha1:Rollout"
+WORKLOADS = (DEPLOYMENT, ROLLOUT)
+ANALYSIS_TEMPLATE = "kubernetes:argoproj.io/v1alpha1:AnalysisTemplate"
+#: The metrics a canary analysis may read: Myelin's own, as its pods export them (myelin/contract.py; the tests
+#: compare this list with it). Traffic policy lives at the edge, its evidence in the API's own metrics.
+ANALYSIS_METRICS = ("myelin_requests_total", "myelin_request_duration_seconds_bucket")
 
 
 def _get(d: Any, *path: str) -> Any:
@@ -155,8 +163,11 @@ SAFE_TO_EVICT_LOCAL_VOLUMES = "cluster-autoscaler.kubernetes.io/safe-to-evict-lo
 
 
 def deployment(props: Props) -> list[str]:
+    """The pods of a Deployment (or of a canary's Rollout, whose messages name it so)."""
     pod = _get(props, "spec", "template", "spec") or {}
     name = _get(props, "metadata", "name")
+    if props.get("kind") == "Rollout":
+        name = f"{name} (Rollout)"
     out = []
     named = str((_get(props, "spec", "template", "metadata", "annotations") or {}).get(SAFE_TO_EVICT_LOCAL_VOLUMES) or "")
     for volume in pod.get("volumes") or []:
@@ -275,7 +286,7 @@ def network_policies(resources: Iterable[tuple[str, Props]]) -> list[str]:
     which admits addresses only from load balancer subnets (never from the subnets nodes and pods live in)."""
     deployments, policies, node_subnets = [], [], []
     for typ, props in resources:
-        if typ == "kubernetes:apps/v1:Deployment":
+        if typ in WORKLOADS:
             deployments.append(props)
         elif typ == "kubernetes:networking.k8s.io/v1:NetworkPolicy":
             policies.append(props)
@@ -355,7 +366,7 @@ def _model_uris(resources: Iterable[tuple[str, Props]]) -> dict[str, str | None]
     """Deployment name -> its predictor.model_uri, from the api.yaml the pods get (None: no model_uri)."""
     out: dict[str, str | None] = {}
     for typ, props in resources:
-        if typ != "kubernetes:apps/v1:Deployment":
+        if typ not in WORKLOADS:
             continue
         for c in _get(props, "spec", "template", "spec", "containers") or []:
             for env in c.get("env") or []:
@@ -453,6 +464,31 @@ def model_roles(resources: Iterable[tuple[str, Props]]) -> list[str]:
     return out
 
 
+_METRIC_NAME = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*[{\[]")
+
+
+def analysis_template(props: Props) -> list[str]:
+    """A canary's analysis reads only Myelin's own metrics (ANALYSIS_METRICS) from the stack's Prometheus."""
+    out = []
+    name = _get(props, "metadata", "name")
+    for metric in _get(props, "spec", "metrics") or []:
+        provider = metric.get("provider") or {}
+        prom = provider.get("prometheus")
+        if set(provider) - {"prometheus"} or prom is None:
+            out.append(f"AnalysisTemplate {name} metric {metric.get('name')}: only the stack's Prometheus may judge "
+                       f"a canary (provider: {sorted(provider)})")
+            continue
+        query = prom.get("query")
+        if not isinstance(query, str):
+            continue  # unknown during a preview
+        read = set(_METRIC_NAME.findall(query)) - {"by", "on", "without", "ignoring"}
+        others = sorted(read - set(ANALYSIS_METRICS))
+        if others:
+            out.append(f"AnalysisTemplate {name} metric {metric.get('name')}: reads {', '.join(others)}; a canary "
+                       f"is judged on Myelin's own metrics only ({', '.join(ANALYSIS_METRICS)})")
+    return out
+
+
 RESOURCE_RULES: dict[str, Callable[[Props], list[str]]] = {
     "aws:ecr/repository:Repository": ecr_repository,
     "aws:ec2/launchTemplate:LaunchTemplate": launch_template,
@@ -460,6 +496,8 @@ RESOURCE_RULES: dict[str, Callable[[Props], list[str]]] = {
     "aws:ec2/subnet:Subnet": subnet,
     "eks:index:Cluster": eks_cluster,
     "kubernetes:apps/v1:Deployment": deployment,
+    ROLLOUT: deployment,
+    ANALYSIS_TEMPLATE: analysis_template,
     "kubernetes:core/v1:Namespace": namespace,
     "kubernetes:networking.k8s.io/v1:Ingress": ingress,
     "aws:sqs/queue:Queue": sqs_queue,
@@ -516,6 +554,10 @@ POLICIES = [
     _resource_policy("pods-hardened", "kubernetes:apps/v1:Deployment", deployment,
                      "Non-root, read-only root FS, no privilege escalation, ALL capabilities dropped, "
                      "RuntimeDefault seccomp, no service account token."),
+    _resource_policy("rollout-pods-hardened", ROLLOUT, deployment,
+                     "A canary's Rollout: the same pod rules as a Deployment's."),
+    _resource_policy("canary-analysis-own-metrics", ANALYSIS_TEMPLATE, analysis_template,
+                     "A canary's AnalysisTemplate reads only Myelin's own metrics, from Prometheus."),
     _resource_policy("namespaces-pss", "kubernetes:core/v1:Namespace", namespace,
                      "Namespaces enforce the restricted Pod Security Standard (or state why not)."),
     _resource_policy("ingress-endpoints-only", "kubernetes:networking.k8s.io/v1:Ingress", ingress,

@@ -24,6 +24,7 @@ from .cluster_autoscaler import ClusterAutoscaler
 from .dcgm_exporter import DcgmExporter
 from .fluent_bit import FluentBit
 from .grafana import Grafana
+from .argo_rollouts import ArgoRollouts
 from .keda import Keda
 from .keda_http import KedaHttpAddOn
 from .load_balancer_controller import READINESS_GATE_LABEL, LoadBalancerController
@@ -46,7 +47,7 @@ class Addons(pulumi.ComponentResource):
 
     def __init__(self, name: str, config: StackConfig, cluster: Cluster, vpc_id: pulumi.Input[str],
                  api_names: list[str], interceptor: InterceptorTimings | None = None, aws_scalers: bool = False,
-                 opts: pulumi.ResourceOptions | None = None):
+                 canary: bool = False, opts: pulumi.ResourceOptions | None = None):
         super().__init__("myelin:infra:Addons", name, None, opts)
         ctx = AddonContext(self, name, config, cluster)
         ctx.namespace(MONITORING_NAMESPACE, "baseline", "prometheus-server runs with the chart's baseline security context")
@@ -69,6 +70,7 @@ class Addons(pulumi.ComponentResource):
         if interceptor is not None:  # an API with autoscaling.min_replicas 0: its requests are held while it wakes
             self.keda_http = KedaHttpAddOn(ctx, self.keda.release, interceptor, self.load_balancer_controller.release)
         self.prometheus = Prometheus(ctx, api_names)
+        self.argo_rollouts = ArgoRollouts(ctx) if canary else None  # an API with rollout.strategy canary
         if config.observability.grafana.enabled:
             self.grafana = Grafana(ctx)
             self.grafana_admin_password = self.grafana.admin_password

@@ -43,7 +43,8 @@ def hpa_behavior(spec: ApiSpec) -> dict[str, Any]:
 
 def scaled_object(name: str, spec: ApiSpec, metadata: k8s.meta.v1.ObjectMetaArgs, deployment_name: str,
                   triggers: list[dict[str, Any]], opts: pulumi.ResourceOptions,
-                  min_replicas: int | None = None, cooldown_seconds: int | None = None) -> k8s.apiextensions.CustomResource:
+                  min_replicas: int | None = None, cooldown_seconds: int | None = None,
+                  target: tuple[str, str] = ("apps/v1", "Deployment")) -> k8s.apiextensions.CustomResource:
     a = spec.autoscaling
     extra = {} if cooldown_seconds is None else {"cooldownPeriod": cooldown_seconds}
     return k8s.apiextensions.CustomResource(
@@ -52,7 +53,8 @@ def scaled_object(name: str, spec: ApiSpec, metadata: k8s.meta.v1.ObjectMetaArgs
         kind="ScaledObject",
         metadata=metadata,
         spec={
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name},
+            # The Deployment, or a canary's Argo Rollout (its scale subresource): `target` is (apiVersion, kind).
+            "scaleTargetRef": {"apiVersion": target[0], "kind": target[1], "name": deployment_name},
             "pollingInterval": KEDA_POLLING_SECONDS,
             "minReplicaCount": a.min_replicas if min_replicas is None else min_replicas,
             "maxReplicaCount": a.max_replicas,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pulumi
 
 from .autoscaling import autoscaled, in_flight_trigger, plain, scaled_object
+from .canary import ROLLOUTS_API_VERSION, Canary
 from .scale_to_zero import (
     ALB_TRACE_HEADER,
     ARRIVAL_HEADER_ENV,
@@ -42,12 +43,20 @@ class PredictorApi(pulumi.ComponentResource):
         # Scaled to zero: the load balancer's trace header tells the runtime when a held request arrived.
         extra_env = {ARRIVAL_HEADER_ENV: ALB_TRACE_HEADER} if to_zero else None
         # Autoscaled: KEDA's HPA owns the replica count; a `replicas` field would fight it on every update.
-        self.deployment = parts.deployment(
-            f"{name}-deployment", None if autoscaled(spec) else a.min_replicas,
-            parts.pod_template(self.image.ref, sa, self.secret, extra_env),
-            parts.opts(self.secret, custom_timeouts=parts.rollout_timeouts()),
-        )
-        self.service = parts.service()
+        replicas = None if autoscaled(spec) else a.min_replicas
+        template = parts.pod_template(self.image.ref, sa, self.secret, extra_env)
+        self.canary = None
+        if spec.rollout.canary:
+            # An Argo Rollout instead of the Deployment (components/apis/canary.py); never scaled to zero (spec).
+            self.canary = Canary(parts, template, replicas, args.prometheus_url, plain(args.namespace), self.secret)
+            self.deployment = self.canary.rollout
+            self.service = self.canary.ping
+        else:
+            self.deployment = parts.deployment(
+                f"{name}-deployment", replicas, template,
+                parts.opts(self.secret, custom_timeouts=parts.rollout_timeouts()),
+            )
+            self.service = parts.service()
         self.scaled_object = None
         self.route = None
         triggers = [in_flight_trigger(spec, plain(args.namespace), args.prometheus_url)]
@@ -62,11 +71,17 @@ class PredictorApi(pulumi.ComponentResource):
                 # The route first: a ScaledObject naming a route the scaler cannot find gets no metric.
                 parts.opts(self.deployment, self.route),
                 cooldown_seconds=int(a.downscale_stabilization.seconds) if to_zero else None,
+                target=(ROLLOUTS_API_VERSION, "Rollout") if self.canary is not None else ("apps/v1", "Deployment"),
             )
         self.pdb = parts.pdb()
         self.network_policy = parts.network_policy(*([interceptor_peer()] if to_zero else []))
-        self.ingress = parts.ingress(self.service, self.deployment, *([self.route] if to_zero else []),
-                                     via=interceptor_backend(self._timings(args)) if to_zero else None)
+        if self.canary is not None:
+            # The Rollout first: its controller takes over the Ingress's action annotation once both exist.
+            self.ingress = parts.ingress(None, self.deployment, self.canary.pong,
+                                         action=self.canary.ingress_backend())
+        else:
+            self.ingress = parts.ingress(self.service, self.deployment, *([self.route] if to_zero else []),
+                                         via=interceptor_backend(self._timings(args)) if to_zero else None)
         self.url = parts.url(self.ingress)
         self.register_outputs({"url": self.url})
 

@@ -17,6 +17,7 @@ import pulumi_kubernetes as k8s
 
 from myelin import contract
 from myelin.contract import SPEC_ENV
+from myelin.spec.protocols import protocols_of
 from myelin.spec import ApiSpec
 
 from ..cluster import CPU_NODE_SELECTOR, GPU_NODE_SELECTOR, GPU_TAINT_KEY
@@ -383,16 +384,19 @@ class Parts:
         return pulumi.CustomTimeouts(create=f"{seconds}s", update=f"{seconds}s")
 
     # ------------------------------------------------------------------ traffic
-    def service(self) -> k8s.core.v1.Service:
+    def service(self, name: str | None = None, ignore_changes: list[str] | None = None) -> k8s.core.v1.Service:
+        """The Service selecting this Parts' pods: the API's own (`<api>`), or another by `name` (a canary's ping
+        and pong, whose selector Argo Rollouts extends: `ignore_changes`)."""
+        suffix = name[len(self.spec.name + self.object_suffix):] if name else ""
         return k8s.core.v1.Service(
-            f"{self.name}-service",
-            metadata=self.meta(),
+            f"{self.name}-service{suffix}",
+            metadata=self.meta(suffix),
             spec=k8s.core.v1.ServiceSpecArgs(
                 type="ClusterIP",
                 selector=self.selector,
                 ports=[k8s.core.v1.ServicePortArgs(name="http", port=80, target_port="http", protocol="TCP")],
             ),
-            opts=self.opts(),
+            opts=self.opts(ignore_changes=ignore_changes) if ignore_changes else self.opts(),
         )
 
     def pdb(self) -> k8s.policy.v1.PodDisruptionBudget:
@@ -475,14 +479,24 @@ class Parts:
             opts=self.opts(),
         )
 
-    def ingress(self, service: k8s.core.v1.Service, *depends_on: pulumi.Resource,
-                via: "IngressBackend | None" = None, path_type: str = "Exact") -> k8s.networking.v1.Ingress:
+    def ingress(self, service: k8s.core.v1.Service | None, *depends_on: pulumi.Resource,
+                via: "IngressBackend | None" = None, path_type: str = "Exact",
+                action: dict[str, Any] | None = None) -> k8s.networking.v1.Ingress:
         """The API's path on the stack's shared ALB; to its Service, or `via` another backend (the interceptor
         that holds requests of an API scaled to zero, in its own namespace). `path_type` Prefix also routes
         `<endpoint>/<anything>` (an AsyncAPI's job status)."""
         spec, args = self.spec, self.args
         annotations = ingress_annotations(spec, args)
-        if via is None:
+        ignore: list[str] = []
+        if action is not None:
+            # A canary (components/apis/canary.py): the path goes to the action named after the API, whose
+            # annotation Pulumi writes once and Argo Rollouts owns from then on.
+            backend = k8s.networking.v1.IngressServiceBackendArgs(
+                name=spec.name, port=k8s.networking.v1.ServiceBackendPortArgs(name="use-annotation"))
+            annotations.update(action["annotations"])
+            ignore = action["ignore"]
+            metadata = self.meta(annotations=annotations)
+        elif via is None:
             backend = k8s.networking.v1.IngressServiceBackendArgs(
                 name=service.metadata.name, port=k8s.networking.v1.ServiceBackendPortArgs(name="http"))
             metadata = self.meta(annotations=annotations)
@@ -513,7 +527,7 @@ class Parts:
                     )
                 ],
             ),
-            opts=self.opts(*depends_on),
+            opts=self.opts(*depends_on, ignore_changes=ignore) if ignore else self.opts(*depends_on),
         )
 
     def url(self, ingress: k8s.networking.v1.Ingress) -> pulumi.Output[str]:
@@ -528,7 +542,7 @@ def routed_paths(spec: ApiSpec, native_path_type: str = "Exact") -> list[tuple[s
     """(path, pathType) the load balancer routes to an API, one per protocol it speaks (networking.protocols):
     its endpoint (myelin; Prefix for an AsyncAPI's job status), `<endpoint>/v1` (openai) and `/v2/models/<name>`
     (oip), both Prefix (each route under them, and the OIP routes' `/versions/<v>`)."""
-    protocols = spec.networking.protocols
+    protocols = protocols_of(spec)
     paths = []
     if contract.PROTOCOL_MYELIN in protocols:
         paths.append((spec.endpoint, native_path_type))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import contract as c
 from .settings import Settings, SettingsError
-from .spec import SPEC_FILE, SpecError, load_specs, resolve_spec
+from .spec import SPEC_FILE, SpecError, load_specs, misnamed_spec, parse_model_uri, resolve_spec
 
 DEFAULT_PORT = 8888
 
@@ -60,6 +60,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except SpecError as err:
         _err(f"myelin serve: {err}")
         return 2
+    if spec.kind == "TrafficSplitter":
+        _err(f"myelin serve: {folder / SPEC_FILE}: kind: {spec.name} is a TrafficSplitter, which is routing with no "
+             "predictor: `myelin local` splits its requests, and in the cloud the load balancer does")
+        return 2
     _cost_stack("myelin serve", args.stack, folder)
     port = _port(args.port)
     settings = _settings("myelin serve")
@@ -106,12 +110,30 @@ def _validate_targets(paths: list[str]) -> tuple[list[str], list[str]]:
                 errors.append(f"{path}: not an {SPEC_FILE} or a folder; give an API folder, its {SPEC_FILE}, "
                               "or a folder of API folders")
             continue
-        if path.is_dir() and not (path / SPEC_FILE).is_file() and (path / "api.yml").is_file():
-            errors.append(f"{path / 'api.yml'}: the spec file must be named {SPEC_FILE} (did you mean "
-                          f"{path / SPEC_FILE}?)")
+        if path.is_dir() and misnamed_spec(path):
+            errors.append(misnamed_spec(path))
             continue
         targets.append(raw)
     return targets, errors
+
+
+def _serving_problems(folder: Path, spec) -> list[str]:
+    """What `myelin local` would refuse to serve although the spec parses and the predictor imports: packages of
+    the API's requirements.txt this Python lacks (the same check and message as myelin local), and a local
+    `predictor.model_uri` that names no file or folder."""
+    from .local import requirements
+
+    problems = []
+    missing = requirements.unmet(folder)
+    if missing:
+        problems.append(f"{folder / 'requirements.txt'}: {requirements.message(folder, missing)}")
+    uri = spec.predictor.model_uri
+    if uri:
+        parsed = parse_model_uri(uri)
+        if not parsed.is_s3 and not parsed.local_dir(folder).exists():
+            problems.append(f"{folder / SPEC_FILE}: predictor.model_uri: no file or folder at "
+                            f"{parsed.local_dir(folder)} (a local path is relative to the API folder)")
+    return problems
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -123,6 +145,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for err in errors:
         print(f"✗ {err}")
     for folder, spec in specs.items():
+        if spec.kind == "TrafficSplitter":
+            split = ", ".join(f"{t.name} {t.weight}%" for t in spec.weighted)
+            shadow = f", shadow {spec.shadow.name}" if spec.shadow is not None else ""
+            print(f"✓ {spec.name:<24} {folder}  {spec.endpoint}  (TrafficSplitter: {split}{shadow})")
+            continue
+        problems = _serving_problems(folder, spec)  # first, as myelin local: the missing package, not its ImportError
+        for problem in problems:
+            print(f"✗ {spec.name}: {problem}")
+        if problems:
+            errors += problems
+            continue
         try:
             import_predictor_class(folder, spec)
         except LoadError as err:
@@ -140,7 +173,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _routes(spec) -> str:
     """The API's front doors, by protocol (networking.protocols)."""
     routes = []
-    protocols = spec.networking.protocols
+    from .spec.protocols import protocols_of
+
+    protocols = protocols_of(spec)
     if c.PROTOCOL_MYELIN in protocols:
         routes.append(f"POST {spec.endpoint}")
     if c.PROTOCOL_OPENAI in protocols:

@@ -92,11 +92,21 @@ REJECT_SHUTTING_DOWN = "shutting_down"
 #: Ten minutes is longer than any cold start Myelin expects; a client that comes back earlier gets a fresh estimate.
 MAX_RETRY_AFTER_S = 600
 TIME_TO_FIRST_ITEM = "myelin_time_to_first_item_seconds"  # histogram {api}: streaming predictors only
+#: A TrafficSplitter (kind: TrafficSplitter) is routing at the edge (`myelin local`'s router; in the cloud the ALB
+#: and the splitter's mirror): it counts the requests it sends to each of its APIs, and what became of each copy
+#: for its shadow. The APIs' own metrics (myelin_requests_total...) count the same requests by `api`.
+SPLIT_REQUESTS = "myelin_split_requests"  # exposed as myelin_split_requests_total{splitter,api}
+SPLIT_REQUESTS_TOTAL = "myelin_split_requests_total"
+SHADOW_REQUESTS = "myelin_shadow_requests"  # exposed as myelin_shadow_requests_total{splitter,api,status}
+SHADOW_REQUESTS_TOTAL = "myelin_shadow_requests_total"
+SHADOW_DROPPED = "myelin_shadow_dropped"  # exposed as myelin_shadow_dropped_total{splitter,api,reason}
+SHADOW_DROPPED_TOTAL = "myelin_shadow_dropped_total"
 
 # -- labels ------------------------------------------------------------------------------------
 LABEL_API = "api"
 LABEL_STATUS = "status"
 LABEL_REASON = "reason"
+LABEL_SPLITTER = "splitter"
 #: Labels the cluster's scrape job adds to every sample of an API pod.
 LABEL_NAMESPACE = "namespace"
 LABEL_POD = "pod"

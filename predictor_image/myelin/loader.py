@@ -7,6 +7,7 @@ import enum
 import importlib.util
 import inspect
 import os
+import shlex
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -185,9 +186,15 @@ def _where(err: BaseException, folder: Path) -> str:
     return found
 
 
+def pip_install_command(folder: Path) -> str:
+    """The exact command that installs the API's requirements into the Python running this code (a bare `pip`
+    in a new shell is another Python's: `make local` installs into .venv, which nothing activates)."""
+    return f"{shlex.quote(sys.executable)} -m pip install -r {shlex.quote(str(Path(folder) / 'requirements.txt'))}"
+
+
 def _install_hint(err: BaseException, folder: Path) -> str:
     if isinstance(err, ModuleNotFoundError) and (folder / "requirements.txt").is_file():
-        return f" (install the API's dependencies: pip install -r {folder / 'requirements.txt'})"
+        return f" (install the API's dependencies: {pip_install_command(folder)})"
     return ""
 
 

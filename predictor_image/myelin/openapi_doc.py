@@ -71,9 +71,51 @@ RESPONSES = {
 }
 
 
+_JOB_STATUSES = ["in_queue", "in_progress", "completed", "failed"]
+ASYNC_SUBMIT_RESPONSES = {
+    "202": {"description": "The job is stored; poll `GET <endpoint>/{id}` (the Location header) for its result",
+            "headers": {"Location": {"description": "`<endpoint>/<id>`: where the job's status is",
+                                     "schema": {"type": "string"}}},
+            "content": {"application/json": {"schema": {"type": "object", "required": ["id"],
+                                                        "properties": {"id": {"type": "string"}}}}}},
+    "400": RESPONSES["400"], "401": RESPONSES["401"], "413": RESPONSES["413"], "415": RESPONSES["415"],
+    "503": {"description": "Job store full (jobs.max_queued, jobs.max_stored_bytes), loading or draining"},
+}
+JOB_RESPONSES = {
+    "200": {"description": "The job's status, and its result or error once it has finished",
+            "content": {"application/json": {"schema": {
+                "type": "object", "required": ["id", "status", "created_at"],
+                "properties": {"id": {"type": "string"}, "status": {"type": "string", "enum": _JOB_STATUSES},
+                               "created_at": {"type": "string"}, "started_at": {"type": "string"},
+                               "finished_at": {"type": "string"}, "result": {},
+                               "result_encoding": {"type": "string", "enum": ["base64"]},
+                               "error": {"type": "object"}}}}}},
+    "401": RESPONSES["401"],
+    "404": {"description": "No such job, or past jobs.retention"},
+}
+
+
 def operation(spec: ApiSpec, folder: Path) -> dict[str, Any]:
-    return {"summary": f"Predict with {spec.name}", "operationId": f"predict_{spec.name.replace('-', '_')}",
+    """The POST on the API's endpoint: a prediction, or for an AsyncAPI the submit of a job (202 and its id)."""
+    slug = spec.name.replace("-", "_")
+    if spec.kind == "AsyncAPI":
+        return {"summary": f"Submit a job to {spec.name}", "operationId": f"submit_{slug}",
+                "requestBody": request_body(folder), "responses": ASYNC_SUBMIT_RESPONSES}
+    return {"summary": f"Predict with {spec.name}", "operationId": f"predict_{slug}",
             "requestBody": request_body(folder), "responses": RESPONSES}
+
+
+def paths(spec: ApiSpec, folder: Path, endpoint: str) -> dict[str, Any]:
+    """Every route of the API for an OpenAPI document: its POST, and an AsyncAPI's `GET <endpoint>/{id}`."""
+    documented = {endpoint: {"post": operation(spec, folder)}}
+    if spec.kind == "AsyncAPI":
+        documented[f"{endpoint}/{{id}}"] = {"get": {
+            "summary": f"A job of {spec.name}: its status, then its result",
+            "operationId": f"job_{spec.name.replace('-', '_')}",
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+                            "description": "the id the submit answered"}],
+            "responses": JOB_RESPONSES}}
+    return documented
 
 
 def swagger_assets() -> Path:

@@ -15,6 +15,10 @@ and close. Time during which the server itself stopped reading (flow
 control, a pipelined request waiting its turn) does not count against the
 client.
 
+A request the HTTP parser refuses (conflicting or duplicate framing headers, control characters) gets the
+contract's JSON 400 with a request id, sent after the answer to any earlier pipelined request on the
+connection, then the connection is closed.
+
 The same goes for the other direction. A client that stops reading leaves the
 response's unsent bytes in the transport's buffer (a whole answer, however
 large, is handed to the transport at once), and uvicorn's graceful close waits
@@ -52,6 +56,20 @@ def _error_response(status: bytes, error_type: str, message: str) -> bytes:
     body = orjson.dumps({"error": {"type": error_type, "message": message, "request_id": request_id}})
     return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
             + str(len(body)).encode() + b"\r\nx-request-id: " + request_id.encode() + b"\r\nconnection: close\r\n\r\n" + body)
+
+
+def _answer_with(response: bytes) -> Callable[..., Any]:
+    """An ASGI app that sends `response` (a whole HTTP/1.1 error response from _error_response) and closes."""
+    head, body = response.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ")[1])
+    headers = [tuple(line.split(b": ", 1)) for line in lines[1:]]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
 
 
 def _timeout_response(what: str, seconds: float) -> bytes:
@@ -155,6 +173,30 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
             self._defer(response)
             return
         transport.write(response)
+        transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """A request the parser refuses (duplicate or conflicting Content-Length / Transfer-Encoding, a control
+        character in a header...): the contract's JSON 400 with a request id instead of uvicorn's plain text, and
+        after the answer to an earlier pipelined request on this connection, never in its place."""
+        response = _error_response(b"400 Bad Request", "bad_request", "malformed HTTP request: " + msg.rstrip("."))
+        cycle = self.cycle
+        if self._in_headers or cycle is None:
+            self._refuse(response)  # `cycle`, if any, is an earlier request's: its answer goes first
+            return
+        # The body of the request `cycle` is malformed (a bad chunk). It is this request that gets the 400.
+        self._refused = True
+        self._disarm()
+        for i, (queued, _) in enumerate(self.pipeline):
+            if queued is cycle:  # still waiting behind an earlier request: answered in its turn, then closed
+                cycle.more_body = False
+                self.pipeline[i] = (cycle, _answer_with(response))
+                return
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not cycle.response_started:
+            transport.write(response)
         transport.close()
 
     # -------------------------------------------------------------- protocol hooks

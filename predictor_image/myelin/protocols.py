@@ -25,6 +25,7 @@ from .errors import HTTPError, PredictorError
 from .http_io import ClientGone, RequestHead, too_large
 from .invoke import PredictorFailure
 from .runtime import State
+from .spec.protocols import protocols_of
 
 if TYPE_CHECKING:
     from .lifecycle import Ticket
@@ -141,7 +142,7 @@ class ProtocolRoutes:
         self.oip: dict[str, protocol_oip.OipModel] = {}
         for runtime in runtimes:
             spec = runtime.spec
-            protocols = spec.networking.protocols
+            protocols = protocols_of(spec)
             if "openai" in protocols:
                 for (method, suffix), handler in protocol_openai.routes(runtime).items():
                     self.exact[(method, spec.endpoint + OPENAI_PREFIX + suffix)] = handler
@@ -185,7 +186,7 @@ def error_writer_for(path: str, spec: Any) -> ErrorWriter | None:
 
     if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
         return protocol_oip.write_error
-    if spec is not None and "openai" in spec.networking.protocols and path.startswith(
+    if spec is not None and "openai" in protocols_of(spec) and path.startswith(
             spec.endpoint + OPENAI_PREFIX + "/"):
         return protocol_openai.write_error
     return None

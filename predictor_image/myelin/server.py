@@ -32,6 +32,7 @@ from .http_io import MAX_REQUEST_ID, new_request_id
 from .lifecycle import BodyBudget
 from .contract import PROTOCOL_MYELIN
 from .protocols import ProtocolRoutes
+from .spec.protocols import protocols_of
 from .runtime import ApiRuntime, State
 from .settings import Settings
 from .spec import ApiSpec
@@ -120,7 +121,7 @@ class MyelinApp:
         for folder, spec in apis:
             self.runtimes[spec.endpoint] = self.new_runtime(folder, spec)
         #: The native routes (POST <endpoint>, an AsyncAPI's GET <endpoint>/<id>): APIs that speak `myelin`.
-        self.native = {e: r for e, r in self.runtimes.items() if PROTOCOL_MYELIN in r.spec.networking.protocols}
+        self.native = {e: r for e, r in self.runtimes.items() if PROTOCOL_MYELIN in protocols_of(r.spec)}
         #: The other protocols' routes (protocols.py), and the server-wide OIP routes.
         self.protocol_routes = ProtocolRoutes(list(self.runtimes.values()), self)
         self.draining = False

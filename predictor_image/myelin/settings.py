@@ -105,6 +105,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "body_timeout": ("MYELIN_BODY_TIMEOUT", _positive_float),
     "keep_alive_timeout": ("MYELIN_KEEP_ALIVE_TIMEOUT", _positive_int),
     "write_timeout": ("MYELIN_WRITE_TIMEOUT", _positive_float),
+    "liveness_period": ("MYELIN_LIVENESS_PERIOD", _positive_float),
     "uvicorn_log_level": ("MYELIN_UVICORN_LOG_LEVEL", _log_level),
     "max_header_bytes": ("MYELIN_MAX_HEADER_BYTES", _positive_int),
     "max_body_bytes_in_flight": ("MYELIN_MAX_BODY_BYTES_IN_FLIGHT", _size),
@@ -134,6 +135,9 @@ class Settings:
     #: Seconds a response may make no progress towards a client that does not read (the connection's unsent
     #: bytes stay above the transport's high-water mark); then the connection is aborted and its memory freed.
     write_timeout: float = 30.0
+    #: `myelin local`: seconds between liveness probes (GET /healthz) of each API's process, as the cluster's
+    #: livenessProbe (period 10 s, timeout 5 s, 3 failures); a process failing 3 in a row is killed and restarted.
+    liveness_period: float = 10.0
     #: uvicorn's own log level (request logs are Myelin's JSON lines either way).
     uvicorn_log_level: str = "warning"
     #: Largest request line + headers accepted; beyond it 431 and the connection is closed.

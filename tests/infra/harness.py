@@ -110,9 +110,10 @@ class StackRun:
         return [r for r in self.resources if r.typ.startswith("kubernetes:") and r.inputs.get("kind") == kind]
 
     def api_deployments(self) -> list[Recorded]:
-        """The RealtimeAPIs' Deployments (the predictor pods), not the platform's own (the cold-start responder)
-        nor an AsyncAPI's (components `gateway` and `worker`: tests/infra/test_asyncapi.py)."""
-        return self.api_objects("Deployment")
+        """The RealtimeAPIs' workloads (the predictor pods): Deployments, and the Argo Rollouts of APIs released
+        as canaries (the same pod template); not the platform's own (the cold-start responder) nor an AsyncAPI's
+        (components `gateway` and `worker`: tests/infra/test_asyncapi.py)."""
+        return self.api_objects("Deployment") + self.api_objects("Rollout")
 
     def api_objects(self, kind: str, component: str = "predictor") -> list[Recorded]:
         """Objects of `kind` labelled with this `app.kubernetes.io/component`: `predictor` (a RealtimeAPI),

@@ -18,6 +18,9 @@ CRD_SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): SCHEMAS / "scaledobject-keda-v1alpha1.json",
     ("http.keda.sh/v1beta1", "InterceptorRoute"): SCHEMAS / "interceptorroute-http-v1beta1.json",
     ("keda.sh/v1alpha1", "TriggerAuthentication"): SCHEMAS / "triggerauthentication-keda-v1alpha1.json",
+    # Extracted by scripts/crd_schema.py from argoproj/argo-helm argo-rollouts-2.41.0 templates/crds (Argo Rollouts v1.9.0).
+    ("argoproj.io/v1alpha1", "Rollout"): SCHEMAS / "rollout-argoproj-v1alpha1.json",
+    ("argoproj.io/v1alpha1", "AnalysisTemplate"): SCHEMAS / "analysistemplate-argoproj-v1alpha1.json",
 }
 
 

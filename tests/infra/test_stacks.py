@@ -345,9 +345,12 @@ def test_deployments(run):
         d = dep["spec"]
         autoscaled = spec.autoscaling.min_replicas != spec.autoscaling.max_replicas
         assert autoscaled and "replicas" not in d
-        assert d["strategy"]["type"] == "RollingUpdate"
-        assert d["strategy"]["rollingUpdate"] == {
-            "maxSurge": spec.update_strategy.max_surge, "maxUnavailable": spec.update_strategy.max_unavailable}
+        if spec.rollout.canary:  # an Argo Rollout: tests/infra/test_canary.py
+            assert dep["kind"] == "Rollout" and d["strategy"]["canary"]["maxSurge"] == spec.update_strategy.max_surge
+        else:
+            assert d["strategy"]["type"] == "RollingUpdate"
+            assert d["strategy"]["rollingUpdate"] == {
+                "maxSurge": spec.update_strategy.max_surge, "maxUnavailable": spec.update_strategy.max_unavailable}
         pod = d["template"]["spec"]
         (c,) = pod["containers"]
         res = c["resources"]
@@ -427,8 +430,11 @@ def test_services_and_pdbs(run):
     pdbs = {p.inputs["metadata"]["name"]: p.inputs["spec"] for p in run.k8s("PodDisruptionBudget")}
     for name, dep in deployments(run).items():
         labels = dep["spec"]["selector"]["matchLabels"]
-        assert services[name]["selector"] == labels
-        assert services[name]["ports"][0]["targetPort"] == "http"
+        if spec_of(dep).rollout.canary:  # a canary's ping and pong Services (tests/infra/test_canary.py)
+            assert name not in services and services[f"{name}-pong"]["selector"] == labels
+        service = services[f"{name}-ping" if spec_of(dep).rollout.canary else name]
+        assert service["selector"] == labels
+        assert service["ports"][0]["targetPort"] == "http"
         assert pdbs[name]["selector"]["matchLabels"] == labels and pdbs[name]["maxUnavailable"] == 1
 
 
@@ -444,6 +450,8 @@ def test_ingresses_route_only_the_endpoint_on_a_shared_alb(run):
         # Scaled to zero: through the interceptor in namespace keda (tests/infra/test_scale_to_zero.py).
         backend = ({"name": "keda-add-ons-http-interceptor-proxy", "port": {"number": 8080}}
                    if spec.autoscaling.min_replicas == 0 else {"name": name, "port": {"name": "http"}})
+        if spec.rollout.canary:  # the action Argo Rollouts weighs (tests/infra/test_canary.py)
+            backend = {"name": name, "port": {"name": "use-annotation"}}
         # One path per protocol the API speaks: its endpoint, <endpoint>/v1 (openai), /v2/models/<name> (oip).
         want = [(spec.endpoint, "Exact")] if "myelin" in spec.networking.protocols else []
         if "openai" in spec.networking.protocols:

@@ -13,7 +13,10 @@ import pytest
 from conftest import ROOT, ServerProcess
 from myelin.spec import load_api_spec
 
-EXAMPLES = sorted(p.name for p in (ROOT / "apis").iterdir() if (p / "api.yaml").is_file())
+# The examples this repository ships, by name: a folder a user adds under apis/ (as "Writing an API" says) is
+# served beside them by the `local` fixture, but is not held to the examples' rules (a README with curl lines).
+EXAMPLES = ["hyperparameter-search", "image-classifier", "iris-classifier", "kmeans", "sentence-embedding",
+            "text-generator", "wine-classifier"]
 ASYNC_EXAMPLES = [name for name in EXAMPLES if load_api_spec(ROOT / "apis" / name).kind == "AsyncAPI"]
 REALTIME_EXAMPLES = [name for name in EXAMPLES if name not in ASYNC_EXAMPLES]
 
@@ -88,7 +91,7 @@ def test_readme_submit_poll_result_session_works_as_written(local, name):
 def test_local_lists_every_example_as_loaded(local):
     """Not on a terminal (as here), the console's status lines are JSON events on stdout."""
     serving = {line["api"]: line for line in local.log_lines() if line.get("message") == "serving"}
-    assert set(serving) == set(EXAMPLES), local.stdout()[-3000:]
+    assert set(EXAMPLES) <= set(serving), local.stdout()[-3000:]  # and whatever a user added beside them
     for name, line in serving.items():
         assert line["url"] == f"{local.base}/{name}" and line["load_seconds"] > 0
 

@@ -184,10 +184,33 @@ class JobWorker:
                          "message": "the predictor's result could not be stored; see the server log"}
                 runtime.log.event("error", "result could not be encoded", api=runtime.name, job_id=claim.id,
                                   error=str(err))
+            else:
+                error = await self._room_for(claim, body)
+                if error is not None:
+                    body = b""
         try:
             await self._record(claim, error, body, ctype, time.perf_counter() - start)
         finally:
             ticket.finish()
+
+    async def _room_for(self, claim: Claim, result: bytes) -> dict[str, Any] | None:
+        """jobs.max_stored_bytes bounds results too: a result that does not fit beside what the store holds (less
+        this job's payload, which completing it drops) fails the job with `result_too_large`, and is not stored."""
+        runtime = self.runtime
+        limit = runtime.store_limits.max_stored_bytes
+        held = 0
+        if len(result) <= limit:
+            try:
+                held = max(0, (await self.store.usage()).stored_bytes - len(claim.body))
+            except Exception:  # noqa: BLE001 - the store's own calls report its failures; a result under the limit
+                return None
+            if held + len(result) <= limit:
+                return None
+        runtime.log.event("error", "result too large for the job store", api=runtime.name, job_id=claim.id,
+                          result_bytes=len(result), stored_bytes=held, max_stored_bytes=limit)
+        return {"type": "result_too_large", "status_code": 507,
+                "message": f"the result ({len(result)} bytes) does not fit in the job store beside the "
+                           f"{held} bytes it holds for this API (jobs.max_stored_bytes: {limit})"}
 
     async def _record(self, claim: Claim, error: dict[str, Any] | None, body: bytes, ctype: str, seconds: float) -> None:
         runtime = self.runtime

@@ -24,16 +24,17 @@ def serve_local(apis: str, host: str, port: int, settings: Settings, reload: boo
     root = Path(apis)
     console = Console()
     if not root.exists():
-        console.note(f"{root.resolve()}: no such folder (give a folder of API folders, or one API folder)")
+        console.note(f"{root.resolve()}: no such folder (give a folder of API folders, or one API folder)",
+                     level="error")
         return 2
     single = (root / SPEC_FILE).is_file()
     try:
         sock = bind(host, port)  # the port first: a busy port is the first and only error
     except PortInUse as err:
-        console.note(str(err))
+        console.note(str(err), level="error")
         return 2
     base = f"http://{host}:{sock.getsockname()[1]}"
-    server = LocalServer(root, console, base, single=single)
+    server = LocalServer(root, console, base, single=single, liveness_period=settings.liveness_period)
     router = LocalRouter(server, watch=reload)
     try:
         run_app(router, host, port, DRAIN_TIMEOUT_S, settings, sockets=[sock])

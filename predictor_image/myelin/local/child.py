@@ -2,6 +2,13 @@
 
 Each API runs in a process of its own, as in its container: its own modules (two APIs may both `import helper`),
 its own `predictor.env`, its own `serving.processes`. The router talks to it over a private Unix socket.
+
+As in its container, whatever the API's process starts goes with it: the process leads a process group of its
+own, and once it has ended (drained, killed, crashed) every process left in that group (a predictor's helper
+subprocess, a `fork()`, a worker) is killed, as Kubernetes ends every process of a container. And as the
+cluster's livenessProbe does, `/healthz` is probed every `liveness_period` seconds while the process serves;
+after `LIVENESS_FAILURES` failures in a row (503 `stuck`, no answer within the probe's timeout: a frozen process
+or a blocked event loop) the group is killed, and the supervisor restarts it with its back-off.
 """
 
 from __future__ import annotations
@@ -18,7 +25,14 @@ from typing import Callable
 
 import httpx
 
-from ..contract import READY_PATH
+from ..contract import HEALTH_PATH, READY_PATH
+
+#: The cluster's livenessProbe: failures in a row before the process is killed, and the longest a probe waits.
+LIVENESS_FAILURES = 3
+LIVENESS_TIMEOUT_S = 5.0
+
+#: Idle connections to the API's socket kept for reuse (more are opened as needed, and closed once done).
+KEEPALIVE_CONNECTIONS = 64
 
 _LOADED = "loaded in "
 _FAILED = "failed to load: "
@@ -33,8 +47,10 @@ class ChildState(str, enum.Enum):
     STOPPED = "stopped"
 
 
-def describe_exit(code: int | None) -> str:
+def describe_exit(code: int | None, killed_for: str | None = None) -> str:
     """How a process ended, in words: `was killed by SIGKILL (...)`, `exited with code 1`."""
+    if killed_for is not None:
+        return f"was killed: {killed_for}"
     if code is None:
         return "ended"
     if code < 0:
@@ -63,7 +79,8 @@ class ApiProcess:
     def __init__(self, name: str, folder: Path, generation: int, socket_dir: Path,
                  on_stdout: Callable[["ApiProcess", bytes], None], on_stderr: Callable[["ApiProcess", str], None],
                  endpoint: str | None = None, max_body: int = 10 * 2**20, env: dict[str, str] | None = None,
-                 on_exit: Callable[["ApiProcess", int], None] | None = None, restart: int = 0):
+                 on_exit: Callable[["ApiProcess", int], None] | None = None, restart: int = 0,
+                 liveness_period: float = 10.0):
         self.name = name
         self.endpoint = endpoint
         self.max_body = max_body
@@ -80,6 +97,9 @@ class ApiProcess:
         self._on_exit = on_exit
         self._stopping = False
         self._watcher: asyncio.Task | None = None
+        self._prober: asyncio.Task | None = None
+        self.liveness_period = liveness_period
+        self.killed_for: str | None = None  # why the supervisor killed it (its liveness probe), if it did
         self._on_stdout = on_stdout
         self._on_stderr = on_stderr
         self._proc: asyncio.subprocess.Process | None = None
@@ -102,13 +122,18 @@ class ApiProcess:
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "myelin.cli", "serve", str(self.folder), "--uds", str(self.uds),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env=env, preexec_fn=_die_with_parent,
+            env=env, preexec_fn=_die_with_parent, start_new_session=True,  # a process group of its own
         )
         self._pumps = [asyncio.create_task(self._pump_stdout()), asyncio.create_task(self._pump_stderr())]
-        self.client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(self.uds)),
-                                        base_url="http://myelin-local", timeout=None)
+        # No bound on connections: the API's own admission (max_concurrency, max_queue_length) decides, as behind
+        # the ALB; a pool limit here would queue the excess in the router with no bound and no deadline.
+        self.client = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=str(self.uds), limits=httpx.Limits(
+                max_connections=None, max_keepalive_connections=KEEPALIVE_CONNECTIONS)),
+            base_url="http://myelin-local", timeout=None)
         while True:
             if self._proc.returncode is not None:
+                self._kill_group()  # a helper it started would hold its pipes open: the pumps would never end
                 await asyncio.gather(*self._pumps, return_exceptions=True)  # the last words on stderr
                 self.state = ChildState.FAILED
                 self.error = self.error or self._tail_error()
@@ -122,6 +147,7 @@ class ApiProcess:
                         if self.load_seconds is None:
                             self.load_seconds = time.monotonic() - self._started
                         self._watcher = asyncio.create_task(self._watch_exit())
+                        self._prober = asyncio.create_task(self._probe_liveness())
                         return True
                 except httpx.HTTPError:
                     pass
@@ -133,11 +159,47 @@ class ApiProcess:
         assert self._proc is not None
         code = await self._proc.wait()
         self.returncode = code
+        self._kill_group()  # what it left behind: helpers, forks (its workers die with it anyway)
+        if self._prober is not None and self._prober is not asyncio.current_task():
+            self._prober.cancel()
         if self._stopping or self.state is not ChildState.READY:
             return
         self.state = ChildState.EXITED
         if self._on_exit is not None:
             self._on_exit(self, code)
+
+    async def _probe_liveness(self) -> None:
+        """GET /healthz every `liveness_period` s (timeout min(5 s, period)); LIVENESS_FAILURES failures in a row
+        kill the process group (SIGKILL: a frozen process ignores SIGTERM) and the exit watcher restarts it."""
+        timeout = min(LIVENESS_TIMEOUT_S, self.liveness_period)
+        failures = 0
+        while self.state is ChildState.READY and not self._stopping:
+            await asyncio.sleep(self.liveness_period)
+            client = self.client
+            if client is None or self.state is not ChildState.READY or self._stopping:
+                return
+            try:
+                r = await client.get(HEALTH_PATH, timeout=timeout)
+                problem = None if r.status_code == 200 else f"{HEALTH_PATH} answered {r.status_code}: " + _why(r)
+            except httpx.TimeoutException:
+                problem = f"{HEALTH_PATH} did not answer within {timeout:g}s"
+            except httpx.HTTPError as err:
+                problem = f"{HEALTH_PATH} failed: {type(err).__name__}"
+            if problem is None:
+                failures = 0
+                continue
+            failures += 1
+            if failures >= LIVENESS_FAILURES and self.state is ChildState.READY and not self._stopping:
+                self.killed_for = f"its liveness probe failed {failures} times in a row ({problem})"
+                self._kill_group()
+                return
+
+    def _kill_group(self) -> None:
+        """SIGKILL every process of this API's process group (the server, its workers, whatever it started)."""
+        if self._proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
 
     def _tail_error(self) -> str:
         lines = [line for line in self._stderr_tail if line.strip()]
@@ -179,12 +241,14 @@ class ApiProcess:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
+        self._kill_group()  # its container is gone: so is everything it started
         if proc is not None:
             await asyncio.gather(*self._pumps, return_exceptions=True)
         if self.state not in (ChildState.FAILED, ChildState.EXITED):
             self.state = ChildState.STOPPED
-        if self._watcher is not None and self._watcher is not asyncio.current_task():
-            self._watcher.cancel()
+        for task in (self._watcher, self._prober):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
         await self._close_client()
         with contextlib.suppress(FileNotFoundError):
             self.uds.unlink()
@@ -193,10 +257,17 @@ class ApiProcess:
         """Synchronous last resort (the router exits): no drain."""
         self._stopping = True
         if self._proc is not None and self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
+            self._kill_group()
 
     async def _close_client(self) -> None:
         if self.client is not None:
             await self.client.aclose()
             self.client = None
+
+
+def _why(response: httpx.Response) -> str:
+    """The error message of a probe's JSON answer, shortened (the status otherwise)."""
+    try:
+        return str(response.json()["error"]["message"])[:200]
+    except (ValueError, KeyError, TypeError):
+        return response.reason_phrase

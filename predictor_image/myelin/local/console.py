@@ -141,15 +141,18 @@ class Console:
     def removed(self, api: str, endpoint: str) -> None:
         self._said.pop(api, None)
         if self.tty:
-            self._line(f"  − {api:<22} folder removed: {endpoint} is no longer served (404)")
+            gone = f": {endpoint} is no longer served (404)" if endpoint else ""
+            self._line(f"  − {api:<22} folder removed{gone}")
         else:
-            self._event("info", "removed", api=api, endpoint=endpoint)
+            self._event("info", "removed", api=api, endpoint=endpoint or None)
 
-    def note(self, message: str) -> None:
+    def note(self, message: str, level: str = "info") -> None:
+        """A line about myelin local itself; `level="error"` for what stops it or fails a request (a busy port,
+        no folder to serve, a router failure), so a JSON log reader filtering on errors sees them."""
         if self.tty:
             self._line(f"myelin local: {message}")
         else:
-            self._event("info", message)
+            self._event(level, message)
 
     # ------------------------------------------------------------------ children's output
     def child_log(self, api: str, line: bytes) -> None:

@@ -49,7 +49,8 @@ def cost_html(cost: dict[str, Any] | None) -> str:
     per = cost.get("cpu_seconds_per_prediction")
     if per is None:
         return '<p class="meta cost">Cost: send predictions to measure CPU seconds per prediction.</p>'
-    measured = f"{per * 1000:.3g} ms CPU per prediction over {cost['predictions']} predictions"
+    count = cost["predictions"]
+    measured = f"{per * 1000:.3g} ms CPU per prediction over {count} prediction{'' if count == 1 else 's'}"
     est = cost.get("estimate")
     if est is None:
         hint = html.escape(cost["error"]) if cost.get("error") else "start with --stack dev (or prod) for dollars"

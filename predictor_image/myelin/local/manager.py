@@ -8,7 +8,8 @@ version still loading. A version that cannot start (bad api.yaml, missing packag
 the previous one keeps serving, and `/info` and the local page say which version serves and why the other
 was refused. A folder that appears is started; one that disappears stops being served (404).
 
-A serving process that ends on its own (killed by the OOM killer, a crash, a job calling os._exit) is seen the
+A serving process that ends on its own (killed by the OOM killer, a crash, a job calling os._exit), or that its
+liveness probe kills (stuck past serving.stuck_timeout, frozen: child.py), is seen the
 moment it ends, shown on the console, `/info` and the page, and started again with Kubernetes' back-off
 (`RestartBackoff`); while it is down its requests get 503 with Retry-After.
 """
@@ -29,7 +30,7 @@ import orjson
 from .. import contract
 from ..errors import retry_after_seconds
 from ..spec import SPEC_FILE, ApiSpec, SpecError, load_api_spec
-from . import requirements
+from . import requirements, splitter
 from .child import ApiProcess, ChildState, describe_exit
 from .console import Console
 from .scale_metrics import ScaleToZeroMetrics
@@ -132,6 +133,7 @@ class LocalApi:
         self.not_before = 0.0  # scaled to zero: the next cold start waits for the back-off
         self.last_load: float | None = None  # load time of the process that ended (Retry-After while down)
         self._keys: tuple[Any, Any] | None = None  # (spec, ApiKeys) read for that spec
+        self.splitter: splitter.LocalSplitter | None = None  # a TrafficSplitter: routing, no process
 
     @property
     def scales_to_zero(self) -> bool:
@@ -154,6 +156,8 @@ class LocalApi:
 
     @property
     def state(self) -> str:
+        if self.splitter is not None:
+            return "ready"
         if self.serving is not None and self.serving.state is ChildState.READY:
             return "ready"
         if self.restart_at is not None:
@@ -205,6 +209,8 @@ class LocalApi:
         if self.serving is not None and self.serving.state is ChildState.READY:
             info["pid"] = self.serving.pid
             info["in_flight"] = self.serving.in_flight  # requests the router is forwarding to it
+        if self.splitter is not None:
+            info["splits"] = self.splitter.describe()
         if self.scales_to_zero:
             info["scale_to_zero"] = {
                 "held_requests": self.held,
@@ -217,8 +223,10 @@ class LocalApi:
 class LocalServer:
     """All the APIs under one root, their route table, and the watcher that keeps them in step with the disk."""
 
-    def __init__(self, root: Path, console: Console, base_url: str, single: bool = False):
+    def __init__(self, root: Path, console: Console, base_url: str, single: bool = False,
+                 liveness_period: float = 10.0):
         self.root = root.resolve()
+        self.liveness_period = liveness_period  # MYELIN_LIVENESS_PERIOD: each API process's /healthz probe
         self.single = single  # the root is itself one API folder
         self.console = console
         self.base_url = base_url
@@ -230,6 +238,7 @@ class LocalServer:
         self._reaper: asyncio.Task | None = None
         self.closing = False
         self.scale_metrics = ScaleToZeroMetrics()
+        self.split_metrics = splitter.SplitMetrics()
 
     # ------------------------------------------------------------------ discovery
     def folders(self) -> list[Path]:
@@ -295,6 +304,9 @@ class LocalServer:
             spec = self._read_spec(api)
             if spec is None:
                 return
+            if splitter.is_splitter(spec):
+                splitter.serve(self, api, spec)  # routing only: no process, no requirements
+                return
             missing = requirements.unmet(api.folder)
             api.blocked_on_requirements = bool(missing)
             if missing:
@@ -327,7 +339,8 @@ class LocalServer:
     def _process(self, api: LocalApi, spec: ApiSpec, generation: int, restart: int = 0) -> ApiProcess:
         return ApiProcess(spec.name, api.folder, generation, self.socket_dir, self._child_stdout, self._child_stderr,
                           endpoint=spec.endpoint, max_body=spec.serving.max_body_bytes,
-                          env=ARRIVAL_ENV if api.scales_to_zero else None, on_exit=self._exited, restart=restart)
+                          env=ARRIVAL_ENV if api.scales_to_zero else None, on_exit=self._exited, restart=restart,
+                          liveness_period=self.liveness_period)
 
     # ------------------------------------------------------------------ supervision
     def _exited(self, child: ApiProcess, code: int) -> None:
@@ -339,7 +352,7 @@ class LocalServer:
         now = time.monotonic()
         ran = now - api.backoff.running_since if api.backoff.running_since is not None else None
         delay = api.backoff.ended(now)
-        how = describe_exit(code)
+        how = describe_exit(code, child.killed_for)
         api.last_exit = {"how": how, "code": code, "at": time.strftime("%H:%M:%S"),
                          "ran_seconds": round(ran, 3) if ran is not None else None}
         api.last_load = child.load_seconds
@@ -387,6 +400,7 @@ class LocalServer:
             raise
 
     def _idle(self, api: LocalApi, spec: ApiSpec) -> None:
+        api.splitter = None
         api.error = api.traceback = api.refused = None
         routes = {endpoint: a for endpoint, a in self.routes.items() if a is not api}
         routes[spec.endpoint] = api
@@ -489,7 +503,7 @@ class LocalServer:
         return spec
 
     def _refuse(self, api: LocalApi, name: str, error: str, traceback: str | None = None) -> None:
-        keeps = api.serving is not None and api.serving.state is ChildState.READY
+        keeps = (api.serving is not None and api.serving.state is ChildState.READY) or api.splitter is not None
         api.error = error
         api.traceback = traceback
         if keeps:
@@ -500,6 +514,7 @@ class LocalServer:
                 restarted: bool = False) -> None:
         old = api.serving
         api.serving = new
+        api.splitter = None
         api.restart_at = None
         api.backoff.started(time.monotonic())
         api.error = api.traceback = api.refused = None
@@ -533,9 +548,10 @@ class LocalServer:
         api.restart_at = None
         if api.waking is not None and not api.waking.done():
             api.waking.cancel()
-        endpoint = api.endpoint
+        endpoint = api.endpoint or api.guessed_endpoint
         self.routes = {e: a for e, a in self.routes.items() if a is not api}
-        if api.serving is not None or api.spec is not None:
+        if api.serving is not None or api.spec is not None or api.error:
+            # Said also for a folder that never served (its api.yaml refused): the console and the page listed it.
             self.console.removed(api.name, endpoint or "")
         if api.serving is not None:
             self._retire(api.serving, api.spec.serving.drain_timeout.seconds if api.spec else 5.0)

@@ -32,8 +32,14 @@ def readme_summary(folder: Path) -> str:
             continue
         paragraph.append(stripped)
     text = " ".join(paragraph)
-    text = re.sub(r"`([^`]*)`", r"\1", text)  # inline code
-    return re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)  # links
+    # Markdown to plain text: inline code as it is; outside it, links to their text and emphasis (**bold**,
+    # __bold__, *italic*) to its words, never touching a `*` or `_` inside a word or a code span (`**kwargs`).
+    parts = re.split(r"`([^`]*)`", text)
+    for i in range(0, len(parts), 2):
+        prose = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", parts[i])
+        prose = re.sub(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1", r"\2", prose)
+        parts[i] = re.sub(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])", r"\1", prose)
+    return "".join(parts)
 
 
 def sample_info(folder: Path) -> dict[str, Any] | None:

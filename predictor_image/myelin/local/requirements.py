@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
+
+from ..loader import pip_install_command
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,11 @@ def unmet(folder: Path) -> list[Unmet]:
 
 def install_command(folder: Path) -> str:
     """The exact command that installs the API's requirements into this interpreter."""
-    req = Path(folder) / "requirements.txt"
-    return f"{shlex.quote(sys.executable)} -m pip install -r {shlex.quote(str(req))}"
+    return pip_install_command(folder)
 
 
 def message(folder: Path, missing: list[Unmet]) -> str:
+    """Which packages are missing and the one command that installs them. Not `make local`: this is said while
+    `myelin local` (perhaps started by `make local`) is running, and it starts the API by itself once they are in."""
     names = ", ".join(str(m) for m in missing)
-    return (f"needs packages this Python does not have: {names}; install them with `make local` (every API's "
-            f"requirements) or `{install_command(folder)}`")
+    return f"needs packages this Python does not have: {names}; install them with `{install_command(folder)}`"

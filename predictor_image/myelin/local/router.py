@@ -33,9 +33,10 @@ from .. import contract
 from ..errors import HTTPError
 from ..http_io import ClientGone, RequestHead, ResponseWriter, new_request_id, send_error
 from ..metrics import CONTENT_TYPE
-from ..openapi_doc import DOCS_ASSETS_PATH, operation, sample_file, swagger_assets, swagger_page
+from ..openapi_doc import DOCS_ASSETS_PATH, paths, sample_file, swagger_assets, swagger_page
 from ..protocol_oip import ServerRoutes
 from ..protocols import error_writer_for
+from ..spec.protocols import protocols_of
 from ..server import _error_response, with_request_id
 from .child import ApiProcess, ChildState
 from .cost_view import attach_costs
@@ -74,6 +75,9 @@ class LocalRouter:
                 return
             api = self.server.route(path)
             if api is not None:
+                if api.splitter is not None:  # kind TrafficSplitter: local/splitter.py picks the API
+                    await api.splitter.forward(self, api, scope, receive, send)
+                    return
                 await self._forward(api, scope, receive, send)
                 return
         elif scope["type"] == "lifespan":
@@ -156,7 +160,7 @@ class LocalRouter:
         if path.startswith(contract.OIP_MODELS_PREFIX + "/"):
             name = path[len(contract.OIP_MODELS_PREFIX) + 1:].split("/", 1)[0]
             for api in self.server.apis.values():
-                if api.name == name and api.spec is not None and contract.PROTOCOL_OIP in api.spec.networking.protocols:
+                if api.name == name and api.spec is not None and contract.PROTOCOL_OIP in protocols_of(api.spec):
                     await self._forward(api, scope, receive, send)
                     return
             await self._reply(None, scope, send, 404, "not_found", f"no model named {_printable(name[:64])!r} "
@@ -178,7 +182,7 @@ class LocalRouter:
         if self.draining:
             return False
         oip = [a for a in self.server.apis.values()
-               if a.spec is not None and contract.PROTOCOL_OIP in a.spec.networking.protocols]
+               if a.spec is not None and contract.PROTOCOL_OIP in protocols_of(a.spec)]
         if not oip:
             return self.server.ready
         return all(a.state in ("ready", "idle") for a in oip)
@@ -196,7 +200,7 @@ class LocalRouter:
         except Exception as err:  # noqa: BLE001 - the last line of defence: a bug here must not leak a traceback
             self.server.console.note(f"{api.name}: the router failed on {scope['method']} "
                                      f"{_printable(scope['path'])} (request id {request_id}): "
-                                     f"{type(err).__name__}: {err}")
+                                     f"{type(err).__name__}: {err}", level="error")
             if not writer.started:
                 await self._reply(api, scope, send, 500, "internal", "the local router failed on this request; "
                                   f"the console says why (request id {request_id})", request_id)
@@ -284,6 +288,13 @@ class LocalRouter:
             return
         if body.error == "gone":
             return  # the client left while sending its body
+        if isinstance(err, httpx.LocalProtocolError):
+            # The request could not be written to the API's connection (nothing reached the API): the client's
+            # request is at fault, not the API's process, which is fine.
+            if not send.started:
+                await self._reply(api, scope, send, 400, "bad_request", "the request could not be forwarded to "
+                                  f"API {api.name}: {err}", request_id, [(b"connection", b"close")])
+            return
         if isinstance(err, (httpx.HTTPError, RuntimeError, OSError)):
             # The process ended (killed, crashed) or stopped answering: the request was not answered.
             if not send.started:
@@ -365,7 +376,7 @@ class LocalRouter:
             schema = get_openapi(title="myelin local", version="1", routes=app.routes)
             for api in server.apis.values():
                 if api.spec is not None and api.endpoint:
-                    schema.setdefault("paths", {})[api.endpoint] = {"post": operation(api.spec, api.folder)}
+                    schema.setdefault("paths", {}).update(paths(api.spec, api.folder, api.endpoint))
             return _json(schema)
 
         @app.get(contract.DOCS_PATH, include_in_schema=False)
@@ -411,7 +422,8 @@ class LocalRouter:
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)
         registry.register(Merged())
-        return generate_latest(registry) + generate_latest(self.server.scale_metrics.registry)
+        return (generate_latest(registry) + generate_latest(self.server.scale_metrics.registry)
+                + generate_latest(self.server.split_metrics.registry))
 
 
 class _Body:
@@ -471,10 +483,12 @@ async def _client_leaves(receive: Any, body: _Body) -> None:
             return
 
 
-#: Request headers never forwarded: hop-by-hop (RFC 9110 7.6.1) and the router's own arrival header. The
-#: client's Host, Content-Length and everything else pass as they are, as the ALB passes them.
+#: Request headers never forwarded: hop-by-hop (RFC 9110 7.6.1), the message framing of the client's connection
+#: (`transfer-encoding`: the body is framed again, chunked, on the API's connection) and the router's own arrival
+#: header. The client's Host (the first, if it sent several), Content-Length and everything else pass as they are,
+#: as the ALB passes them.
 _REQUEST_DROP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
-                 b"proxy-authenticate", b"proxy-authorization", ARRIVAL_HEADER}
+                 b"proxy-authenticate", b"proxy-authorization", b"transfer-encoding", ARRIVAL_HEADER}
 #: Response headers the router's own server sets (its `date`: one per response) or that are hop-by-hop.
 _RESPONSE_DROP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer",
                   b"upgrade", b"date", b"server"}
@@ -506,7 +520,14 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
 def _forwarded_headers(headers: list[tuple[bytes, bytes]], request_id: str) -> list[tuple[bytes, bytes]]:
     """The client's headers as it sent them (values without the surrounding whitespace HTTP ignores, as
     `myelin serve` reads them), minus hop-by-hop ones; X-Request-ID added only if the client sent none."""
-    out = [(k, v.strip(b" \t")) for k, v in headers if k.lower() not in _REQUEST_DROP]
+    out = []
+    host = False
+    for k, v in headers:
+        name = k.lower()
+        if name in _REQUEST_DROP or (name == b"host" and host):
+            continue  # a second Host would make the API's connection refuse the request; `myelin serve` reads the first
+        host = host or name == b"host"
+        out.append((k, v.strip(b" \t")))
     if not any(k.lower() == b"x-request-id" for k, _ in out):
         out.append((b"x-request-id", request_id.encode("latin-1")))
     return out

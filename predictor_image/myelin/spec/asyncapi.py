@@ -71,7 +71,7 @@ class JobsSpec(_Strict):
         "10Gi",
         description="Bytes the job store may hold for this API (payloads, stored headers, results and errors of the "
         "jobs kept for `retention`, dead letters); a submit that would go beyond it gets 503 with Retry-After and "
-        "nothing is stored.",
+        "nothing is stored; a result that would go beyond it fails its job (`result_too_large`) and is not stored.",
     )
 
     @field_validator("max_stored_bytes", mode="before")

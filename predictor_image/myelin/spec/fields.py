@@ -384,6 +384,10 @@ class NetworkingSpec(_Strict):
             return v
         if not re.match(r"^/[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$", v):
             raise ValueError(f"must be a path like '/my-api' (letters, digits, '-', '_', '.', '/'), got {v!r}")
+        if any(part in (".", "..") for part in v.split("/")):
+            # Clients remove dot segments before sending (RFC 3986 5.2.4): such an endpoint is never reached as
+            # written, and `/x/../healthz` would be the server's own route.
+            raise ValueError(f"must not contain '.' or '..' segments, got {v!r}")
         if v in RESERVED_PATHS:
             raise ValueError(f"{v} is reserved for the server's own routes")
         if v.startswith(OIP_PREFIX + "/"):

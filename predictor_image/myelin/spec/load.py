@@ -13,12 +13,14 @@ from pydantic import ValidationError
 from ..contract import OPENAI_PREFIX, SPEC_ENV
 from .asyncapi import AsyncApiSpec
 from .fields import SpecError
+from .protocols import protocols_of
 from .realtime import ApiSpec
+from .splitter import TrafficSplitterSpec, check_splitters, is_splitter
 
 SPEC_FILE = "api.yaml"
 
 #: `kind` in api.yaml -> the model that parses it. A new kind registers its model here.
-KINDS: dict[str, type] = {"RealtimeAPI": ApiSpec, "AsyncAPI": AsyncApiSpec}
+KINDS: dict[str, type] = {"RealtimeAPI": ApiSpec, "AsyncAPI": AsyncApiSpec, "TrafficSplitter": TrafficSplitterSpec}
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
@@ -110,10 +112,20 @@ def load_api_spec(folder: str | Path, overrides: Mapping[str, Any] | None = None
 
 
 def check_predictor_file(folder: Path, spec: ApiSpec, source: str) -> None:
-    """The spec's predictor.path must name a file in the API folder."""
+    """The spec's predictor.path must name a file in the API folder (a TrafficSplitter has no predictor)."""
+    if is_splitter(spec):
+        return
     predictor_file = Path(folder) / spec.predictor.path
     if not predictor_file.is_file():
         raise SpecError(source, [("predictor.path", f"file not found: {predictor_file}")])
+
+
+def misnamed_spec(folder: Path) -> str | None:
+    """The error for an API folder whose spec file is `api.yml` (and no api.yaml), else None."""
+    folder = Path(folder)
+    if (folder / SPEC_FILE).is_file() or not (folder / "api.yml").is_file():
+        return None
+    return f"{folder / 'api.yml'}: the spec file must be named {SPEC_FILE} (did you mean {folder / SPEC_FILE}?)"
 
 
 def discover_api_folders(root: str | Path) -> list[Path]:
@@ -142,7 +154,7 @@ def check_unique(specs: Mapping[Path, ApiSpec]) -> None:
         seen_endpoints[spec.endpoint] = folder
     # An API serving openai answers under <endpoint>/v1/: no other API's endpoint may lie there.
     for folder, spec in specs.items():
-        if "openai" not in spec.networking.protocols:
+        if "openai" not in protocols_of(spec):
             continue
         prefix = spec.endpoint + OPENAI_PREFIX
         for other_folder, other in specs.items():
@@ -168,7 +180,10 @@ def load_specs(paths: list[str]) -> tuple[dict[Path, ApiSpec], list[str]]:
         except SpecError as err:
             errors.append(str(err))
             continue
-        if not found:
+        # A sub-folder with an api.yml is an API with a misnamed spec (myelin local says so too), not nothing.
+        misnamed = [m for m in (misnamed_spec(p) for p in sorted(path.iterdir()) if p.is_dir()) if m]
+        errors.extend(misnamed)
+        if not found and not misnamed:
             errors.append(f"{path}: no API folders (sub-folders with an api.yaml) found")
         folders.extend(found)
     specs: dict[Path, ApiSpec] = {}
@@ -180,6 +195,10 @@ def load_specs(paths: list[str]) -> tuple[dict[Path, ApiSpec], list[str]]:
             errors.append(str(err))
             continue
         specs[folder] = spec
+    # Splitters against the APIs served with them (names, kinds); a bad one is reported and left out.
+    for folder, err in check_splitters(specs).items():
+        errors.append(str(err))
+        del specs[folder]
     return specs, errors
 
 

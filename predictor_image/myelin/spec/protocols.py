@@ -120,3 +120,9 @@ def protocol_sections(protocol: str, protocols: list[str], section: object | Non
                          "oip.outputs, each a list of {name, datatype, shape})")
     if section is not None and protocol not in protocols:
         raise ValueError(f"set, but networking.protocols does not list {protocol}")
+
+
+def protocols_of(spec: object) -> list[str]:
+    """The protocols a spec of any kind speaks: `networking.protocols`, or the native route alone for a kind
+    without the field (a TrafficSplitter routes its endpoint only)."""
+    return list(getattr(getattr(spec, "networking", None), "protocols", None) or ["myelin"])

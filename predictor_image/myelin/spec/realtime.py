@@ -8,6 +8,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from .fields import ApiBase, AutoscalingSpec, BatchingSpec
 from .protocols import OipSpec, OpenAISpec, protocol_sections
+from .rollout import RolloutSpec
 
 
 class ApiSpec(ApiBase):
@@ -39,6 +40,17 @@ class ApiSpec(ApiBase):
         if "openai" not in self.networking.protocols:
             return []
         return list(self.openai.routes) if self.openai is not None else ["chat", "completions"]
+
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+
+    @model_validator(mode="after")
+    def _canary_needs_replicas(self) -> "ApiSpec":
+        if self.rollout.canary and self.autoscaling.min_replicas == 0:
+            raise ValueError(
+                "rollout.strategy: canary needs autoscaling.min_replicas 1 or more: an API scaled to zero is reached "
+                "through KEDA's HTTP interceptor, which routes to one Service, so the load balancer cannot split its "
+                "requests between the old and the new version; set min_replicas to 1, or use strategy rolling")
+        return self
 
     @model_validator(mode="after")
     def _batches_can_fill(self) -> "ApiSpec":
