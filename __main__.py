@@ -10,6 +10,7 @@ from components import (
     AsyncPredictorApi,
     Cluster,
     ColdStartResponder,
+    OipServerRoutes,
     Network,
     PredictorApi,
     PredictorApiArgs,
@@ -62,6 +63,8 @@ if to_zero:
 endpoints = {}
 job_stores = {}
 generated_keys = {}
+#: One API's args per visibility: the load balancer of that IngressGroup answers the server-wide OIP routes.
+group_args = {}
 for deployed in settings.apis:
     spec = deployed.spec
     keys = None
@@ -106,6 +109,11 @@ for deployed in settings.apis:
     else:
         api = PredictorApi(spec.name, api_args, opts=k8s_opts)
     endpoints[spec.name] = api.url
+    group_args.setdefault(spec.networking.visibility, api_args)
+
+# `/v2`, `/v2/health/live`, `/v2/health/ready` (the Open Inference Protocol's server routes) on every load balancer.
+for visibility, group in sorted(group_args.items()):
+    OipServerRoutes(f"{cluster_name}-oip-{visibility}", group, opts=k8s_opts)
 
 pulumi.export("endpoints", endpoints)
 if job_stores:

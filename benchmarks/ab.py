@@ -5,6 +5,7 @@
     python3 benchmarks/ab.py main HEAD --quick         # 2 rounds, best of 1 × 2 s (a smoke check, ~1 min)
     python3 benchmarks/ab.py HEAD~1 HEAD --api trivial --concurrency 64,256
     python3 benchmarks/ab.py main .                    # `.` (any folder with predictor_image/): that tree as it is
+    python3 benchmarks/ab.py . . --route-b oip          # one tree: A the native route, B the same API over OIP
 
 Each revision is checked out with `git worktree add --detach` under benchmarks/.work/ab/ and served
 by the same virtualenv (.venv) with PYTHONPATH pointing at that revision's predictor_image, from
@@ -40,6 +41,17 @@ import run  # noqa: E402  (benchmarks/run.py: servers, wrk, the ceiling)
 
 AB_WORK = run.WORK / "ab"
 APIS = {"kmeans": "apis/kmeans", "trivial": "benchmarks/apis/trivial", "trivial-async": "benchmarks/apis/trivial-async"}
+ROUTES = ("myelin", "oip")
+
+
+def route_request(route: str, spec: dict) -> tuple[str, bytes]:
+    """(path, body) of one kmeans prediction on `route`: the native payload, or the same point as an OIP inference
+    request in JSON (what tritonclient sends with binary_data=False; wrk sends one fixed body without the binary
+    extension's header)."""
+    if route == "oip":
+        return f"/v2/models/{spec['raw']['name']}/infer", run.json_body({"inputs": [
+            {"name": "features", "shape": [1, 2], "datatype": "FP32", "data": run.POINT}]})
+    return spec["endpoint"], run.json_body({"features": run.POINT})
 
 
 # ---------------------------------------------------------------- arithmetic (pure; tested)
@@ -121,6 +133,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--concurrency", default="64", help="connections, comma-separated (default 64)")
     ap.add_argument("--api", default="kmeans", choices=sorted(APIS), help="the API served by A and B")
     ap.add_argument("--keep-worktrees", action="store_true", help="leave the revisions' worktrees for the next run")
+    ap.add_argument("--route-a", default="myelin", choices=ROUTES, help="the route A is loaded on: the native POST "
+                    "<endpoint> (myelin, the default) or the Open Inference Protocol's infer (oip; kmeans only)")
+    ap.add_argument("--route-b", default="myelin", choices=ROUTES, help="the route B is loaded on (as --route-a)")
     args = ap.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.runs = args.runs or (1 if args.quick else 2)
@@ -134,6 +149,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--concurrency: expected positive integers, got {args.concurrency!r}")
     if args.rounds < 1 or args.runs < 1 or args.duration <= 0:
         ap.error("--rounds, --runs and --duration must be positive")
+    if "oip" in (args.route_a, args.route_b) and args.api != "kmeans":
+        ap.error("--route-a/--route-b oip: only --api kmeans declares OIP tensors")
     return args
 
 
@@ -176,18 +193,19 @@ def checkout(rev: str) -> Revision:
     return Revision(rev, sha, tree, True)
 
 
-def myelin_server(name: str, rev: Revision, api: str) -> run.Server:
+def myelin_server(name: str, rev: Revision, api: str, route: str = "myelin") -> run.Server:
     env = {"PYTHONPATH": str(rev.tree / "predictor_image")}
     folder = rev.tree / APIS[api]
     if not (folder / "api.yaml").is_file():  # an older revision without this API: this tree's copy
         folder = run.ROOT / APIS[api]
     spec = run.read_api(folder, env=env)
     host = run.myelin_host_flag(env)
+    path, body = route_request(route, spec)
     return run.Server(
-        name, f"{name}: {rev.label}" + (f" ({rev.sha[:10]})" if rev.sha else ""), api, "myelin", "main",
+        name, f"{name}: {rev.label}" + (f" ({rev.sha[:10]})" if rev.sha else "") + (f" over {route}" if route != "myelin"
+                                                                                      else ""), api, "myelin", "main",
         lambda port: [str(run.MAIN_PY), "-m", "myelin", "serve", str(folder), "--port", str(port), *host],
-        spec["endpoint"], run.json_body({"features": run.POINT}), ready_path="/readyz", cwd=rev.tree, env=env,
-        ready_timeout=300,
+        path, body, ready_path="/readyz", cwd=rev.tree, env=env, ready_timeout=300,
     )
 
 
@@ -209,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     try:
         revs = [checkout(args.rev_a), checkout(args.rev_b)]
-        servers = {"A": myelin_server("A", revs[0], args.api), "B": myelin_server("B", revs[1], args.api),
+        servers = {"A": myelin_server("A", revs[0], args.api, args.route_a),
+                   "B": myelin_server("B", revs[1], args.api, args.route_b),
                    "ceiling": run.ceiling_server()}
         logs = AB_WORK / "logs"
         logs.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,11 @@ from pulumi_policy import (
 
 Props = Mapping[str, Any]
 RESERVED_PATHS = ("/healthz", "/readyz", "/metrics", "/info", "/docs", "/openapi.json", "/docs-assets")
+#: The Open Inference Protocol's server routes: answered by the load balancer itself (fixed responses of the
+#: `myelin-oip-server-<visibility>` Ingress), never routed to an API. Under /v2 an API gets only
+#: /v2/models/<its name> (networking.protocols: [oip]).
+OIP_SERVER_PATHS = ("/v2", "/v2/health/live", "/v2/health/ready")
+OIP_MODELS = "/v2/models/"
 ALB = "alb.ingress.kubernetes.io/"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 #: A RealtimeAPI released as a canary runs under an Argo Rollout: the same pod template, the same rules.
@@ -225,6 +230,7 @@ def ingress(props: Props) -> list[str]:
                 p.get("pathType") == "Prefix" and any(r.startswith(path.rstrip("/") + "/") for r in RESERVED_PATHS)
             ):
                 out.append(f"Ingress {name}: path {path} would expose health/metrics routes; route only API endpoints")
+            out.extend(_oip_path(name, path, p, ann))
     if _get(props, "spec", "defaultBackend"):
         out.append(f"Ingress {name}: a default backend exposes every path")
     if ann.get(ALB + "certificate-arn"):
@@ -233,6 +239,29 @@ def ingress(props: Props) -> list[str]:
         if "HTTPS" not in (ann.get(ALB + "listen-ports") or ""):
             out.append(f"Ingress {name}: with a certificate, the load balancer must listen on HTTPS")
     return out
+
+
+def _oip_path(name: Any, path: str, p: Props, ann: Mapping[str, Any]) -> list[str]:
+    """Under /v2: the server routes only as the load balancer's fixed responses; an API only at /v2/models/<name>."""
+    prefix = p.get("pathType") == "Prefix"
+    server = path in OIP_SERVER_PATHS or path.startswith("/v2/health/") or (
+        prefix and any(r.startswith(path.rstrip("/") + "/") or r == path.rstrip("/") for r in OIP_SERVER_PATHS))
+    if server:
+        action = _get(p, "backend", "service", "name")
+        port = _get(p, "backend", "service", "port", "name")
+        try:
+            fixed = json.loads(ann.get(ALB + f"actions.{action}") or "{}").get("type") == "fixed-response"
+        except (TypeError, ValueError, AttributeError):
+            fixed = False
+        if port != "use-annotation" or not fixed or prefix:
+            return [f"Ingress {name}: path {path} is the Open Inference Protocol's server route (/v2, /v2/health/*): "
+                    "the load balancer answers it (a fixed-response action), never an API"]
+        return []
+    if path == "/v2" or path.startswith("/v2/"):
+        rest = path[len(OIP_MODELS):] if path.startswith(OIP_MODELS) else ""
+        if not rest or "/" in rest.rstrip("/"):
+            return [f"Ingress {name}: path {path}: under /v2 an API is routed only at /v2/models/<its name>"]
+    return []
 
 
 # -- whole stack ----------------------------------------------------------------------------------

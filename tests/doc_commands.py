@@ -80,6 +80,9 @@ NOT_RUN_HERE = {
     "pulumi ": "needs an AWS account and a Pulumi backend; tests/infra/ runs the program under Pulumi's mocks",
     "URL=$(pulumi ": "reads a deployed stack's outputs",
     "KEY=$(pulumi ": "reads a deployed stack's outputs",
+    "export EMBED_URL=$(pulumi ": "reads a deployed stack's outputs (the Python snippet after it is run against "
+                                 "myelin local by tests/protocols/test_readme.py, in its quick-start form)",
+    "export KMEANS_URL=$(pulumi ": "reads a deployed stack's outputs",
     'curl -s -X POST "$URL"': "calls a deployed stack's load balancer",
     "curl -s https://checkip.amazonaws.com": "the internet: test machines reach package registries only",
     "kubectl ": "needs a deployed cluster",

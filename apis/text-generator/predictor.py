@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from pydoc_data.topics import topics
 
@@ -61,13 +61,30 @@ class Predictor:
         seed = payload.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise PredictorError(400, "seed must be a whole number")
-        return prompt, tokens, seed
+        temperature = payload.get("temperature")
+        if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                                        or not 0 <= temperature <= 2):
+            raise PredictorError(400, "temperature must be a number from 0 to 2")
+        return prompt, tokens, seed, temperature
+
+    @staticmethod
+    def _pick(rng: random.Random, followers: list[str], temperature) -> str:
+        """The next word: as often as it follows in the corpus (temperature 1, or unset); the most frequent one
+        (0); frequencies sharpened (below 1) or flattened (above 1) in between."""
+        if temperature is None or temperature == 1:
+            return rng.choice(followers)
+        counts = Counter(followers)
+        if temperature == 0:
+            return counts.most_common(1)[0][0]
+        words = list(counts)
+        return rng.choices(words, weights=[counts[w] ** (1.0 / temperature) for w in words])[0]
 
     def predict(self, payload):
         # Validation runs before the first item: a bad request is an ordinary JSON 400.
-        prompt, tokens, seed = self._request(payload)
+        prompt, tokens, seed, temperature = self._request(payload)
         rng = random.Random(seed)
         state = tuple(tokenize(prompt)[-self.order :])
+        usage = {"prompt_tokens": len(tokenize(prompt)), "completion_tokens": tokens}
         if state not in self.chain:  # an unknown (or empty) prompt: begin a sentence of the model's own
             state = rng.choice(self.starts)
             for i, word in enumerate(state[:tokens]):
@@ -81,7 +98,8 @@ class Predictor:
                 state = rng.choice(self.starts)
                 word = state[-1]
             else:
-                word = rng.choice(followers)
+                word = self._pick(rng, followers, temperature)
                 state = (*state[1:], word)
             yield {"token": join(word, False)}
-        yield {"done": True}
+        # Every text ends by reaching max_tokens: that is its finish reason (an OpenAI client reads it, and the usage).
+        yield {"done": True, "finish_reason": "length", "usage": usage}

@@ -5,7 +5,9 @@ cold_start.py); models from S3 (model.py: the resolved version, the cache volume
 from .asyncapi import AsyncCloudArgs, AsyncPredictorApi
 from .cold_start import ColdStartResponder
 from .namespace import ApiNamespace
+from .oip_server import OipServerRoutes
 from .realtime import PredictorApi
 from .shared import PredictorApiArgs
 
-__all__ = ["ApiNamespace", "AsyncCloudArgs", "AsyncPredictorApi", "ColdStartResponder", "PredictorApi", "PredictorApiArgs"]
+__all__ = ["ApiNamespace", "AsyncCloudArgs", "AsyncPredictorApi", "ColdStartResponder", "OipServerRoutes", "PredictorApi",
+           "PredictorApiArgs"]

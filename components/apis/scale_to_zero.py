@@ -36,7 +36,7 @@ from myelin.spec import ApiSpec
 from .. import versions
 from ..config import InterceptorTimings, held_request_seconds
 from ..addons.base import KEDA_NAMESPACE
-from .shared import ALB, IngressBackend
+from .shared import ALB, IngressBackend, routed_paths
 
 #: Runtime setting: the request header carrying the load balancer's arrival time (see myelin/settings.py).
 ARRIVAL_HEADER_ENV = "MYELIN_ARRIVAL_HEADER"
@@ -71,7 +71,7 @@ def interceptor_route(name: str, spec: ApiSpec, metadata: k8s.meta.v1.ObjectMeta
     # differing only in case would pass the ALB and get the interceptor's 404. The route's path, behind the
     # Ingress's Exact path on the ALB (and its host rule for a public API with a domain), already scopes it: a
     # route without hosts is the catch-all for its path.
-    rule: dict[str, Any] = {"paths": [{"value": spec.endpoint}]}
+    rule: dict[str, Any] = {"paths": [{"value": path} for path, _ in routed_paths(spec)]}
     return k8s.apiextensions.CustomResource(
         f"{name}-interceptorroute",
         api_version="http.keda.sh/v1beta1",

@@ -17,6 +17,7 @@ import pulumi_kubernetes as k8s
 
 from myelin import contract
 from myelin.contract import SPEC_ENV
+from myelin.spec.protocols import protocols_of
 from myelin.spec import ApiSpec
 
 from ..cluster import CPU_NODE_SELECTOR, GPU_NODE_SELECTOR, GPU_TAINT_KEY
@@ -515,12 +516,12 @@ class Parts:
                         host=args.ingress.domain if spec.networking.visibility == "public" else None,
                         http=k8s.networking.v1.HTTPIngressRuleValueArgs(
                             paths=[
-                                # Only the prediction path: /healthz, /readyz and /metrics stay on the pod network.
+                                # Only the API's own paths: /healthz, /readyz and /metrics stay on the pod network.
                                 k8s.networking.v1.HTTPIngressPathArgs(
-                                    path=spec.endpoint,
-                                    path_type=path_type,
+                                    path=path, path_type=kind,
                                     backend=k8s.networking.v1.IngressBackendArgs(service=backend),
                                 )
+                                for path, kind in routed_paths(spec, path_type)
                             ]
                         ),
                     )
@@ -535,6 +536,21 @@ class Parts:
         if args.ingress.domain and spec.networking.visibility == "public":
             return pulumi.Output.from_input(f"https://{args.ingress.domain}{spec.endpoint}")
         return ingress.status.apply(lambda s: f"{scheme}://{_hostname(s)}{spec.endpoint}")
+
+
+def routed_paths(spec: ApiSpec, native_path_type: str = "Exact") -> list[tuple[str, str]]:
+    """(path, pathType) the load balancer routes to an API, one per protocol it speaks (networking.protocols):
+    its endpoint (myelin; Prefix for an AsyncAPI's job status), `<endpoint>/v1` (openai) and `/v2/models/<name>`
+    (oip), both Prefix (each route under them, and the OIP routes' `/versions/<v>`)."""
+    protocols = protocols_of(spec)
+    paths = []
+    if contract.PROTOCOL_MYELIN in protocols:
+        paths.append((spec.endpoint, native_path_type))
+    if contract.PROTOCOL_OPENAI in protocols:
+        paths.append((spec.endpoint + contract.OPENAI_PREFIX, "Prefix"))
+    if contract.PROTOCOL_OIP in protocols:
+        paths.append((f"{contract.OIP_MODELS_PREFIX}/{spec.name}", "Prefix"))
+    return paths
 
 
 def ingress_annotations(spec: ApiSpec, args: PredictorApiArgs) -> dict[str, pulumi.Input[str]]:

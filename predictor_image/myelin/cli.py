@@ -166,8 +166,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
             mode = f"async jobs, retention {spec.jobs.retention}, max_attempts {spec.jobs.max_attempts}"
         else:
             mode = f"batching ≤{spec.batching.max_batch_size}" if spec.batching else "no batching"
-        print(f"✓ {spec.name:<24} {folder}  POST {spec.endpoint}  ({mode}, gpu={spec.compute.gpu})")
+        print(f"✓ {spec.name:<24} {folder}  {_routes(spec)}  ({mode}, gpu={spec.compute.gpu})")
     return 1 if errors else 0
+
+
+def _routes(spec) -> str:
+    """The API's front doors, by protocol (networking.protocols)."""
+    routes = []
+    from .spec.protocols import protocols_of
+
+    protocols = protocols_of(spec)
+    if c.PROTOCOL_MYELIN in protocols:
+        routes.append(f"POST {spec.endpoint}")
+    if c.PROTOCOL_OPENAI in protocols:
+        routes.append(f"OpenAI {spec.endpoint}{c.OPENAI_PREFIX} ({', '.join(spec.openai_routes)})")
+    if c.PROTOCOL_OIP in protocols:
+        routes.append(f"OIP {c.OIP_MODELS_PREFIX}/{spec.name}")
+    return ", ".join(routes)
 
 
 def cmd_local(args: argparse.Namespace) -> int:

@@ -38,8 +38,23 @@ INFO_PATH = "/info"
 DOCS_PATH = "/docs"
 OPENAPI_PATH = "/openapi.json"
 DOCS_ASSETS_PATH = "/docs-assets"
-#: Paths an API's `networking.endpoint` may not take.
-RESERVED_PATHS = (HEALTH_PATH, READY_PATH, METRICS_PATH, INFO_PATH, DOCS_PATH, OPENAPI_PATH, DOCS_ASSETS_PATH)
+#: The Open Inference Protocol's routes (`networking.protocols: [oip]`). The server-wide ones (`/v2`,
+#: `/v2/health/live`, `/v2/health/ready`) are answered by every Myelin server and by `myelin local`'s router; the
+#: per-model ones live under `/v2/models/<api name>` (optionally `/versions/<v>`).
+OIP_PREFIX = "/v2"
+OIP_HEALTH_PREFIX = "/v2/health"
+OIP_MODELS_PREFIX = "/v2/models"
+#: The OpenAI-compatible routes of an API (`networking.protocols: [openai]`) live under `<endpoint>` + this.
+OPENAI_PREFIX = "/v1"
+#: Paths an API's `networking.endpoint` may not take (nor any path under OIP_PREFIX).
+RESERVED_PATHS = (HEALTH_PATH, READY_PATH, METRICS_PATH, INFO_PATH, DOCS_PATH, OPENAPI_PATH, DOCS_ASSETS_PATH,
+                  OIP_PREFIX)
+
+# -- protocols (`networking.protocols` in api.yaml) ------------------------------------------------
+PROTOCOL_MYELIN = "myelin"  # POST <endpoint> (and an AsyncAPI's GET <endpoint>/<id>)
+PROTOCOL_OPENAI = "openai"  # <endpoint>/v1/{chat/completions,completions,embeddings,models}
+PROTOCOL_OIP = "oip"  # Open Inference Protocol v2 REST under /v2
+PROTOCOLS = (PROTOCOL_MYELIN, PROTOCOL_OPENAI, PROTOCOL_OIP)
 
 # -- metrics (Prometheus names as scraped; counters get `_total` in the exposition) -------------
 METRIC_PREFIX = "myelin_"

@@ -183,6 +183,37 @@ class Invoker:
         else:
             out.set_result(inner.result())
 
+    async def invoke_each(self, payloads: list[Any], kwargs: dict[str, Any], ticket: Ticket) -> list[Any]:
+        """The results of a request carrying several payloads (the rows of an OIP request, the inputs of an
+        embeddings request), in order, or the exception that ends it.
+
+        Batched: the payloads join one batch side by side (`Batcher.submit_many`; a per-payload PredictorError
+        comes back in its place), `max_batch_size` at a time, one part after the other (so the ticket is in one
+        call at a time). Not batched: one call each, in turn, under the one ticket and its deadline.
+        """
+        batcher = self.batcher
+        if batcher is None:
+            return [await self.invoke(payload, kwargs, ticket) for payload in payloads]
+        size = batcher.max_batch_size
+        if len(payloads) <= size:
+            return await self._submit_many(batcher, payloads, kwargs, ticket)
+        results: list[Any] = []
+        for at in range(0, len(payloads), size):
+            results.extend(await self._submit_many(batcher, payloads[at:at + size], kwargs, ticket))
+        return results
+
+    async def _submit_many(self, batcher: Batcher, payloads: list[Any], kwargs: dict[str, Any], ticket: Ticket
+                           ) -> list[Any]:
+        fut = batcher.submit_many(payloads, kwargs, ticket)
+        timer = self._loop.call_at(ticket.deadline, _expire, fut, self.timeout)
+        try:
+            return await fut
+        except BaseException:
+            batcher.forget(fut)
+            raise
+        finally:
+            timer.cancel()
+
     async def invoke(self, payload: Any, kwargs: dict[str, Any], ticket: Ticket) -> Any:
         """The predictor's result for `payload`, or the exception that ends the request (504 at `ticket.deadline`)."""
         loop = self._loop

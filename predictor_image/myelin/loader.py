@@ -146,7 +146,28 @@ def _check_calls(folder: Path, spec: ApiSpec, cls: type) -> tuple[str, ...]:
             "`batching`: streaming and batching do not combine; remove `batching` from api.yaml, or return "
             "the result instead of yielding it",
         )
+    _check_protocols(folder, spec, cls, call_kind(predict), _defined_at(predict, file))
     return declared
+
+
+def _check_protocols(folder: Path, spec: ApiSpec, cls: type, kind: CallKind, where: str) -> None:
+    """Each protocol in networking.protocols can be served by this predict (protocol_openai.py, protocol_oip.py)."""
+    protocols = spec.networking.protocols
+    yaml_file = folder / "api.yaml"
+    streams = kind in STREAMING_KINDS
+    if "oip" in protocols and streams:
+        raise LoadError(
+            spec.name, where,
+            f"{cls.__name__}.predict is a generator and {yaml_file} networking.protocols lists oip: an Open "
+            "Inference Protocol request answers each row with one result, so predict must return it, not yield",
+        )
+    routes = getattr(spec, "openai_routes", [])
+    if "embeddings" in routes and streams:
+        raise LoadError(
+            spec.name, where,
+            f"{cls.__name__}.predict is a generator and {yaml_file} openai.routes lists embeddings: an embedding "
+            "is one vector per input, so predict must return it, not yield",
+        )
 
 
 def _where(err: BaseException, folder: Path) -> str:

@@ -30,6 +30,9 @@ from .openapi_doc import DOCS_ASSETS_PATH, operation, swagger_assets, swagger_pa
 from .endpoint import handle_predict
 from .http_io import MAX_REQUEST_ID, new_request_id
 from .lifecycle import BodyBudget
+from .contract import PROTOCOL_MYELIN
+from .protocols import ProtocolRoutes
+from .spec.protocols import protocols_of
 from .runtime import ApiRuntime, State
 from .settings import Settings
 from .spec import ApiSpec
@@ -117,6 +120,10 @@ class MyelinApp:
         self.runtimes: dict[str, ApiRuntime] = {}
         for folder, spec in apis:
             self.runtimes[spec.endpoint] = self.new_runtime(folder, spec)
+        #: The native routes (POST <endpoint>, an AsyncAPI's GET <endpoint>/<id>): APIs that speak `myelin`.
+        self.native = {e: r for e, r in self.runtimes.items() if PROTOCOL_MYELIN in protocols_of(r.spec)}
+        #: The other protocols' routes (protocols.py), and the server-wide OIP routes.
+        self.protocol_routes = ProtocolRoutes(list(self.runtimes.values()), self)
         self.draining = False
         self.started = False
         self._tasks: set[asyncio.Task] = set()
@@ -149,7 +156,8 @@ class MyelinApp:
 
     def on_write_timeout(self, path: str) -> None:
         """A connection was aborted for its write deadline (protection.py): count it against its API."""
-        runtime = self.runtimes.get(path) or self.runtimes.get(path.rpartition("/")[0])  # <endpoint>, or <endpoint>/<id>
+        runtime = (self.runtimes.get(path) or self.runtimes.get(path.rpartition("/")[0])  # <endpoint>, or <endpoint>/<id>
+                   or self.protocol_routes.runtime_for(path))  # an OpenAI or OIP route
         self.metrics.write_timeouts.labels(runtime.name if runtime is not None else "").inc()
 
     # ------------------------------------------------------------------ ASGI
@@ -157,7 +165,7 @@ class MyelinApp:
         if scope["type"] == "http":
             method = scope["method"]
             if method == "POST":
-                runtime = self.runtimes.get(scope["path"])
+                runtime = self.native.get(scope["path"])
                 if runtime is not None:
                     if runtime.asynchronous:
                         await runtime.submit(scope, receive, send)
@@ -166,10 +174,14 @@ class MyelinApp:
                     return
             elif method == "GET":  # an AsyncAPI job: GET <endpoint>/<id>
                 endpoint, _, job_id = scope["path"].rpartition("/")
-                runtime = self.runtimes.get(endpoint)
+                runtime = self.native.get(endpoint)
                 if runtime is not None and runtime.asynchronous:
                     await runtime.status(job_id, scope, receive, send)
                     return
+            route = self.protocol_routes.match(method, scope["path"])
+            if route is not None:
+                await route(scope, receive, send)
+                return
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
@@ -329,7 +341,7 @@ class MyelinApp:
                 apis.append(dict(described, spec=public_spec(r.spec), cost=self.cost.describe(r, self.metrics)))
             return _json({"apis": apis})
 
-        for runtime in self.runtimes.values():
+        for runtime in self.native.values():  # an API that does not speak myelin has no native route to document
             if runtime.asynchronous:
                 from .asyncapi.routes import document_job_routes
 

@@ -57,9 +57,16 @@ YIELD_EVERY = 32
 
 # ------------------------------------------------------------------------------------------- framing
 class Framing:
-    """How items and a closing error are written on the wire, by format."""
+    """How items and a closing error are written on the wire, by format.
+
+    A protocol's framing (protocol_openai.py) may also end the stream before the generator does (`complete`
+    set once an item finishes it: the generator is closed, no further item pulled) and close it with its own
+    last bytes (`end`).
+    """
 
     __slots__ = ("content_type",)
+    #: Set (by a framing that can) once the stream is complete: no further item is pulled.
+    complete = False
 
     def __init__(self, content_type: bytes):
         self.content_type = content_type
@@ -73,6 +80,10 @@ class Framing:
                 return b"".join(b"data: " + line.encode() + b"\n" for line in _NEWLINES.split(item)) + b"\n"
             return b"data: " + item.encode() + b"\n\n"
         return b"data: " + orjson.dumps(item, option=_JSON_OPTS) + b"\n\n"
+
+    def end(self) -> bytes:
+        """The last bytes of a stream that ended well (after its last item)."""
+        return b""
 
     def error(self, error_type: str, message: str, request_id: str) -> bytes:
         body = error_body(error_type, message, request_id)
@@ -306,6 +317,7 @@ class Stream:
 
     async def _write(self, items: ThreadedGenerator | AsyncItems, deadline: float) -> tuple[int, str | None]:
         send = self.send
+        framing = self.framing
         timeout = self.runtime.timeout
         ticket = self.ticket
         loop = self.runtime.loop
@@ -334,14 +346,14 @@ class Stream:
                         self.runtime.metrics.first_item.observe(time.perf_counter() - self.started_at)
                         self.started_at = 0.0
                     writing = False
-                    item = await items.next()
+                    item = _END if framing.complete else await items.next()
                 if limit.expired():
                     raise TimeoutError()
                 if item is not _END:
                     chunk = self._encode(item)
             self.finished = True
-            await items.close()  # exhausted: the call is over before the last bytes go out
-            await self._send_last(b"")
+            await items.close()  # exhausted (or complete): the call is over before the last bytes go out
+            await self._send_last(framing.end())
             return 200, None
         except asyncio.CancelledError:
             reason = self.stop_reason

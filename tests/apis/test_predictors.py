@@ -491,7 +491,10 @@ def test_text_generator_streams_max_tokens_words_then_done(generator):
     assert inspect.isgeneratorfunction(generator.predict)  # the runtime streams it item by item
     sample = json.loads((APIS / "text-generator" / "sample.json").read_text())
     items = list(generator.predict(sample))
-    assert items[-1] == {"done": True}
+    # The last item says why the text ended and counts its tokens (what the OpenAI routes report as usage).
+    prompt_tokens = len(sample["prompt"].split())
+    assert items[-1] == {"done": True, "finish_reason": "length",
+                         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": sample["max_tokens"]}}
     assert len(items) == sample["max_tokens"] + 1 and all(set(i) == {"token"} for i in items[:-1])
     json.dumps(items)
     # Every word comes from the training text, and the prompt was continued (its last words are known).
@@ -511,6 +514,16 @@ def test_text_generator_is_deterministic_per_seed(generator):
     assert len(unknown) == 2 and not unknown[0]["token"].startswith(" ")  # never more than max_tokens
 
 
+def test_text_generator_temperature(generator):
+    """Temperature 0 always takes the most frequent next word (whatever the seed); higher ones vary with it."""
+    greedy = {_text(generator.predict({"prompt": "The import statement", "max_tokens": 20, "seed": s,
+                                       "temperature": 0})) for s in range(4)}
+    assert len(greedy) == 1
+    hot = {_text(generator.predict({"prompt": "The import statement", "max_tokens": 20, "seed": s,
+                                    "temperature": 1.5})) for s in range(4)}
+    assert len(hot) > 1
+
+
 @pytest.mark.parametrize(
     "payload, match",
     [
@@ -520,6 +533,8 @@ def test_text_generator_is_deterministic_per_seed(generator):
         ({"max_tokens": 401}, "max_tokens"),
         ({"max_tokens": True}, "max_tokens"),
         ({"seed": "7"}, "seed"),
+        ({"temperature": 3}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
         ([1, 2], "JSON object"),
     ],
 )

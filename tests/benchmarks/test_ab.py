@@ -78,3 +78,15 @@ def test_a_folder_is_taken_as_it_is(tmp_path):
 def test_an_unknown_revision_is_an_error():
     with pytest.raises(RuntimeError, match="rev-parse"):
         ab.checkout("no-such-revision-anywhere")
+
+
+def test_routes_a_and_b():
+    args = ab.parse_args([".", ".", "--route-b", "oip"])
+    assert (args.route_a, args.route_b) == ("myelin", "oip")
+    with pytest.raises(SystemExit):
+        ab.parse_args([".", ".", "--route-b", "oip", "--api", "trivial"])
+    spec = {"raw": {"name": "kmeans"}, "endpoint": "/kmeans"}
+    assert ab.route_request("myelin", spec) == ("/kmeans", b'{"features":[1.5,-2.25]}')
+    path, body = ab.route_request("oip", spec)
+    assert path == "/v2/models/kmeans/infer"
+    assert body == b'{"inputs":[{"name":"features","shape":[1,2],"datatype":"FP32","data":[1.5,-2.25]}]}'

@@ -62,8 +62,12 @@ def test_the_canary_api_runs_under_a_rollout_with_ping_pong_on_the_alb(run):
 def test_pulumi_leaves_the_weights_and_selectors_to_argo(run):
     ingress = _k8s(run, "Ingress", API)
     obj = manifest(ingress)
-    [path] = obj["spec"]["rules"][0]["http"]["paths"]
-    assert path["backend"]["service"] == {"name": API, "port": {"name": "use-annotation"}}
+    # Every path of the API (its endpoint, and /v2/models/iris-classifier: it speaks oip too) goes to the one action
+    # Argo weighs, so the canary gets its share of every protocol's traffic.
+    paths = obj["spec"]["rules"][0]["http"]["paths"]
+    assert [p["path"] for p in paths] == [f"/{API}", f"/v2/models/{API}"]
+    for path in paths:
+        assert path["backend"]["service"] == {"name": API, "port": {"name": "use-annotation"}}
     action = json.loads(obj["metadata"]["annotations"][action_annotation_name()])
     assert action == {"type": "forward", "forwardConfig": {"targetGroups": [
         {"serviceName": f"{API}-ping", "servicePort": "80", "weight": 100},

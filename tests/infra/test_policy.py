@@ -118,6 +118,19 @@ BROKEN = [
      lambda p: p["rules"][0]["applyServerSideEncryptionByDefault"].update(sseAlgorithm="none"), "default encryption"),
     ("ingress catch-all", "kubernetes:networking.k8s.io/v1:Ingress",
      lambda p: p["spec"]["rules"][0]["http"]["paths"][0].update(path="/", pathType="Prefix"), "health/metrics"),
+    # The Open Inference Protocol's server routes are the load balancer's fixed responses, never an API's.
+    ("OIP server route to an API", "kubernetes:networking.k8s.io/v1:Ingress",
+     lambda p: p["spec"]["rules"][0]["http"]["paths"].append(
+         {"path": "/v2/health/ready", "pathType": "Exact",
+          "backend": {"service": {"name": "kmeans", "port": {"name": "http"}}}}), "the load balancer answers it"),
+    ("all of /v2 to an API", "kubernetes:networking.k8s.io/v1:Ingress",
+     lambda p: p["spec"]["rules"][0]["http"]["paths"].append(
+         {"path": "/v2", "pathType": "Prefix", "backend": {"service": {"name": "kmeans", "port": {"name": "http"}}}}),
+     "Open Inference Protocol's server route"),
+    ("every OIP model to one API", "kubernetes:networking.k8s.io/v1:Ingress",
+     lambda p: p["spec"]["rules"][0]["http"]["paths"].append(
+         {"path": "/v2/models", "pathType": "Prefix",
+          "backend": {"service": {"name": "kmeans", "port": {"name": "http"}}}}), "only at /v2/models/<its name>"),
 ]
 
 

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from components import versions
+from components.apis.shared import routed_paths
 from components.apis.scale_to_zero import route_timeouts
 from myelin.spec import ApiSpec
 
@@ -56,7 +57,9 @@ def test_interceptor_route_targets_the_api_service_with_the_responder_as_fallbac
     service = next(s.inputs for s in run.k8s("Service") if s.inputs["metadata"]["name"] == name)
     assert r["spec"]["target"] == {"service": name, "portName": service["spec"]["ports"][0]["name"]}
     (rule,) = r["spec"]["rules"]
-    assert rule["paths"] == [{"value": spec.endpoint}]
+    # Every path the load balancer routes to the API (one per protocol: sentence-embedding's /v1 for openai).
+    assert rule["paths"] == [{"value": path} for path, _ in routed_paths(spec)]
+    assert rule["paths"][0] == {"value": spec.endpoint}
     assert r["spec"]["scalingMetric"] == {"concurrency": {"targetValue": max(1, round(spec.target_in_flight))}}
     assert r["spec"]["coldStart"] == {"fallback": {"service": {"name": "myelin-cold-start", "port": 8080}}}
     timeouts = r["spec"]["timeouts"]
@@ -102,7 +105,11 @@ def test_only_the_api_scaled_to_zero_goes_through_the_interceptor(run):
         if other_name == f"{name}-via-interceptor":
             continue
         assert other["metadata"]["namespace"] == "apis"  # min_replicas >= 1: the direct path, no extra hop
-        assert other["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == other_name
+        if other_name.startswith("myelin-oip-server-"):  # the load balancer's own fixed responses (test_stacks.py)
+            assert other["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"] == {
+                "name": "use-annotation"}
+        else:
+            assert other["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == other_name
         # One ALB per visibility: the load-balancer-level annotations of the group agree.
         if other["metadata"]["annotations"]["alb.ingress.kubernetes.io/group.name"] == ann[
                 "alb.ingress.kubernetes.io/group.name"]:

@@ -447,13 +447,19 @@ def test_ingresses_route_only_the_endpoint_on_a_shared_alb(run):
         ann = ing.inputs["metadata"]["annotations"]
         assert ing.inputs["spec"]["ingressClassName"] == "alb"
         (rule,) = ing.inputs["spec"]["rules"]
-        (path,) = rule["http"]["paths"]
         # Scaled to zero: through the interceptor in namespace keda (tests/infra/test_scale_to_zero.py).
         backend = ({"name": "keda-add-ons-http-interceptor-proxy", "port": {"number": 8080}}
                    if spec.autoscaling.min_replicas == 0 else {"name": name, "port": {"name": "http"}})
         if spec.rollout.canary:  # the action Argo Rollouts weighs (tests/infra/test_canary.py)
             backend = {"name": name, "port": {"name": "use-annotation"}}
-        assert path == {"path": spec.endpoint, "pathType": "Exact", "backend": {"service": backend}}
+        # One path per protocol the API speaks: its endpoint, <endpoint>/v1 (openai), /v2/models/<name> (oip).
+        want = [(spec.endpoint, "Exact")] if "myelin" in spec.networking.protocols else []
+        if "openai" in spec.networking.protocols:
+            want.append((spec.endpoint + "/v1", "Prefix"))
+        if "oip" in spec.networking.protocols:
+            want.append((f"/v2/models/{spec.name}", "Prefix"))
+        assert rule["http"]["paths"] == [{"path": path, "pathType": kind, "backend": {"service": backend}}
+                                         for path, kind in want]
         visibility = spec.networking.visibility
         assert ann["alb.ingress.kubernetes.io/group.name"] == f"myelin-{run.stack}-{visibility}"
         assert ann["alb.ingress.kubernetes.io/scheme"] == ("internet-facing" if visibility == "public" else "internal")
@@ -526,3 +532,32 @@ def test_api_keys_come_from_a_secret_mounted_as_a_file(prod):
     # And the AsyncAPI's gateway (tests/infra/test_asyncapi.py).
     assert "api_keys" in prod.secret_outputs
     assert set(prod.outputs["api_keys"]) == {"iris-classifier", "hyperparameter-search"}
+
+
+def test_oip_server_routes_are_answered_by_the_load_balancer(run):
+    """/v2, /v2/health/live and /v2/health/ready: one Ingress per load balancer (visibility) serving APIs, in its
+    IngressGroup, whose paths are fixed-response actions (no API answers them); the per-model routes go to the
+    APIs speaking oip (test_ingresses_route_only_the_endpoint_on_a_shared_alb)."""
+    server = run.api_objects("Ingress", "oip-server-routes")
+    api_ingresses = [i for i in run.k8s("Ingress") if i not in server]
+    groups = {i.inputs["metadata"]["annotations"]["alb.ingress.kubernetes.io/group.name"] for i in api_ingresses}
+    assert {i.inputs["metadata"]["annotations"]["alb.ingress.kubernetes.io/group.name"] for i in server} == groups
+    assert len(server) == len(groups)
+    for ing in server:
+        ann = ing.inputs["metadata"]["annotations"]
+        (rule,) = ing.inputs["spec"]["rules"]
+        answers = {}
+        for path in rule["http"]["paths"]:
+            assert path["pathType"] == "Exact" and path["backend"]["service"]["port"] == {"name": "use-annotation"}
+            action = json.loads(ann["alb.ingress.kubernetes.io/actions." + path["backend"]["service"]["name"]])
+            assert action["type"] == "fixed-response" and action["fixedResponseConfig"]["statusCode"] == "200"
+            assert action["fixedResponseConfig"]["contentType"] == "application/json"
+            answers[path["path"]] = json.loads(action["fixedResponseConfig"]["messageBody"])
+        assert answers == {"/v2": {"name": "myelin", "version": "0.1.0", "extensions": ["binary_tensor_data"]},
+                           "/v2/health/live": {"live": True}, "/v2/health/ready": {"ready": True}}
+        # The same load-balancer settings as the group's API Ingresses (they must agree across a group).
+        same = [i for i in api_ingresses if i.inputs["metadata"]["annotations"]["alb.ingress.kubernetes.io/group.name"]
+                == ann["alb.ingress.kubernetes.io/group.name"]]
+        for key in ("scheme", "subnets", "inbound-cidrs", "listen-ports", "load-balancer-attributes", "tags"):
+            assert ann["alb.ingress.kubernetes.io/" + key] == same[0].inputs["metadata"]["annotations"][
+                "alb.ingress.kubernetes.io/" + key], key

@@ -121,11 +121,11 @@ def test_a_moved_endpoint_leaves_the_old_path_404_and_the_docs_follow(start_serv
     folder = make_api(root, "mover")
     server = start_server("local", str(root))
     assert httpx.post(f"{server.base}/mover", json={}).status_code == 200
-    (folder / "api.yaml").write_text("name: mover\nnetworking:\n  endpoint: /v2/mover\n")
-    wait_for(lambda: httpx.post(f"{server.base}/v2/mover", json={}).status_code == 200, 30, "the new path served")
+    (folder / "api.yaml").write_text("name: mover\nnetworking:\n  endpoint: /moved/mover\n")
+    wait_for(lambda: httpx.post(f"{server.base}/moved/mover", json={}).status_code == 200, 30, "the new path served")
     assert httpx.post(f"{server.base}/mover", json={}).status_code == 404
     paths = httpx.get(f"{server.base}/openapi.json").json()["paths"]
-    assert "/v2/mover" in paths and "/mover" not in paths
+    assert "/moved/mover" in paths and "/mover" not in paths
 
 
 def test_a_draining_version_never_blocks_another_apis_reload(start_server, tmp_path):

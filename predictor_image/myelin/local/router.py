@@ -35,6 +35,9 @@ from ..errors import HTTPError
 from ..http_io import ClientGone, RequestHead, ResponseWriter, declared_length, has_header, new_request_id, send_error
 from ..metrics import CONTENT_TYPE
 from ..openapi_doc import DOCS_ASSETS_PATH, paths, sample_file, swagger_assets, swagger_page
+from ..protocol_oip import ServerRoutes
+from ..protocols import error_writer_for
+from ..spec.protocols import protocols_of
 from ..server import _error_response, with_request_id
 from .child import ApiProcess, ChildState
 from .cost_view import attach_costs
@@ -57,6 +60,7 @@ class LocalRouter:
         self.control = with_request_id(self._control_app())
         self._tasks: set[asyncio.Task] = set()
         self.draining = False
+        self._oip_server = ServerRoutes(self)
 
     # ------------------------------------------------------------------ ASGI
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -66,7 +70,11 @@ class LocalRouter:
                 await self._reply(None, scope, send, 400, "bad_request", "the request path holds a control "
                                   "character", _request_id(scope))
                 return
-            api = self.server.route(scope["path"])
+            path = scope["path"]
+            if path == contract.OIP_PREFIX or path.startswith(contract.OIP_PREFIX + "/"):
+                await self._oip(scope, receive, send)
+                return
+            api = self.server.route(path)
             if api is not None:
                 if api.splitter is not None:  # kind TrafficSplitter: local/splitter.py picks the API
                     await api.splitter.forward(self, api, scope, receive, send)
@@ -168,11 +176,54 @@ class LocalRouter:
     # ------------------------------------------------------------------ forwarding
     def _reply(self, api: LocalApi | None, scope: dict, send: Any, status: int, error_type: str, message: str,
                request_id: str, headers: list[tuple[bytes, bytes]] | None = None) -> Any:
-        """A response the router makes itself: the contract's JSON error, and its request log line."""
+        """A response the router makes itself: the contract's JSON error (in the protocol's shape on an OpenAI or
+        OIP route), and its request log line."""
         self.server.console.request(api.name if api is not None else None, request_id, scope["method"],
                                     _printable(scope["path"]), status,
                                     time.monotonic() - scope.get("myelin.arrived", time.monotonic()), error_type)
+        writer = error_writer_for(scope["path"], api.spec if api is not None else None)
+        if writer is not None:
+            return writer(send, status, error_type, message, request_id, headers)
         return send_error(send, status, error_type, message, request_id, headers)
+
+    # ------------------------------------------------------------------ the Open Inference Protocol
+    async def _oip(self, scope: dict, receive: Any, send: Any) -> None:
+        """`/v2`, `/v2/health/*` answered here for every API; `/v2/models/<name>/...` forwarded to the API of
+        that name when it speaks oip."""
+        path = scope["path"]
+        if path.startswith(contract.OIP_MODELS_PREFIX + "/"):
+            name = path[len(contract.OIP_MODELS_PREFIX) + 1:].split("/", 1)[0]
+            for api in self.server.apis.values():
+                if api.name == name and api.spec is not None and contract.PROTOCOL_OIP in protocols_of(api.spec):
+                    await self._forward(api, scope, receive, send)
+                    return
+            await self._reply(None, scope, send, 404, "not_found", f"no model named {_printable(name[:64])!r} "
+                              "(an API whose networking.protocols lists oip)", _request_id(scope))
+            return
+        handler = self._oip_server.match(scope["method"], path)
+        if handler is None:
+            await self._reply(None, scope, send, 404, "not_found", f"no route {_printable(path[:200])}",
+                              _request_id(scope))
+            return
+        started = time.monotonic()
+        await handler(scope, receive, send)
+        self.server.console.request(None, _request_id(scope), scope["method"], _printable(path), 200,
+                                    time.monotonic() - started, None)
+
+    @property
+    def ready(self) -> bool:
+        """OIP server readiness: every API speaking oip serves (or can, scaled to zero); without one, /readyz's."""
+        if self.draining:
+            return False
+        oip = [a for a in self.server.apis.values()
+               if a.spec is not None and contract.PROTOCOL_OIP in protocols_of(a.spec)]
+        if not oip:
+            return self.server.ready
+        return all(a.state in ("ready", "idle") for a in oip)
+
+    def stuck_too_long(self) -> None:
+        """The router itself never wedges (each API's process answers for its own)."""
+        return None
 
     async def _forward(self, api: LocalApi, scope: dict, receive: Any, send: Any) -> None:
         """Every failure of the forward path is a JSON error with the request id, never uvicorn's plain-text 500."""

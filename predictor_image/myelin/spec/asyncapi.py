@@ -119,6 +119,15 @@ class AsyncApiSpec(ApiBase):
             )
         return None
 
+    @field_validator("networking")
+    @classmethod
+    def _native_only(cls, v: Any) -> Any:
+        other = [p for p in v.protocols if p != "myelin"]
+        if other:
+            raise ValueError(f"protocols: kind AsyncAPI speaks only myelin (submit a job, read it by id), not "
+                             f"{', '.join(other)}; use kind RealtimeAPI to serve {', '.join(other)}")
+        return v
+
     @model_validator(mode="after")
     def _limits(self) -> "AsyncApiSpec":
         timeout = self.serving.timeout.seconds

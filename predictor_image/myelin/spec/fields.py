@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic_core import core_schema
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..contract import RESERVED_PATHS, SCRAPE_INTERVAL_S
+from ..contract import OIP_PREFIX, PROTOCOL_MYELIN, PROTOCOLS, RESERVED_PATHS, SCRAPE_INTERVAL_S
 from .model_uri import parse_model_uri
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
@@ -406,6 +406,23 @@ class NetworkingSpec(_Strict):
         "`[{cidr: 10.0.0.0/8, ports: [5432]}]`; DNS is always allowed (and HTTPS, port 443, for an API with an "
         "`s3://` `model_uri`: S3 and STS), everything else is denied.",
     )
+    protocols: list[str] = Field(
+        default_factory=lambda: [PROTOCOL_MYELIN],
+        description="The protocols the API speaks: myelin (POST <endpoint>), openai (<endpoint>/v1/...), oip (Open "
+        "Inference Protocol v2 under /v2/models/<name>).",
+    )
+
+    @field_validator("protocols")
+    @classmethod
+    def _protocols(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError(f"list at least one protocol: {', '.join(PROTOCOLS)} (default [{PROTOCOL_MYELIN}])")
+        for name in v:
+            if name not in PROTOCOLS:
+                raise ValueError(f"unknown protocol {name!r}: use {', '.join(PROTOCOLS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"a protocol is listed twice: {v}")
+        return v
 
     @field_validator("endpoint")
     @classmethod
@@ -420,6 +437,8 @@ class NetworkingSpec(_Strict):
             raise ValueError(f"must not contain '.' or '..' segments, got {v!r}")
         if v in RESERVED_PATHS:
             raise ValueError(f"{v} is reserved for the server's own routes")
+        if v.startswith(OIP_PREFIX + "/"):
+            raise ValueError(f"{v} is under {OIP_PREFIX}/, reserved for the Open Inference Protocol's routes")
         return v
 
 

@@ -10,9 +10,10 @@ from typing import Any, Mapping
 import yaml
 from pydantic import ValidationError
 
-from ..contract import SPEC_ENV
+from ..contract import OPENAI_PREFIX, SPEC_ENV
 from .asyncapi import AsyncApiSpec
 from .fields import SpecError
+from .protocols import protocols_of
 from .realtime import ApiSpec
 from .splitter import TrafficSplitterSpec, check_splitters, is_splitter
 
@@ -151,6 +152,18 @@ def check_unique(specs: Mapping[Path, ApiSpec]) -> None:
             )
         seen_names[spec.name] = folder
         seen_endpoints[spec.endpoint] = folder
+    # An API serving openai answers under <endpoint>/v1/: no other API's endpoint may lie there.
+    for folder, spec in specs.items():
+        if "openai" not in protocols_of(spec):
+            continue
+        prefix = spec.endpoint + OPENAI_PREFIX
+        for other_folder, other in specs.items():
+            if other.endpoint == prefix or other.endpoint.startswith(prefix + "/"):
+                raise SpecError(
+                    str(other_folder / SPEC_FILE),
+                    [("networking.endpoint", f"{other.endpoint} lies under {prefix}/, the OpenAI-compatible routes "
+                      f"of {folder} (networking.protocols lists openai)")],
+                )
 
 
 def load_specs(paths: list[str]) -> tuple[dict[Path, ApiSpec], list[str]]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from .fields import ApiBase, AutoscalingSpec, BatchingSpec
+from .protocols import OipSpec, OpenAISpec, protocol_sections
 from .rollout import RolloutSpec
 
 
@@ -17,6 +18,32 @@ class ApiSpec(ApiBase):
     kind: Literal["RealtimeAPI"] = Field("RealtimeAPI", description="`RealtimeAPI` (may be left out).")
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     batching: BatchingSpec | None = None
+    oip: OipSpec | None = Field(None, description="The tensors served over the Open Inference Protocol (protocol oip).")
+    openai: OpenAISpec | None = Field(None, description="The OpenAI-compatible routes served (protocol openai).")
+
+    @field_validator("oip")
+    @classmethod
+    def _oip(cls, v: OipSpec | None, info: ValidationInfo) -> OipSpec | None:
+        networking = info.data.get("networking")
+        if networking is not None:  # else networking itself is invalid, and reported
+            protocol_sections("oip", networking.protocols, v)
+        return v
+
+    @field_validator("openai")
+    @classmethod
+    def _openai(cls, v: OpenAISpec | None, info: ValidationInfo) -> OpenAISpec | None:
+        networking = info.data.get("networking")
+        if networking is not None:
+            protocol_sections("openai", networking.protocols, v)
+        return v
+
+    @property
+    def openai_routes(self) -> list[str]:
+        """The OpenAI routes served: `openai.routes`, or chat and completions by default; none without openai."""
+        if "openai" not in self.networking.protocols:
+            return []
+        return list(self.openai.routes) if self.openai is not None else ["chat", "completions"]
+
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
 
     @model_validator(mode="after")
