@@ -152,9 +152,67 @@ def operation(spec: ApiSpec, folder: Path) -> dict[str, Any]:
             "requestBody": request_body(folder), "responses": RESPONSES}
 
 
+_JSON_BODY = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+_PROTOCOL_ERRORS = {"400": RESPONSES["400"], "401": RESPONSES["401"], "404": {"description": "Unknown model"},
+                    "500": RESPONSES["500"], "503": RESPONSES["503"], "504": RESPONSES["504"]}
+_OPENAI_ROUTES = {
+    "chat": ("chat/completions", "Chat completion", "a chat.completion, or with `stream: true` `data:` chunks "
+             "(text/event-stream) ending with `data: [DONE]`"),
+    "completions": ("completions", "Text completion", "a text_completion, or with `stream: true` `data:` chunks "
+                    "(text/event-stream) ending with `data: [DONE]`"),
+    "embeddings": ("embeddings", "Embeddings", "a list of embeddings, one per input"),
+}
+
+
+def protocol_paths(spec: Any, endpoint: str) -> dict[str, Any]:
+    """The routes of the protocols an API speaks besides its own (protocols.py): OpenAI's under `<endpoint>/v1`,
+    the Open Inference Protocol's under `/v2/models/<name>`. Errors follow each protocol's own shape."""
+    from .spec.protocols import protocols_of
+
+    protocols = protocols_of(spec)
+    slug = spec.name.replace("-", "_")
+    documented: dict[str, Any] = {}
+    if "openai" in protocols:
+        base = f"{endpoint}/v1"
+        for route in getattr(spec, "openai_routes", []):
+            path, summary, answer = _OPENAI_ROUTES[route]
+            documented[f"{base}/{path}"] = {"post": {
+                "summary": f"OpenAI-compatible: {summary} with {spec.name} (`model`: \"{spec.name}\")",
+                "operationId": f"openai_{route}_{slug}", "requestBody": _JSON_BODY,
+                "responses": {"200": {"description": answer}, **_PROTOCOL_ERRORS}}}
+        documented[f"{base}/models"] = {"get": {
+            "summary": f"OpenAI-compatible: the model list ({spec.name})", "operationId": f"openai_models_{slug}",
+            "responses": {"200": {"description": "`{\"object\": \"list\", \"data\": [model]}`"}}}}
+    if "oip" in protocols:
+        model = f"/v2/models/{spec.name}"
+        documented[model] = {"get": {
+            "summary": f"Open Inference Protocol: {spec.name}'s metadata (its tensors)",
+            "operationId": f"oip_metadata_{slug}", "responses": {"200": {"description": "name, versions, "
+                                                                         "platform, inputs and outputs"}}}}
+        documented[f"{model}/ready"] = {"get": {
+            "summary": f"Open Inference Protocol: whether {spec.name} is ready", "operationId": f"oip_ready_{slug}",
+            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}}
+        documented[f"{model}/infer"] = {"post": {
+            "summary": f"Open Inference Protocol: inference with {spec.name} (rows along the first dimension)",
+            "operationId": f"oip_infer_{slug}",
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {"type": "object", "required": ["inputs"]}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                             "description": "binary tensor data: a JSON header of "
+                                                            "Inference-Header-Content-Length bytes, then the tensors"}}},
+            "responses": {"200": {"description": "the outputs (JSON, or binary tensor data when asked for)"},
+                          **_PROTOCOL_ERRORS}}}
+    return documented
+
+
 def paths(spec: ApiSpec, folder: Path, endpoint: str) -> dict[str, Any]:
-    """Every route of the API for an OpenAPI document: its POST, and an AsyncAPI's `GET <endpoint>/{id}`."""
-    documented = {endpoint: {"post": operation(spec, folder)}}
+    """Every route of the API for an OpenAPI document: its POST (when it speaks `myelin`), an AsyncAPI's
+    `GET <endpoint>/{id}`, and the routes of the other protocols it speaks."""
+    from .spec.protocols import protocols_of
+
+    documented = protocol_paths(spec, endpoint)
+    if "myelin" in protocols_of(spec):
+        documented[endpoint] = {"post": operation(spec, folder)}
     if spec.kind == "AsyncAPI":
         documented[f"{endpoint}/{{id}}"] = {"get": {
             "summary": f"A job of {spec.name}: its status, then its result",

@@ -348,6 +348,7 @@ class MyelinApp:
                 document_job_routes(app, runtime)
             else:
                 self._document_endpoint(app, runtime)
+        self._document_protocols(app)
 
         async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
             kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -362,6 +363,23 @@ class MyelinApp:
         app.add_exception_handler(StarletteHTTPException, http_error)
         app.add_exception_handler(RequestValidationError, validation_error)
         return app
+
+    def _document_protocols(self, app: FastAPI) -> None:
+        """The OpenAI and Open Inference Protocol routes of the APIs that speak them, added to the OpenAPI document
+        (those requests never reach FastAPI either: MyelinApp answers them first)."""
+        from fastapi.openapi.utils import get_openapi
+
+        from .openapi_doc import protocol_paths
+
+        def openapi() -> dict[str, Any]:
+            if app.openapi_schema is None:
+                schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+                for runtime in self.runtimes.values():
+                    schema.setdefault("paths", {}).update(protocol_paths(runtime.spec, runtime.endpoint))
+                app.openapi_schema = schema
+            return app.openapi_schema
+
+        app.openapi = openapi  # type: ignore[method-assign]
 
     def _document_endpoint(self, app: FastAPI, runtime: ApiRuntime) -> None:
         """Describe the predict route in OpenAPI. Requests never reach this route: MyelinApp answers them first."""
