@@ -97,6 +97,10 @@ TIME_TO_FIRST_ITEM = "myelin_time_to_first_item_seconds"  # histogram {api}: str
 #: for its shadow. The APIs' own metrics (myelin_requests_total...) count the same requests by `api`.
 SPLIT_REQUESTS = "myelin_split_requests"  # exposed as myelin_split_requests_total{splitter,api}
 SPLIT_REQUESTS_TOTAL = "myelin_split_requests_total"
+#: In the cloud the ALB weighs a splitter's APIs and forwards each request unchanged, to the splitter's path: the
+#: cluster sets this on each of its APIs' pods, `<splitter>=<path>` entries separated by commas, and the runtime
+#: answers a POST on each path as on the API's own endpoint, counting it in SPLIT_REQUESTS{splitter,api}.
+ENDPOINT_ALIASES_ENV = "MYELIN_ENDPOINT_ALIASES"
 SHADOW_REQUESTS = "myelin_shadow_requests"  # exposed as myelin_shadow_requests_total{splitter,api,status}
 SHADOW_REQUESTS_TOTAL = "myelin_shadow_requests_total"
 SHADOW_DROPPED = "myelin_shadow_dropped"  # exposed as myelin_shadow_dropped_total{splitter,api,reason}

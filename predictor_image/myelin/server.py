@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import orjson
+from prometheus_client import Counter
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,7 +31,7 @@ from .openapi_doc import DOCS_ASSETS_PATH, operation, swagger_assets, swagger_pa
 from .endpoint import handle_predict
 from .http_io import MAX_REQUEST_ID, new_request_id
 from .lifecycle import BodyBudget
-from .contract import PROTOCOL_MYELIN
+from .contract import ENDPOINT_ALIASES_ENV, LABEL_API, LABEL_SPLITTER, PROTOCOL_MYELIN, SPLIT_REQUESTS
 from .protocols import ProtocolRoutes
 from .spec.protocols import protocols_of
 from .runtime import ApiRuntime, State
@@ -112,6 +113,7 @@ class MyelinApp:
         # Kubernetes shows a crash loop with the reason instead of a pod that is never ready.
         self.exit_on_load_failure = exit_on_load_failure
         self.metrics = metrics or Metrics()
+        self.split_requests: Any = None  # myelin_split_requests_total, made when aliases are set
         # Bytes of request bodies being received at once, this process's APIs together (lifecycle.py).
         self.body_budget = BodyBudget(self.settings.max_body_bytes_in_flight)
         self.cost = CostMeter.from_env()  # CPU seconds per prediction and the stack's estimate, in /info
@@ -124,6 +126,9 @@ class MyelinApp:
         self.native = {e: r for e, r in self.runtimes.items() if PROTOCOL_MYELIN in protocols_of(r.spec)}
         #: The other protocols' routes (protocols.py), and the server-wide OIP routes.
         self.protocol_routes = ProtocolRoutes(list(self.runtimes.values()), self)
+        #: MYELIN_ENDPOINT_ALIASES: path -> (runtime, its myelin_split_requests_total{splitter,api} series).
+        self.aliases: dict[str, tuple[ApiRuntime, Any]] = {}
+        self._route_aliases()
         self.draining = False
         self.started = False
         self._tasks: set[asyncio.Task] = set()
@@ -143,6 +148,7 @@ class MyelinApp:
         header of APIs scaled to zero (arrival.py)."""
         self.settings = settings
         self.body_budget.limit = settings.max_body_bytes_in_flight
+        self._route_aliases()
         for runtime in self.runtimes.values():
             runtime.settings = settings  # the model cache (model_files.py) and what follows
         if settings.arrival_header is None:
@@ -154,9 +160,40 @@ class MyelinApp:
             runtime.arrival = ArrivalClock(settings.arrival_header, *runtime.metrics.cold_start_series(),
                                            budget=runtime.timeout, marker_dir=multiprocess_dir())
 
+    def _route_aliases(self) -> None:
+        """A TrafficSplitter in the cloud: the ALB forwards the splitter's path, unchanged, to one of its APIs'
+        pods, which answer it as their own endpoint (MYELIN_ENDPOINT_ALIASES, set by the cluster)."""
+        aliases = self.settings.endpoint_aliases
+        if not aliases:
+            self.aliases = {}
+            return
+        from .settings import SettingsError
+
+        var = ENDPOINT_ALIASES_ENV
+        if len(self.runtimes) != 1:
+            raise SettingsError(f"{var}: only `myelin serve` of one API answers on aliases (serving "
+                                f"{len(self.runtimes)}); `myelin local` routes a splitter itself")
+        runtime = next(iter(self.runtimes.values()))
+        if runtime.asynchronous or PROTOCOL_MYELIN not in protocols_of(runtime.spec):
+            raise SettingsError(f"{var}: API {runtime.name} is not a RealtimeAPI speaking myelin; a splitter's "
+                                "requests can only go to one")
+        if self.split_requests is None:
+            self.split_requests = Counter(SPLIT_REQUESTS, "Requests a TrafficSplitter sent to each of its APIs "
+                                          "(in the cloud: counted by the API that answered them).",
+                                          [LABEL_SPLITTER, LABEL_API], registry=self.metrics.registry)
+        routes = {}
+        for splitter, path in aliases:
+            if path in self.runtimes:
+                raise SettingsError(f"{var}: {path} is API {runtime.name}'s own endpoint")
+            # Series at 0 from the start, so a dashboard's rate shows the first request.
+            routes[path] = (runtime, self.split_requests.labels(splitter, runtime.name))
+        self.aliases = routes
+
     def on_write_timeout(self, path: str) -> None:
         """A connection was aborted for its write deadline (protection.py): count it against its API."""
+        alias = self.aliases.get(path)
         runtime = (self.runtimes.get(path) or self.runtimes.get(path.rpartition("/")[0])  # <endpoint>, or <endpoint>/<id>
+                   or (alias[0] if alias is not None else None)  # a splitter's path (MYELIN_ENDPOINT_ALIASES)
                    or self.protocol_routes.runtime_for(path))  # an OpenAI or OIP route
         self.metrics.write_timeouts.labels(runtime.name if runtime is not None else "").inc()
 
@@ -171,6 +208,11 @@ class MyelinApp:
                         await runtime.submit(scope, receive, send)
                     else:
                         await handle_predict(runtime, scope, receive, send)
+                    return
+                alias = self.aliases.get(scope["path"])
+                if alias is not None:  # a splitter's path: answered as the API's own endpoint
+                    alias[1].inc()
+                    await handle_predict(alias[0], scope, receive, send)
                     return
             elif method == "GET":  # an AsyncAPI job: GET <endpoint>/<id>
                 endpoint, _, job_id = scope["path"].rpartition("/")

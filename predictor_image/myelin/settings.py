@@ -82,6 +82,21 @@ def _async_store(name: str, raw: str) -> str:
     return raw
 
 
+def _aliases(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """`<splitter>=<path>,...`: the extra paths one API answers on (a TrafficSplitter's endpoint in the cloud)."""
+    out: list[tuple[str, str]] = []
+    for entry in (e.strip() for e in raw.split(",")):
+        splitter, sep, path = entry.partition("=")
+        splitter, path = splitter.strip(), path.strip()
+        if not sep or not splitter or not path.startswith("/") or path == "/" or path.endswith("/") or "//" in path:
+            raise SettingsError(f"{name}={raw!r}: {entry!r} is not <splitter>=<path>, like canary=/predict "
+                                "(a path starting with /, not ending with one)")
+        if any(path == p for _, p in out):
+            raise SettingsError(f"{name}={raw!r}: {path} is named twice")
+        out.append((splitter, path))
+    return tuple(out)
+
+
 def _text(name: str, raw: str) -> str:
     return raw
 
@@ -119,6 +134,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "async_queue_url": (c.ASYNC_QUEUE_URL_ENV, _queue_url),
     "async_dead_letter_queue_url": (c.ASYNC_DEAD_LETTER_QUEUE_URL_ENV, _queue_url),
     "async_storage_uri": (c.ASYNC_STORAGE_URI_ENV, _s3_uri),
+    "endpoint_aliases": (c.ENDPOINT_ALIASES_ENV, _aliases),
 }
 _SQS_SETTINGS = ("async_queue_url", "async_dead_letter_queue_url", "async_storage_uri")
 
@@ -162,6 +178,9 @@ class Settings:
     async_queue_url: str = ""
     async_dead_letter_queue_url: str = ""
     async_storage_uri: str = ""
+    #: `myelin serve` of one RealtimeAPI: (splitter, path) pairs it also answers on, as on its own endpoint (the
+    #: cloud's TrafficSplitter: the ALB forwards the splitter's path unchanged to the API's pods).
+    endpoint_aliases: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         env = {f: ENVIRONMENT[f][0] for f in _SQS_SETTINGS}
