@@ -14,6 +14,7 @@ from components import (
     Network,
     PredictorApi,
     PredictorApiArgs,
+    TrafficSplitterRoute,
     load_settings,
     read_pulumi_config,
 )
@@ -65,6 +66,8 @@ job_stores = {}
 generated_keys = {}
 #: One API's args per visibility: the load balancer of that IngressGroup answers the server-wide OIP routes.
 group_args = {}
+#: API name -> (its args, its component): what a TrafficSplitter weighs.
+deployed_apis = {}
 for deployed in settings.apis:
     spec = deployed.spec
     keys = None
@@ -99,6 +102,7 @@ for deployed in settings.apis:
         partition=partition_of(region),
         interceptor=interceptor,
         route_after=route_after,
+        endpoint_aliases=settings.aliases_of(spec.name),
     )
     if spec.kind == "AsyncAPI":
         cloud = AsyncCloudArgs(region=region, oidc_provider_arn=cluster.oidc_provider_arn,
@@ -110,6 +114,15 @@ for deployed in settings.apis:
         api = PredictorApi(spec.name, api_args, opts=k8s_opts)
     endpoints[spec.name] = api.url
     group_args.setdefault(spec.networking.visibility, api_args)
+    deployed_apis[spec.name] = (api_args, api)
+
+# Each TrafficSplitter: its path on the ALB, weighted over its APIs' Services (components/apis/splitter.py).
+for splitter in settings.splitters:
+    targets = [deployed_apis[t.name] for t in splitter.spec.weighted]
+    route = TrafficSplitterRoute(
+        f"{cluster_name}-split-{splitter.spec.name}", splitter.spec, [a for a, _ in targets],
+        [r for _, api in targets for r in (api.service, api.deployment)], opts=k8s_opts)
+    endpoints[splitter.spec.name] = route.url
 
 # `/v2`, `/v2/health/live`, `/v2/health/ready` (the Open Inference Protocol's server routes) on every load balancer.
 for visibility, group in sorted(group_args.items()):

@@ -1,7 +1,7 @@
 """Myelin's infrastructure: Pulumi ComponentResources wired together by `__main__.py`."""
 
 from .addons import Addons
-from .apis import ApiNamespace, AsyncCloudArgs, AsyncPredictorApi, ColdStartResponder, OipServerRoutes, PredictorApi, PredictorApiArgs
+from .apis import ApiNamespace, AsyncCloudArgs, AsyncPredictorApi, ColdStartResponder, OipServerRoutes, PredictorApi, PredictorApiArgs, TrafficSplitterRoute
 from .cluster import Cluster
 from .config import Settings, StackConfigError, load_settings, read_pulumi_config
 from .network import Network
@@ -19,6 +19,7 @@ __all__ = [
     "PredictorApiArgs",
     "Settings",
     "StackConfigError",
+    "TrafficSplitterRoute",
     "load_settings",
     "read_pulumi_config",
 ]

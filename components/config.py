@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from myelin.spec import ApiSpec, SpecError, check_unique, load_api_spec, parse_model_uri, validation_problems
+from myelin.spec.splitter import TrafficSplitterSpec, check_splitters
 
 from . import capacity, gpu
 from .observability.cost import CostConfig
@@ -347,12 +348,27 @@ class DeployedApi:
 
 
 @dataclass(frozen=True)
+class DeployedSplitter:
+    """A `kind: TrafficSplitter` this stack deploys: an Ingress rule on the shared ALB weighing its APIs
+    (components/apis/splitter.py); its APIs are deployed APIs of the same stack."""
+
+    folder: Path
+    spec: TrafficSplitterSpec
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the program needs, parsed once."""
 
     config: StackConfig
     apis: tuple[DeployedApi, ...]
     api_keys: Mapping[str, str]  # API name -> comma-separated keys (from the secret `myelin:api_keys`)
+    splitters: tuple[DeployedSplitter, ...] = ()
+
+    def aliases_of(self, api: str) -> tuple[tuple[str, str], ...]:
+        """(splitter, endpoint) of every splitter weighing `api`: the paths its pods also answer on."""
+        return tuple((s.spec.name, s.spec.endpoint) for s in self.splitters
+                     if any(t.name == api for t in s.spec.weighted))
 
 
 def _problems(err: ValidationError, prefix: str = f"{NAMESPACE}:") -> list[tuple[str, str]]:
@@ -454,8 +470,37 @@ def _realtime_problems(spec: ApiSpec, config: StackConfig) -> list[tuple[str, st
 
 
 def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) -> tuple[DeployedApi, ...]:
+    return resolve_stack_apis(config, source, repo_root)[0]
+
+
+def _splitter_problems(splitter: TrafficSplitterSpec, apis: Mapping[str, ApiSpec]) -> list[tuple[str, str]]:
+    """What the cloud cannot do for a splitter the tree accepts (check_splitters has run): a shadow, and APIs
+    behind another load balancer."""
+    problems = []
+    for i, target in enumerate(splitter.apis):
+        if target.shadow:
+            # The ALB forwards each request to one target group and cannot copy it (docs/traffic-splitting.md).
+            problems.append((f"apis[{i}].shadow", (
+                f"{target.name!r} is a shadow: the load balancer forwards each request to one API and cannot copy "
+                "it, so a stack deploys no shadow yet; remove the shadow entry from this stack's splitter (keep it "
+                "for `myelin local`, e.g. in a splitter folder the stack does not list) and compare versions with "
+                "weights, or a canary release (docs/traffic-splitting.md)")))
+            continue
+        spec = apis[target.name]
+        if spec.networking.visibility != splitter.networking.visibility:
+            problems.append((f"apis[{i}].name", (
+                f"{target.name!r} is {spec.networking.visibility} and the splitter {splitter.networking.visibility}: "
+                "each visibility has its own load balancer, and a pod admits only its own; set the same "
+                "networking.visibility on both")))
+    return problems
+
+
+def resolve_stack_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT
+                       ) -> tuple[tuple[DeployedApi, ...], tuple[DeployedSplitter, ...]]:
+    """The stack's APIs and TrafficSplitters, each validated against the stack (myelin:apis)."""
     root = (repo_root / config.apis_dir).resolve()
     deployed: list[DeployedApi] = []
+    splitters: list[DeployedSplitter] = []
     for folder_name, selection in config.apis.items():
         folder = root / folder_name
         if not (folder / "api.yaml").is_file():
@@ -464,11 +509,11 @@ def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) 
             )
         spec = load_api_spec(folder, selection.overrides, f"{source} (myelin:apis.{folder_name}.overrides)")
         if spec.kind == "TrafficSplitter":
-            # The ALB can weigh the splitter's APIs, but each API's pods answer only at their own endpoint and the
-            # ALB rewrites a rule's path once, before choosing a target group (docs/traffic-splitting.md).
-            raise StackConfigError(source, [(f"{NAMESPACE}:apis.{folder_name}", (
-                f"{folder / 'api.yaml'} is a TrafficSplitter, which `myelin local` serves but a stack cannot deploy "
-                "yet; remove it from myelin:apis (docs/traffic-splitting.md)"))])
+            if selection.model_kms_key_arn is not None:
+                raise StackConfigError(source, [(f"{NAMESPACE}:apis.{folder_name}.model_kms_key_arn", (
+                    f"{spec.name} is a TrafficSplitter: it has no model (set the key on the APIs it weighs)"))])
+            splitters.append(DeployedSplitter(folder=folder, spec=spec))
+            continue
         problems = []
         if spec.compute.gpu and config.cluster.gpu_nodes is None and config.cluster.existing is None:
             problems.append(("compute.gpu", "the API needs GPUs but the stack has no myelin:cluster.gpu_nodes"))
@@ -488,15 +533,35 @@ def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) 
                     f"API {spec.name} has no s3:// predictor.model_uri ({uri or 'none'}): there is no model for this "
                     "key to decrypt"))])
         deployed.append(DeployedApi(folder=folder, spec=spec, model_kms_key_arn=key))
-    check_unique({d.folder: d.spec for d in deployed})
+    check_unique({**{d.folder: d.spec for d in deployed}, **{s.folder: s.spec for s in splitters}})
     names = {d.spec.name for d in deployed}
+    by_name = {d.spec.name: d.spec for d in deployed}
+    for splitter in splitters:
+        spec = splitter.spec
+        missing = [t.name for t in spec.apis if t.name not in by_name and t.name != spec.name
+                   and t.name not in {s.spec.name for s in splitters}]
+        if missing:
+            # Every API of a splitter is deployed by the same stack: its pods answer the splitter's path.
+            raise StackConfigError(source, [(f"{NAMESPACE}:apis", (
+                f"TrafficSplitter {spec.name} ({splitter.folder / 'api.yaml'}) sends requests to "
+                f"{', '.join(missing)}, which this stack does not deploy; add "
+                f"{'its folder' if len(missing) == 1 else 'their folders'} to {NAMESPACE}:apis"))])
+    # Names, kinds, canaries, scale to zero: as `myelin local` checks them, on the stack's effective specs.
+    bad = check_splitters({**{d.folder: d.spec for d in deployed}, **{s.folder: s.spec for s in splitters}},
+                          {s.folder: f"{s.folder / 'api.yaml'} (stack {config.stack})" for s in splitters})
+    if bad:
+        raise next(iter(bad.values()))
+    for splitter in splitters:
+        problems = _splitter_problems(splitter.spec, by_name)
+        if problems:
+            raise SpecError(f"{splitter.folder / 'api.yaml'} (stack {config.stack})", problems)
     for field_name in ("latency_p99_seconds_by_api", "cost_per_million_predictions_dollars_by_api"):
         unknown = sorted(set(getattr(config.observability.alerts, field_name)) - names)
         if unknown:
             raise StackConfigError(source, [
                 (f"{NAMESPACE}:observability.alerts.{field_name}.{name}",
                  f"no deployed API is named {name!r} (deployed: {', '.join(sorted(names))})") for name in unknown])
-    return tuple(deployed)
+    return tuple(deployed), tuple(splitters)
 
 
 def _image_problems(folder: Path) -> list[tuple[str, str]]:
@@ -595,9 +660,9 @@ def load_settings(raw: Mapping[str, Any], stack: str, region: str, repo_root: Pa
         context_files(PREDICTOR_IMAGE_DIR)  # the runtime's files go into every image
     except ImageContextError as err:
         raise StackConfigError(source, [("", str(err))]) from None
-    apis = resolve_apis(config, source, repo_root)
+    apis, splitters = resolve_stack_apis(config, source, repo_root)
     keys = parse_api_keys(raw.get("api_keys"), apis, source)
-    return Settings(config=config, apis=apis, api_keys=keys)
+    return Settings(config=config, apis=apis, api_keys=keys, splitters=splitters)
 
 
 def read_pulumi_config() -> tuple[dict[str, Any], str, str]:

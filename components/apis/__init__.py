@@ -8,6 +8,7 @@ from .namespace import ApiNamespace
 from .oip_server import OipServerRoutes
 from .realtime import PredictorApi
 from .shared import PredictorApiArgs
+from .splitter import TrafficSplitterRoute
 
 __all__ = ["ApiNamespace", "AsyncCloudArgs", "AsyncPredictorApi", "ColdStartResponder", "OipServerRoutes", "PredictorApi",
-           "PredictorApiArgs"]
+           "PredictorApiArgs", "TrafficSplitterRoute"]

@@ -22,6 +22,7 @@ from .scale_to_zero import (
     scales_to_zero,
 )
 from .shared import Parts, api_image, PredictorApiArgs
+from myelin.contract import ENDPOINT_ALIASES_ENV
 
 
 class PredictorApi(pulumi.ComponentResource):
@@ -41,7 +42,10 @@ class PredictorApi(pulumi.ComponentResource):
         a = spec.autoscaling
         to_zero = scales_to_zero(spec)
         # Scaled to zero: the load balancer's trace header tells the runtime when a held request arrived.
-        extra_env = {ARRIVAL_HEADER_ENV: ALB_TRACE_HEADER} if to_zero else None
+        extra_env = {ARRIVAL_HEADER_ENV: ALB_TRACE_HEADER} if to_zero else {}
+        if args.endpoint_aliases:
+            # Weighed by TrafficSplitters: the ALB forwards their paths unchanged to these pods (splitter.py).
+            extra_env[ENDPOINT_ALIASES_ENV] = ",".join(f"{s}={path}" for s, path in args.endpoint_aliases)
         # Autoscaled: KEDA's HPA owns the replica count; a `replicas` field would fight it on every update.
         replicas = None if autoscaled(spec) else a.min_replicas
         template = parts.pod_template(self.image.ref, sa, self.secret, extra_env)

@@ -83,6 +83,9 @@ class PredictorApiArgs:
     interceptor: InterceptorTimings | None = None
     #: Objects the API's InterceptorRoute comes after: the cold-start responder's Service it names as fallback.
     route_after: list[pulumi.Resource] = field(default_factory=list)
+    #: (splitter, endpoint) of the TrafficSplitters weighing this API: paths its pods also answer on
+    #: (MYELIN_ENDPOINT_ALIASES; components/apis/splitter.py).
+    endpoint_aliases: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -187,18 +187,3 @@ def test_every_stack_key_is_documented():
         assert f"`{key}" in docs and f"myelin:{key}" in project, key
     for field in set(_fields(StackConfig)):
         assert field in docs, f"docs/reference/stack-config.md does not explain {field}"
-
-
-def test_a_traffic_splitter_in_a_stack_is_refused_naming_it(tmp_path):
-    """TrafficSplitter is `myelin local` only for now (README, Traffic splitting): a stack naming one stops with
-    the folder and the field, before any resource."""
-    apis = tmp_path / "apis"
-    shutil.copytree(REPO_ROOT / "apis" / "iris-classifier", apis / "iris-classifier",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    (apis / "split").mkdir()
-    (apis / "split" / "api.yaml").write_text(
-        "kind: TrafficSplitter\nname: split\napis:\n  - {name: iris-classifier, weight: 100}\n")
-    raw = {"apis": {"iris-classifier": {}, "split": {}}}
-    with pytest.raises(StackConfigError) as err:
-        load_settings(raw, "dev", "us-west-2", repo_root=tmp_path)
-    assert "myelin:apis.split" in str(err.value) and "is a TrafficSplitter" in str(err.value)
