@@ -3,7 +3,8 @@ most one shadow API whose answers are thrown away.
 
 A splitter is routing, never a predictor: it has no predictor, compute or serving section. `myelin local`'s
 router splits and mirrors (myelin/local/splitter.py); in the cloud the weights are the ALB's weighted forward
-action and the shadow is copied by a mirror at the edge (components/apis/splitter.py). Each request keeps the
+action and each API answers the splitter's path (MYELIN_ENDPOINT_ALIASES; components/apis/splitter.py); a stack
+refuses a shadow (the ALB cannot copy a request). Each request keeps the
 limits, keys and metrics of the API it lands on.
 
 What one file can check is checked by the model (integer weights summing to 100, at most one shadow, no API
@@ -79,7 +80,8 @@ class TrafficSplitterSpec(_Strict):
     """`kind: TrafficSplitter`: an endpoint that spreads its requests over other APIs of the same folder tree by
     weight, and copies each to at most one shadow API whose answers are thrown away. It has no predictor, compute or
     `networking.auth`: each request is checked with the keys of the API it lands on, and keeps that API's limits,
-    deadline and log line. `myelin local` serves it; a stack cannot deploy one yet (see Traffic splitting)."""
+    deadline and log line. `myelin local` serves it; a stack deploys it on the ALB, without a shadow (see Traffic
+    splitting)."""
 
     kind: Literal["TrafficSplitter"] = Field(KIND, description="`TrafficSplitter`.")
     name: str = Field(..., description="DNS label naming the splitter.")
