@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-from tests.adversarial.helpers import APIS, non_reader, sockets_open
+from tests.adversarial.helpers import APIS, non_reader, sockets_open, wait_until
 from tests.reliability.helpers import rss_kb
 
 WRITE_TIMEOUT_S = 1.0
@@ -27,15 +27,6 @@ def _write_timeouts(base: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def _wait(predicate, limit: float) -> bool:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
 def test_non_reading_clients_are_aborted_and_their_memory_reused(start_server):
     server = start_server("serve", str(APIS / "big-answer"), env={"MYELIN_WRITE_TIMEOUT": str(WRITE_TIMEOUT_S)})
     pid = server.proc.pid
@@ -48,9 +39,9 @@ def test_non_reading_clients_are_aborted_and_their_memory_reused(start_server):
         clients = [non_reader(server.port, REQUEST) for _ in range(CLIENTS)]
         held.extend(clients)  # the clients never read and never close: only the server can end these connections
         # Every connection is aborted once its answer has made no progress for the write deadline.
-        assert _wait(lambda: sockets_open(pid) <= idle_sockets, 10 * WRITE_TIMEOUT_S + 10), (
+        assert wait_until(lambda: sockets_open(pid) <= idle_sockets, 10 * WRITE_TIMEOUT_S + 10), (
             f"wave {wave}: {sockets_open(pid) - idle_sockets} non-reading connections still open")
-        assert _wait(lambda: _write_timeouts(server.base) >= CLIENTS * (wave + 1), 5)
+        assert wait_until(lambda: _write_timeouts(server.base) >= CLIENTS * (wave + 1), 5)
         rss_after.append(rss_kb(pid))
     for sock in held:
         sock.close()
