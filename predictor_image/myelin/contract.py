@@ -101,6 +101,11 @@ SPLIT_REQUESTS_TOTAL = "myelin_split_requests_total"
 #: cluster sets this on each of its APIs' pods, `<splitter>=<path>` entries separated by commas, and the runtime
 #: answers a POST on each path as on the API's own endpoint, counting it in SPLIT_REQUESTS{splitter,api}.
 ENDPOINT_ALIASES_ENV = "MYELIN_ENDPOINT_ALIASES"
+#: A splitter's shadow in the cloud: the cluster sets this on each API the splitter weighs, `<splitter>=<url>` entries
+#: (`;api=<shadow>;timeout=<s>;max_body=<size>` after each URL; settings.py) separated by commas, and the runtime
+#: copies each request it answers on that splitter's path (ENDPOINT_ALIASES_ENV) to the URL, the shadow's Service
+#: and endpoint, in the background (shadow.py), counting SHADOW_REQUESTS and SHADOW_DROPPED.
+SHADOW_TARGETS_ENV = "MYELIN_SHADOW_TARGETS"
 SHADOW_REQUESTS = "myelin_shadow_requests"  # exposed as myelin_shadow_requests_total{splitter,api,status}
 SHADOW_REQUESTS_TOTAL = "myelin_shadow_requests_total"
 SHADOW_DROPPED = "myelin_shadow_dropped"  # exposed as myelin_shadow_dropped_total{splitter,api,reason}

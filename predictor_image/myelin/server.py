@@ -114,6 +114,8 @@ class MyelinApp:
         self.exit_on_load_failure = exit_on_load_failure
         self.metrics = metrics or Metrics()
         self.split_requests: Any = None  # myelin_split_requests_total, made when aliases are set
+        self.shadow_counters: Any = None  # myelin_shadow_{requests,dropped}_total, made when a shadow is set
+        self.mirror: Any = None  # the copies to splitters' shadows (shadow.py), with MYELIN_SHADOW_TARGETS
         # Bytes of request bodies being received at once, this process's APIs together (lifecycle.py).
         self.body_budget = BodyBudget(self.settings.max_body_bytes_in_flight)
         self.cost = CostMeter.from_env()  # CPU seconds per prediction and the stack's estimate, in /info
@@ -126,8 +128,9 @@ class MyelinApp:
         self.native = {e: r for e, r in self.runtimes.items() if PROTOCOL_MYELIN in protocols_of(r.spec)}
         #: The other protocols' routes (protocols.py), and the server-wide OIP routes.
         self.protocol_routes = ProtocolRoutes(list(self.runtimes.values()), self)
-        #: MYELIN_ENDPOINT_ALIASES: path -> (runtime, its myelin_split_requests_total{splitter,api} series).
-        self.aliases: dict[str, tuple[ApiRuntime, Any]] = {}
+        #: MYELIN_ENDPOINT_ALIASES: path -> (runtime, its myelin_split_requests_total{splitter,api} series, the
+        #: splitter's name if it has a shadow here (MYELIN_SHADOW_TARGETS), else None).
+        self.aliases: dict[str, tuple[ApiRuntime, Any, str | None]] = {}
         self._route_aliases()
         self.draining = False
         self.started = False
@@ -164,6 +167,9 @@ class MyelinApp:
         """A TrafficSplitter in the cloud: the ALB forwards the splitter's path, unchanged, to one of its APIs'
         pods, which answer it as their own endpoint (MYELIN_ENDPOINT_ALIASES, set by the cluster)."""
         aliases = self.settings.endpoint_aliases
+        old_mirror, self.mirror = self.mirror, None
+        if old_mirror is not None and old_mirror.client is not None:
+            self.spawn(old_mirror.close())  # copies in flight under the previous settings end with it
         if not aliases:
             self.aliases = {}
             return
@@ -181,12 +187,22 @@ class MyelinApp:
             self.split_requests = Counter(SPLIT_REQUESTS, "Requests a TrafficSplitter sent to each of its APIs "
                                           "(in the cloud: counted by the API that answered them).",
                                           [LABEL_SPLITTER, LABEL_API], registry=self.metrics.registry)
+        shadows = self.settings.shadow_targets
+        if shadows:
+            from .shadow import ShadowMirror, shadow_counters
+
+            if self.shadow_counters is None:
+                self.shadow_counters = shadow_counters(self.metrics.registry)
+            self.mirror = ShadowMirror(runtime.name, shadows, runtime.max_body, runtime.timeout,
+                                       self.shadow_counters)
+        mirrored = {t.splitter for t in shadows}
         routes = {}
         for splitter, path in aliases:
             if path in self.runtimes:
                 raise SettingsError(f"{var}: {path} is API {runtime.name}'s own endpoint")
             # Series at 0 from the start, so a dashboard's rate shows the first request.
-            routes[path] = (runtime, self.split_requests.labels(splitter, runtime.name))
+            routes[path] = (runtime, self.split_requests.labels(splitter, runtime.name),
+                            splitter if splitter in mirrored else None)
         self.aliases = routes
 
     def on_write_timeout(self, path: str) -> None:
@@ -212,7 +228,10 @@ class MyelinApp:
                 alias = self.aliases.get(scope["path"])
                 if alias is not None:  # a splitter's path: answered as the API's own endpoint
                     alias[1].inc()
-                    await handle_predict(alias[0], scope, receive, send)
+                    if alias[2] is None:
+                        await handle_predict(alias[0], scope, receive, send)
+                    else:  # and copied to the splitter's shadow once answered (shadow.py)
+                        await self.mirror.predict(alias[2], handle_predict, alias[0], scope, receive, send)
                     return
             elif method == "GET":  # an AsyncAPI job: GET <endpoint>/<id>
                 endpoint, _, job_id = scope["path"].rpartition("/")
@@ -272,6 +291,8 @@ class MyelinApp:
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        if self.mirror is not None:
+            await self.mirror.close()
         for runtime in self.runtimes.values():
             runtime.close()
         self.log.flush()
@@ -381,6 +402,8 @@ class MyelinApp:
                 if not self.expose_errors:
                     described.pop("error", None)
                 apis.append(dict(described, spec=public_spec(r.spec), cost=self.cost.describe(r, self.metrics)))
+            if self.mirror is not None:  # a splitter's shadow, copied to from here (MYELIN_SHADOW_TARGETS)
+                return _json({"apis": apis, "shadows": self.mirror.describe()})
             return _json({"apis": apis})
 
         for runtime in self.native.values():  # an API that does not speak myelin has no native route to document

@@ -97,6 +97,57 @@ def _aliases(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+@dataclass(frozen=True)
+class ShadowTarget:
+    """Where an API copies the requests it answers on a splitter's path (MYELIN_SHADOW_TARGETS; shadow.py)."""
+
+    splitter: str
+    url: str  # http://<host>[:<port>]/<the shadow's endpoint>
+    shadow: str  # the shadow API's name (the `api` label of the shadow metrics)
+    timeout: float | None = None  # the shadow's serving.timeout in seconds (unset: the API's own)
+    max_body: int | None = None  # the shadow's serving.max_body_size in bytes (unset: the API's own)
+
+
+_SHADOW_EXAMPLE = ("sentiment=http://sentiment-v3.apis.svc.cluster.local/sentiment-v3;api=sentiment-v3;timeout=30;"
+                   "max_body=10Mi")
+
+
+def _shadow_targets(name: str, raw: str) -> tuple[ShadowTarget, ...]:
+    """`<splitter>=<url>[;api=<name>][;timeout=<seconds>][;max_body=<size>],...`: the shadow of each splitter whose
+    path this API answers (MYELIN_ENDPOINT_ALIASES), copied to in the background."""
+    from urllib.parse import urlsplit
+
+    out: list[ShadowTarget] = []
+    for entry in (e.strip() for e in raw.split(",")):
+        head, *params = [p.strip() for p in entry.split(";")]
+        splitter, sep, url = (x.strip() for x in head.partition("="))
+        parts = urlsplit(url) if sep else None
+        if (parts is None or not splitter or parts.scheme != "http" or not parts.hostname or parts.query
+                or parts.fragment or not parts.path.startswith("/") or parts.path == "/"):
+            raise SettingsError(f"{name}={raw!r}: {entry!r} is not <splitter>=<url>, like {_SHADOW_EXAMPLE} (an "
+                                "http:// URL with the shadow's endpoint as its path, no query)")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r}: {entry!r} has a bad port") from None
+        values: dict[str, Any] = {"shadow": parts.hostname.split(".")[0]}
+        for param in params:
+            key, eq, value = (x.strip() for x in param.partition("="))
+            if not eq or key not in ("api", "timeout", "max_body") or not value:
+                raise SettingsError(f"{name}={raw!r}: {param!r} in {splitter}'s entry is not api=<name>, "
+                                    "timeout=<seconds> or max_body=<size>")
+            if key == "api":
+                values["shadow"] = value
+            elif key == "timeout":
+                values["timeout"] = _positive_float(name, value)
+            else:
+                values["max_body"] = _size(name, value)
+        if any(t.splitter == splitter for t in out):
+            raise SettingsError(f"{name}={raw!r}: splitter {splitter} is named twice (a splitter has one shadow)")
+        out.append(ShadowTarget(splitter=splitter, url=url, **values))
+    return tuple(out)
+
+
 def _text(name: str, raw: str) -> str:
     return raw
 
@@ -135,6 +186,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "async_dead_letter_queue_url": (c.ASYNC_DEAD_LETTER_QUEUE_URL_ENV, _queue_url),
     "async_storage_uri": (c.ASYNC_STORAGE_URI_ENV, _s3_uri),
     "endpoint_aliases": (c.ENDPOINT_ALIASES_ENV, _aliases),
+    "shadow_targets": (c.SHADOW_TARGETS_ENV, _shadow_targets),
 }
 _SQS_SETTINGS = ("async_queue_url", "async_dead_letter_queue_url", "async_storage_uri")
 
@@ -181,8 +233,17 @@ class Settings:
     #: `myelin serve` of one RealtimeAPI: (splitter, path) pairs it also answers on, as on its own endpoint (the
     #: cloud's TrafficSplitter: the ALB forwards the splitter's path unchanged to the API's pods).
     endpoint_aliases: tuple[tuple[str, str], ...] = ()
+    #: With endpoint_aliases: the shadow of each splitter that has one, where a copy of each request answered on
+    #: that splitter's path goes (the cloud's shadow: shadow.py).
+    shadow_targets: tuple[ShadowTarget, ...] = ()
 
     def __post_init__(self) -> None:
+        aliased = {splitter for splitter, _ in self.endpoint_aliases}
+        stray = [t.splitter for t in self.shadow_targets if t.splitter not in aliased]
+        if stray:
+            raise SettingsError(f"{c.SHADOW_TARGETS_ENV}: {', '.join(stray)} not in {c.ENDPOINT_ALIASES_ENV} "
+                                f"({', '.join(sorted(aliased)) or 'unset'}): a shadow copies the requests this API "
+                                "answers on its splitter's path, so that path must be one of its aliases")
         env = {f: ENVIRONMENT[f][0] for f in _SQS_SETTINGS}
         if self.async_store == c.ASYNC_STORE_SQS:
             missing = [env[f] for f in _SQS_SETTINGS if not getattr(self, f)]

@@ -22,31 +22,30 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 
 from .. import contract as c
 from ..spec import SPEC_FILE, SpecError, TrafficSplitterSpec, is_splitter, load_api_spec, splitter_problems
-from ..http_io import declared_length, has_header
+from ..http_io import declared_length
+from ..shadow import (
+    DROP_NOT_READ,
+    DROP_NOT_READY,
+    SHADOW_GRACE_S,
+    SHADOW_MAX_BUFFERED_BYTES,  # noqa: F401 - the bounds, named here as the docs say
+    SHADOW_MAX_IN_FLIGHT,  # noqa: F401
+    BodyCopy,
+    ShadowSlots,
+    deliver,
+    has_no_body,
+    shadow_counters,
+)
 from .child import ApiProcess, ChildState
 
-#: Copies of requests in flight to the shadow, per splitter; one beyond is dropped (reason "busy").
-SHADOW_MAX_IN_FLIGHT = 64
-#: Bytes of request bodies held for the shadow, per splitter; a copy beyond is dropped (reason "buffer_full").
-SHADOW_MAX_BUFFERED_BYTES = 64 * 2**20
-#: A copy still unanswered this long after the shadow's serving.timeout is abandoned (status "timeout").
-SHADOW_GRACE_S = 5.0
 #: Seeds the weighted choice (tests use it to make a run reproducible); unset, every run draws afresh.
 SEED_ENV = "MYELIN_LOCAL_SPLIT_SEED"
-
-DROP_BUSY = "busy"
-DROP_BUFFER = "buffer_full"
-DROP_TOO_LARGE = "too_large"
-DROP_NOT_READY = "not_ready"
-DROP_CLIENT_GONE = "client_gone"
-DROP_NOT_READ = "not_read"  # the API's forward refused the request before reading its body (401, 413, 503)
 
 
 class SplitMetrics:
@@ -58,11 +57,7 @@ class SplitMetrics:
         labels = [c.LABEL_SPLITTER, c.LABEL_API]
         self.requests = Counter(c.SPLIT_REQUESTS, "Requests a TrafficSplitter sent to each of its APIs.", labels,
                                 registry=self.registry)
-        self.shadow = Counter(c.SHADOW_REQUESTS, "Copies of a splitter's requests answered by its shadow (status: "
-                              "the shadow's HTTP status, or error/timeout).", [*labels, c.LABEL_STATUS],
-                              registry=self.registry)
-        self.dropped = Counter(c.SHADOW_DROPPED, "Requests of a splitter not copied to its shadow, by reason.",
-                               [*labels, c.LABEL_REASON], registry=self.registry)
+        self.shadow, self.dropped = shadow_counters(self.registry)
 
     def register(self, spec: TrafficSplitterSpec) -> None:
         """Series at 0 from the start, so a dashboard's rate shows the first request."""
@@ -118,11 +113,9 @@ class LocalSplitter:
         seed = os.environ.get(SEED_ENV)
         self.rng = rng or random.Random(seed)
         self.sent = {name: 0 for name in self.names}
-        self.shadow_in_flight = 0
-        self.shadow_buffered = 0
-        self.shadow_answered = 0
-        self.shadow_failed = 0
-        self.shadow_dropped: dict[str, int] = {}
+        metrics = server.split_metrics
+        self.shadow = (ShadowSlots(spec.name, spec.shadow.name, metrics.shadow, metrics.dropped)
+                       if spec.shadow is not None else None)
         self._tasks: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ what /info shows
@@ -131,10 +124,8 @@ class LocalSplitter:
             "endpoint": self.spec.endpoint,
             "apis": [{"name": n, "weight": w, "requests": self.sent[n]} for n, w in zip(self.names, self.weights)],
         }
-        if self.spec.shadow is not None:
-            out["shadow"] = {"name": self.spec.shadow.name, "in_flight": self.shadow_in_flight,
-                             "answered": self.shadow_answered, "failed": self.shadow_failed,
-                             "dropped": dict(self.shadow_dropped)}
+        if self.shadow is not None:
+            out["shadow"] = self.shadow.describe()
         return out
 
     # ------------------------------------------------------------------ routing
@@ -175,41 +166,23 @@ class LocalSplitter:
             if copy is not None:
                 copy.give_up(DROP_NOT_READ)  # the API's forward never read the whole body (refused, failed)
 
-    # ------------------------------------------------------------------ the shadow
-    def _drop(self, reason: str) -> None:
-        assert self.spec.shadow is not None
-        self.shadow_dropped[reason] = self.shadow_dropped.get(reason, 0) + 1
-        self.server.split_metrics.dropped.labels(self.spec.name, self.spec.shadow.name, reason).inc()
-
-    def _mirror(self, scope: dict) -> "_BodyCopy | None":
+    # ------------------------------------------------------------------ the shadow (../shadow.py)
+    def _mirror(self, scope: dict) -> "BodyCopy | None":
         """Take a shadow slot for this request: the copy of its body to make as the API's forward reads it (sent
         once complete), or None when nothing is to be copied (dropped, or sent already: a request with no body)."""
+        slots = self.shadow
         shadow = self._api(self.spec.shadow.name)
         child = shadow.serving if shadow is not None else None
         if child is None or child.state is not ChildState.READY or child.client is None:
-            self._drop(DROP_NOT_READY)
+            slots.drop(DROP_NOT_READY)
             return None
-        if self.shadow_in_flight >= SHADOW_MAX_IN_FLIGHT:
-            self._drop(DROP_BUSY)
+        if not slots.take(declared_length(scope["headers"]), child.max_body):
             return None
-        declared = declared_length(scope["headers"])
-        if declared is not None and declared > child.max_body:
-            self._drop(DROP_TOO_LARGE)
-            return None
-        self.shadow_in_flight += 1  # a slot from now: released when the copy is answered or dropped
-        if declared == 0 or (declared is None and not has_header(scope["headers"], b"transfer-encoding")):
+        if has_no_body(scope["headers"]):
             self._send_copy(scope, shadow, child, b"")  # no body: nothing to wait for
             return None
-        return _BodyCopy(self, scope, shadow, child)
-
-    def _reserve(self, size: int) -> bool:
-        if self.shadow_buffered + size > SHADOW_MAX_BUFFERED_BYTES:
-            return False
-        self.shadow_buffered += size
-        return True
-
-    def _release(self, size: int) -> None:
-        self.shadow_buffered -= size
+        return BodyCopy(slots, child.max_body,
+                        lambda body, size: self._send_copy(scope, shadow, child, body, reserved=size))
 
     def _send_copy(self, scope: dict, shadow: Any, child: ApiProcess, body: bytes, reserved: int = 0) -> None:
         task = asyncio.get_running_loop().create_task(self._copy(scope, shadow, child, body, reserved))
@@ -225,86 +198,19 @@ class LocalSplitter:
         client = child.client
         child.in_flight += 1  # a reload waits for it, as for any request sent to this process
         try:
-            if client is None:
-                raise httpx.ConnectError("the shadow's process stopped")
-            moved = _moved(scope, self.spec.endpoint, shadow.spec.endpoint)
-            headers = [(k, v) for k, v in _forwarded_headers(scope["headers"], _request_id(scope))
-                       if k.lower() not in (b"content-length", b"transfer-encoding")]
-            request = httpx.Request(scope["method"], _upstream_url(moved), headers=headers,
-                                    content=body if body or scope["method"] not in ("GET", "HEAD") else None)
-            timeout = shadow.spec.serving.timeout.seconds + SHADOW_GRACE_S
-            try:
-                status = str(await asyncio.wait_for(_discard(client, request), timeout))
-            except asyncio.TimeoutError:
-                status = "timeout"
-        except (httpx.HTTPError, OSError, RuntimeError):
-            status = "error"
+            if client is not None:  # else the shadow's process stopped: "error"
+                def request() -> httpx.Request:
+                    moved = _moved(scope, self.spec.endpoint, shadow.spec.endpoint)
+                    headers = [(k, v) for k, v in _forwarded_headers(scope["headers"], _request_id(scope))
+                               if k.lower() not in (b"content-length", b"transfer-encoding")]
+                    return httpx.Request(scope["method"], _upstream_url(moved), headers=headers,
+                                         content=body if body or scope["method"] not in ("GET", "HEAD") else None)
+
+                status = await deliver(client, request, shadow.spec.serving.timeout.seconds + SHADOW_GRACE_S)
         finally:
             child.in_flight -= 1
-            self._release(reserved)
-            self.shadow_in_flight -= 1
-            if status.isdigit() and int(status) < 500:
-                self.shadow_answered += 1
-            else:
-                self.shadow_failed += 1
-            self.server.split_metrics.shadow.labels(self.spec.name, shadow.name, status).inc()
+            self.shadow.done(status, reserved)
             shadow.last_active = time.monotonic()
-
-
-class _BodyCopy:
-    """The client's body as the API's forward reads it, copied for the shadow until it is complete."""
-
-    def __init__(self, splitter: LocalSplitter, scope: dict, shadow: Any, child: ApiProcess):
-        self.splitter = splitter
-        self.scope = scope
-        self.shadow = shadow
-        self.child = child
-        self.parts: list[bytes] | None = []
-        self.size = 0
-
-    def give_up(self, reason: str) -> None:
-        """No copy after all (the body went over a bound, the client left, or it was never read whole)."""
-        if self.parts is not None:
-            self.parts = None
-            self.splitter._release(self.size)
-            self.splitter.shadow_in_flight -= 1
-            self.splitter._drop(reason)
-
-    def receive_from(self, receive: Callable[[], Any]) -> Callable[[], Any]:
-        async def tee() -> dict:
-            message = await receive()
-            if self.parts is None:
-                return message
-            if message["type"] == "http.disconnect":
-                self.give_up(DROP_CLIENT_GONE)
-                return message
-            chunk = message.get("body", b"")
-            if chunk:
-                if self.size + len(chunk) > self.child.max_body:
-                    self.give_up(DROP_TOO_LARGE)
-                    return message
-                if not self.splitter._reserve(len(chunk)):
-                    self.give_up(DROP_BUFFER)
-                    return message
-                self.size += len(chunk)
-                self.parts.append(chunk)
-            if not message.get("more_body", False):
-                body, self.parts = b"".join(self.parts), None
-                self.splitter._send_copy(self.scope, self.shadow, self.child, body, reserved=self.size)
-            return message
-
-        return tee
-
-
-async def _discard(client: httpx.AsyncClient, request: httpx.Request) -> int:
-    """Send, read the answer to its end without keeping it, return its status."""
-    response = await client.send(request, stream=True)
-    try:
-        async for _ in response.aiter_raw():
-            pass
-    finally:
-        await response.aclose()
-    return response.status_code
 
 
 def _moved(scope: dict, old: str, new: str) -> dict:
