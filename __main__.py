@@ -103,6 +103,8 @@ for deployed in settings.apis:
         interceptor=interceptor,
         route_after=route_after,
         endpoint_aliases=settings.aliases_of(spec.name),
+        shadow_targets=settings.shadows_of(spec.name),
+        shadow_sources=settings.shadow_sources_of(spec.name),
     )
     if spec.kind == "AsyncAPI":
         cloud = AsyncCloudArgs(region=region, oidc_provider_arn=cluster.oidc_provider_arn,

@@ -18,6 +18,8 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from myelin.spec import ApiSpec, SpecError, check_unique, load_api_spec, parse_model_uri, validation_problems
+from myelin.contract import PROTOCOL_MYELIN
+from myelin.spec.protocols import protocols_of
 from myelin.spec.splitter import TrafficSplitterSpec, check_splitters
 
 from . import capacity, gpu
@@ -370,6 +372,21 @@ class Settings:
         return tuple((s.spec.name, s.spec.endpoint) for s in self.splitters
                      if any(t.name == api for t in s.spec.weighted))
 
+    def shadows_of(self, api: str) -> tuple[tuple[str, ApiSpec], ...]:
+        """(splitter, its shadow's spec) of every splitter weighing `api` that has a shadow: its pods copy each
+        request they answer on that splitter's path to the shadow's Service (MYELIN_SHADOW_TARGETS)."""
+        specs = {d.spec.name: d.spec for d in self.apis}
+        return tuple((s.spec.name, specs[s.spec.shadow.name]) for s in self.splitters
+                     if s.spec.shadow is not None and any(t.name == api for t in s.spec.weighted))
+
+    def shadow_sources_of(self, api: str) -> tuple[ApiSpec, ...]:
+        """The APIs whose pods copy requests to `api`'s (it is the shadow of splitters weighing them): its
+        NetworkPolicy admits them."""
+        specs = {d.spec.name: d.spec for d in self.apis}
+        names = {t.name for s in self.splitters if s.spec.shadow is not None and s.spec.shadow.name == api
+                 for t in s.spec.weighted}
+        return tuple(specs[n] for n in sorted(names))
+
 
 def _problems(err: ValidationError, prefix: str = f"{NAMESPACE}:") -> list[tuple[str, str]]:
     return [(prefix + field if field else prefix.rstrip(":"), msg) for field, msg in validation_problems(err)]
@@ -474,19 +491,23 @@ def resolve_apis(config: StackConfig, source: str, repo_root: Path = REPO_ROOT) 
 
 
 def _splitter_problems(splitter: TrafficSplitterSpec, apis: Mapping[str, ApiSpec]) -> list[tuple[str, str]]:
-    """What the cloud cannot do for a splitter the tree accepts (check_splitters has run): a shadow, and APIs
-    behind another load balancer."""
+    """What the cloud cannot do for a splitter the tree accepts (check_splitters has run): an API that does not
+    answer `POST <endpoint>`, and weighted APIs behind another load balancer.
+
+    A shadow is copied to by the weighted APIs' pods, inside the cluster (MYELIN_SHADOW_TARGETS, its Service and
+    endpoint: docs/traffic-splitting.md), so its visibility does not matter; it must answer the native protocol."""
     problems = []
     for i, target in enumerate(splitter.apis):
-        if target.shadow:
-            # The ALB forwards each request to one target group and cannot copy it (docs/traffic-splitting.md).
-            problems.append((f"apis[{i}].shadow", (
-                f"{target.name!r} is a shadow: the load balancer forwards each request to one API and cannot copy "
-                "it, so a stack deploys no shadow yet; remove the shadow entry from this stack's splitter (keep it "
-                "for `myelin local`, e.g. in a splitter folder the stack does not list) and compare versions with "
-                "weights, or a canary release (docs/traffic-splitting.md)")))
-            continue
         spec = apis[target.name]
+        if PROTOCOL_MYELIN not in protocols_of(spec):
+            role = "its shadow, copied to at" if target.shadow else "its weighted APIs, answering the splitter's path as"
+            problems.append((f"apis[{i}].name", (
+                f"{target.name!r} does not speak the myelin protocol (networking.protocols: "
+                f"{', '.join(protocols_of(spec))}): a splitter's requests reach {role} `POST <endpoint>`; add "
+                f"{PROTOCOL_MYELIN} to its networking.protocols")))
+            continue
+        if target.shadow:
+            continue
         if spec.networking.visibility != splitter.networking.visibility:
             problems.append((f"apis[{i}].name", (
                 f"{target.name!r} is {spec.networking.visibility} and the splitter {splitter.networking.visibility}: "

@@ -22,7 +22,8 @@ from .scale_to_zero import (
     scales_to_zero,
 )
 from .shared import Parts, api_image, PredictorApiArgs
-from myelin.contract import ENDPOINT_ALIASES_ENV
+from .splitter import shadow_egress, shadow_peers, shadow_targets_env
+from myelin.contract import ENDPOINT_ALIASES_ENV, SHADOW_TARGETS_ENV
 
 
 class PredictorApi(pulumi.ComponentResource):
@@ -46,6 +47,9 @@ class PredictorApi(pulumi.ComponentResource):
         if args.endpoint_aliases:
             # Weighed by TrafficSplitters: the ALB forwards their paths unchanged to these pods (splitter.py).
             extra_env[ENDPOINT_ALIASES_ENV] = ",".join(f"{s}={path}" for s, path in args.endpoint_aliases)
+        if args.shadow_targets:
+            # And copy those requests to the splitters' shadows, which the ALB cannot do (myelin/shadow.py).
+            extra_env[SHADOW_TARGETS_ENV] = shadow_targets_env(args)
         # Autoscaled: KEDA's HPA owns the replica count; a `replicas` field would fight it on every update.
         replicas = None if autoscaled(spec) else a.min_replicas
         template = parts.pod_template(self.image.ref, sa, self.secret, extra_env)
@@ -78,7 +82,10 @@ class PredictorApi(pulumi.ComponentResource):
                 target=(ROLLOUTS_API_VERSION, "Rollout") if self.canary is not None else ("apps/v1", "Deployment"),
             )
         self.pdb = parts.pdb()
-        self.network_policy = parts.network_policy(*([interceptor_peer()] if to_zero else []))
+        # The interceptor (scaled to zero); the APIs copying requests to this one (a splitter's shadow). Out: to
+        # the shadows this API copies to.
+        self.network_policy = parts.network_policy(*([interceptor_peer()] if to_zero else []), *shadow_peers(args),
+                                                   extra_egress=shadow_egress(args))
         if self.canary is not None:
             # The Rollout first: its controller takes over the Ingress's action annotation once both exist.
             self.ingress = parts.ingress(None, self.deployment, self.canary.pong,

@@ -86,6 +86,11 @@ class PredictorApiArgs:
     #: (splitter, endpoint) of the TrafficSplitters weighing this API: paths its pods also answer on
     #: (MYELIN_ENDPOINT_ALIASES; components/apis/splitter.py).
     endpoint_aliases: tuple[tuple[str, str], ...] = ()
+    #: (splitter, its shadow's spec) of the splitters weighing this API that have a shadow: its pods copy each
+    #: request answered on that splitter's path to the shadow's Service (MYELIN_SHADOW_TARGETS; realtime.py).
+    shadow_targets: tuple[tuple[str, ApiSpec], ...] = ()
+    #: The APIs whose pods copy requests to this one (it is their splitters' shadow): its NetworkPolicy admits them.
+    shadow_sources: tuple[ApiSpec, ...] = ()
 
 
 @dataclass(frozen=True)

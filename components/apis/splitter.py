@@ -13,7 +13,14 @@ docs/guide/ingress/annotations.md (`actions.${action-name}`: `forward` with `for
 `serviceName`, `servicePort` and `weight`; the rule's backend names the action, port `use-annotation`). The
 Services are in the Ingress's namespace (the stack's API namespace, where every API lives).
 
-A shadow is refused in a stack (config.py): an ALB forwards each request to one target group and cannot copy it.
+A splitter's shadow: an ALB forwards each request to one target group and cannot copy it, so the weighted APIs'
+own runtimes do (myelin/shadow.py). Each gets `MYELIN_SHADOW_TARGETS=<splitter>=<url>;api=..;timeout=..;max_body=..`
+(`shadow_targets_env`): the URL of the shadow's Service in the cluster (`http://<shadow>.<namespace>.svc.cluster.local`,
+port 80) and endpoint, with the shadow's serving.timeout and serving.max_body_size, and copies each request it
+answers on the splitter's path there after its own answer is written. The NetworkPolicies let exactly these pods
+talk: the weighted APIs' egress to the shadow's pods, the shadow's ingress from theirs, on the container port
+(`shadow_egress`, `shadow_peers`). The shadow keeps its own Service and Ingress; it is never scaled to zero (the
+spec refuses it: its copies would wake it and hold its interceptor for answers nobody reads).
 """
 
 from __future__ import annotations
@@ -24,10 +31,12 @@ from typing import Any, Sequence
 import pulumi
 import pulumi_kubernetes as k8s
 
+from myelin.settings import ShadowTarget, shadow_targets_value
 from myelin.spec.splitter import TrafficSplitterSpec
 
+from .autoscaling import plain
 from .canary import SERVICE_PORT, USE_ANNOTATION
-from .shared import ALB, PredictorApiArgs, grace_period, ingress_annotations
+from .shared import ALB, PORT, PredictorApiArgs, grace_period, ingress_annotations, labels_for
 
 COMPONENT = "traffic-splitter"
 
@@ -41,6 +50,37 @@ def forward_action(splitter: TrafficSplitterSpec) -> dict[str, Any]:
 
 def action_annotation(splitter: TrafficSplitterSpec) -> str:
     return f"{ALB}actions.{splitter.name}"
+
+
+def shadow_targets_env(args: PredictorApiArgs) -> str:
+    """MYELIN_SHADOW_TARGETS for a weighted API's pods: each shadow's Service (port 80) and endpoint, its limits."""
+    namespace = plain(args.namespace)
+    return shadow_targets_value(tuple(
+        ShadowTarget(splitter=splitter, shadow=shadow.name,
+                     url=f"http://{shadow.name}.{namespace}.svc.cluster.local{shadow.endpoint}",
+                     timeout=shadow.serving.timeout.seconds, max_body=shadow.serving.max_body_bytes)
+        for splitter, shadow in args.shadow_targets))
+
+
+def _pods(spec: Any) -> k8s.networking.v1.NetworkPolicyPeerArgs:
+    """An API's pods, in the namespace of the policy (every API lives in the stack's API namespace)."""
+    return k8s.networking.v1.NetworkPolicyPeerArgs(pod_selector=k8s.meta.v1.LabelSelectorArgs(
+        match_labels=labels_for(spec)))
+
+
+def shadow_egress(args: PredictorApiArgs) -> list[k8s.networking.v1.NetworkPolicyEgressRuleArgs]:
+    """A weighted API's pods may open connections to its shadows' pods (a Service's traffic reaches the pod's
+    port: NetworkPolicies match after the Service's translation)."""
+    if not args.shadow_targets:
+        return []
+    return [k8s.networking.v1.NetworkPolicyEgressRuleArgs(
+        to=[_pods(shadow) for _, shadow in args.shadow_targets],
+        ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=PORT, protocol="TCP")])]
+
+
+def shadow_peers(args: PredictorApiArgs) -> list[k8s.networking.v1.NetworkPolicyPeerArgs]:
+    """A shadow's pods admit the pods of the APIs that copy to it."""
+    return [_pods(source) for source in args.shadow_sources]
 
 
 class TrafficSplitterRoute(pulumi.ComponentResource):

@@ -148,6 +148,19 @@ def _shadow_targets(name: str, raw: str) -> tuple[ShadowTarget, ...]:
     return tuple(out)
 
 
+def shadow_targets_value(targets: tuple[ShadowTarget, ...]) -> str:
+    """The MYELIN_SHADOW_TARGETS value `_shadow_targets` reads back as `targets` (the cluster writes it)."""
+    def entry(t: ShadowTarget) -> str:
+        params = [f"api={t.shadow}"]
+        if t.timeout is not None:
+            params.append(f"timeout={t.timeout:g}")
+        if t.max_body is not None:
+            params.append(f"max_body={t.max_body}")
+        return ";".join([f"{t.splitter}={t.url}", *params])
+
+    return ",".join(entry(t) for t in targets)
+
+
 def _text(name: str, raw: str) -> str:
     return raw
 

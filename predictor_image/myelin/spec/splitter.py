@@ -168,9 +168,12 @@ def splitter_problems(splitter: TrafficSplitterSpec, others: Mapping[str, Any]) 
                 "and new versions, which a splitter's weights would bypass; use strategy rolling for it")))
             continue
         if getattr(spec.autoscaling, "min_replicas", 1) == 0:
+            why = ("a shadow receives a copy of every request, which would keep it awake (or wake it) for answers "
+                   "nobody reads, each held by KEDA's interceptor meanwhile" if target.shadow else
+                   "an API scaled to zero is reached through KEDA's interceptor, which the load balancer's weights "
+                   "cannot split")
             problems.append((where, (
-                f"{target.name!r} has autoscaling.min_replicas 0: an API scaled to zero is reached through KEDA's "
-                "interceptor, which the load balancer's weights cannot split; set its min_replicas to 1 or more")))
+                f"{target.name!r} has autoscaling.min_replicas 0: {why}; set its min_replicas to 1 or more")))
     if len(set(kinds.values())) > 1:
         problems.append(("apis", "mixes AsyncAPIs and RealtimeAPIs"))
     return problems
