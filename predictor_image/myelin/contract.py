@@ -93,7 +93,7 @@ REJECT_SHUTTING_DOWN = "shutting_down"
 MAX_RETRY_AFTER_S = 600
 TIME_TO_FIRST_ITEM = "myelin_time_to_first_item_seconds"  # histogram {api}: streaming predictors only
 #: A TrafficSplitter (kind: TrafficSplitter) is routing at the edge (`myelin local`'s router; in the cloud the ALB
-#: and the splitter's mirror): it counts the requests it sends to each of its APIs, and what became of each copy
+#: and, for the shadow, the weighted APIs' runtimes): it counts the requests it sends to each of its APIs, and what became of each copy
 #: for its shadow. The APIs' own metrics (myelin_requests_total...) count the same requests by `api`.
 SPLIT_REQUESTS = "myelin_split_requests"  # exposed as myelin_split_requests_total{splitter,api}
 SPLIT_REQUESTS_TOTAL = "myelin_split_requests_total"

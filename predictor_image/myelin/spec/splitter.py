@@ -3,9 +3,9 @@ most one shadow API whose answers are thrown away.
 
 A splitter is routing, never a predictor: it has no predictor, compute or serving section. `myelin local`'s
 router splits and mirrors (myelin/local/splitter.py); in the cloud the weights are the ALB's weighted forward
-action and each API answers the splitter's path (MYELIN_ENDPOINT_ALIASES; components/apis/splitter.py); a stack
-refuses a shadow (the ALB cannot copy a request). Each request keeps the
-limits, keys and metrics of the API it lands on.
+action and each API answers the splitter's path (MYELIN_ENDPOINT_ALIASES; components/apis/splitter.py) and, the
+ALB being unable to copy a request, copies it to the shadow itself (MYELIN_SHADOW_TARGETS; myelin/shadow.py).
+Each request keeps the limits, keys and metrics of the API it lands on.
 
 What one file can check is checked by the model (integer weights summing to 100, at most one shadow, no API
 named twice); what needs the other APIs (each name an API of the same tree, no splitter behind a splitter, no
@@ -80,8 +80,8 @@ class TrafficSplitterSpec(_Strict):
     """`kind: TrafficSplitter`: an endpoint that spreads its requests over other APIs of the same folder tree by
     weight, and copies each to at most one shadow API whose answers are thrown away. It has no predictor, compute or
     `networking.auth`: each request is checked with the keys of the API it lands on, and keeps that API's limits,
-    deadline and log line. `myelin local` serves it; a stack deploys it on the ALB, without a shadow (see Traffic
-    splitting)."""
+    deadline and log line. `myelin local` serves it; a stack deploys its weights on the ALB, and the APIs it weighs
+    copy each request to the shadow (see Traffic splitting)."""
 
     kind: Literal["TrafficSplitter"] = Field(KIND, description="`TrafficSplitter`.")
     name: str = Field(..., description="DNS label naming the splitter.")
