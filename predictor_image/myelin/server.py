@@ -168,8 +168,8 @@ class MyelinApp:
         pods, which answer it as their own endpoint (MYELIN_ENDPOINT_ALIASES, set by the cluster)."""
         aliases = self.settings.endpoint_aliases
         old_mirror, self.mirror = self.mirror, None
-        if old_mirror is not None and old_mirror.client is not None:
-            self.spawn(old_mirror.close())  # copies in flight under the previous settings end with it
+        if old_mirror is not None:
+            old_mirror.close()  # copies in flight under the previous settings end with it
         if not aliases:
             self.aliases = {}
             return
@@ -292,7 +292,7 @@ class MyelinApp:
         for task in list(self._tasks):
             task.cancel()
         if self.mirror is not None:
-            await self.mirror.close()
+            self.mirror.close()
         for runtime in self.runtimes.values():
             runtime.close()
         self.log.flush()

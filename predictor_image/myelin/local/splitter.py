@@ -39,6 +39,7 @@ from ..shadow import (
     BodyCopy,
     ShadowSlots,
     deliver,
+    discard,
     has_no_body,
     shadow_counters,
 )
@@ -206,7 +207,8 @@ class LocalSplitter:
                     return httpx.Request(scope["method"], _upstream_url(moved), headers=headers,
                                          content=body if body or scope["method"] not in ("GET", "HEAD") else None)
 
-                status = await deliver(client, request, shadow.spec.serving.timeout.seconds + SHADOW_GRACE_S)
+                status = await deliver(lambda: discard(client, request()),
+                                       shadow.spec.serving.timeout.seconds + SHADOW_GRACE_S)
         finally:
             child.in_flight -= 1
             self.shadow.done(status, reserved)
