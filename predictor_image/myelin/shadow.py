@@ -26,7 +26,7 @@ import httpx
 from prometheus_client import Counter
 
 from . import contract as c
-from .http_io import MAX_REQUEST_ID, declared_length, has_header, new_request_id
+from .http_io import declared_length, has_header, new_request_id
 from .settings import ShadowTarget
 
 #: Copies of requests in flight to the shadow, per splitter; one beyond is dropped (reason "busy").
@@ -313,9 +313,9 @@ class ShadowMirror:
     splitter has a shadow (MYELIN_SHADOW_TARGETS) is copied to that shadow's URL once its own answer is written.
 
     One pool of connections per shadow and process (`CopyConnections`: reused; as many open as copies in flight,
-    at most SHADOW_MAX_IN_FLIGHT per splitter), closed with the server. The copy carries the request's method, query string and headers (but for
-    hop-by-hop ones, its framing and its Host: the API keys go too, checked by the shadow against its own keys, as
-    `myelin local` does) and the same X-Request-ID as the client's answer."""
+    at most SHADOW_MAX_IN_FLIGHT per splitter), closed with the server. The copy carries the request's method,
+    query string and headers (but for hop-by-hop ones, its framing and its Host: the API keys go too, checked by
+    the shadow against its own keys, as `myelin local` does) and the same X-Request-ID as the client's answer."""
 
     def __init__(self, api: str, targets: tuple[ShadowTarget, ...], max_body: int, timeout: float,
                  counters: tuple[Counter, Counter]):
@@ -338,10 +338,8 @@ class ShadowMirror:
             await handle(runtime, scope, receive, send)
             return
         # The request id is decided here, so the API's answer and the shadow's log carry the same one.
-        rid = next((v[:MAX_REQUEST_ID] for k, v in headers if k == b"x-request-id" and v), None)
-        if rid is None:
-            rid = new_request_id().encode()
-            scope = {**scope, "headers": [*headers, (b"x-request-id", rid)]}
+        if not any(k == b"x-request-id" and v for k, v in headers):
+            scope = {**scope, "headers": [*headers, (b"x-request-id", new_request_id().encode())]}
         copy = BodyCopy(slots, self.max_body[splitter], body=b"" if has_no_body(headers) else None)
         try:
             await handle(runtime, scope, copy.receive_from(receive), send)
