@@ -15,8 +15,8 @@ Services are in the Ingress's namespace (the stack's API namespace, where every 
 
 A splitter's shadow: an ALB forwards each request to one target group and cannot copy it, so the weighted APIs'
 own runtimes do (myelin/shadow.py). Each gets `MYELIN_SHADOW_TARGETS=<splitter>=<url>;api=..;timeout=..;max_body=..`
-(`shadow_targets_env`): the URL of the shadow's Service in the cluster (`http://<shadow>.<namespace>.svc.cluster.local`,
-port 80) and endpoint, with the shadow's serving.timeout and serving.max_body_size, and copies each request it
+(`shadow_targets_env`): the URL of the shadow's Service in the cluster
+(`http://<shadow>.<namespace>.svc.cluster.local.`, port 80) and endpoint, with the shadow's serving.timeout and serving.max_body_size, and copies each request it
 answers on the splitter's path there after its own answer is written. The NetworkPolicies let exactly these pods
 talk: the weighted APIs' egress to the shadow's pods, the shadow's ingress from theirs, on the container port
 (`shadow_egress`, `shadow_peers`). The shadow keeps its own Service and Ingress; it is never scaled to zero (the
@@ -57,7 +57,9 @@ def shadow_targets_env(args: PredictorApiArgs) -> str:
     namespace = plain(args.namespace)
     return shadow_targets_value(tuple(
         ShadowTarget(splitter=splitter, shadow=shadow.name,
-                     url=f"http://{shadow.name}.{namespace}.svc.cluster.local{shadow.endpoint}",
+                     # Fully qualified (the final dot): the pod's resolver (ndots 5) would first try each
+                     # search domain for a name with fewer dots, several lookups per new connection.
+                     url=f"http://{shadow.name}.{namespace}.svc.cluster.local.{shadow.endpoint}",
                      timeout=shadow.serving.timeout.seconds, max_body=shadow.serving.max_body_bytes)
         for splitter, shadow in args.shadow_targets))
 

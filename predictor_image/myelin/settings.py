@@ -108,7 +108,7 @@ class ShadowTarget:
     max_body: int | None = None  # the shadow's serving.max_body_size in bytes (unset: the API's own)
 
 
-_SHADOW_EXAMPLE = ("sentiment=http://sentiment-v3.apis.svc.cluster.local/sentiment-v3;api=sentiment-v3;timeout=30;"
+_SHADOW_EXAMPLE = ("sentiment=http://sentiment-v3.apis.svc.cluster.local./sentiment-v3;api=sentiment-v3;timeout=30;"
                    "max_body=10Mi")
 
 

@@ -178,7 +178,7 @@ def test_each_weighted_api_copies_to_the_shadows_service(shadow_run):
         env = _env(deployment)
         assert env["MYELIN_ENDPOINT_ALIASES"] == f"{SPLITTER}=/wine"
         assert env["MYELIN_SHADOW_TARGETS"] == (
-            f"{SPLITTER}=http://{SHADOW}.{namespace}.svc.cluster.local/{SHADOW};api={SHADOW};timeout=10;max_body=65536")
+            f"{SPLITTER}=http://{SHADOW}.{namespace}.svc.cluster.local./{SHADOW};api={SHADOW};timeout=10;max_body=65536")
         # The runtime reads back what the cluster wrote (settings.py), as `myelin serve` in the pod does.
         [target] = Settings.from_env(env).shadow_targets
         assert (target.splitter, target.shadow, target.timeout, target.max_body) == (SPLITTER, SHADOW, 10.0, 65536)

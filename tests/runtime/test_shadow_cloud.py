@@ -237,5 +237,5 @@ def test_a_shadow_for_a_path_the_api_does_not_answer_is_refused():
 
 def test_the_shadows_name_defaults_to_its_services():
     [target] = Settings.from_env({"MYELIN_ENDPOINT_ALIASES": "s=/s", "MYELIN_SHADOW_TARGETS":
-                                  "s=http://v3.apis.svc.cluster.local/v3;timeout=2.5;max_body=1Mi"}).shadow_targets
+                                  "s=http://v3.apis.svc.cluster.local./v3;timeout=2.5;max_body=1Mi"}).shadow_targets
     assert (target.shadow, target.timeout, target.max_body) == ("v3", 2.5, 2**20)
