@@ -1,5 +1,5 @@
 """`kind: TrafficSplitter` under `myelin local`: the router spreads a splitter's requests over its APIs by weight
-and copies each to the shadow, as the ALB (weights) and the edge mirror (shadow) do in the cloud.
+and copies each to the shadow, as the ALB (weights) and the weighted APIs' runtimes (shadow) do in the cloud.
 
 Kept apart from router.py and manager.py, which call it through two hooks: the manager's sync hands a splitter's
 spec to `serve` (no process: a splitter is routing), and the router hands a request on a splitter's endpoint to
@@ -11,7 +11,8 @@ The shadow gets a copy of the request once its body is complete, sent in the bac
 thrown away, its errors and slowness are counted and never seen by the client. Every copy has an owner and a
 bound: at most `SHADOW_MAX_IN_FLIGHT` copies in flight per splitter, and at most `SHADOW_MAX_BUFFERED_BYTES` of
 copied bodies held; a request beyond either (or larger than the shadow's serving.max_body_size, or arriving while
-the shadow is not serving) is not mirrored, and counted in myelin_shadow_dropped_total{reason}.
+the shadow is not serving) is not mirrored, and counted in myelin_shadow_dropped_total{reason}. The bounds, the
+body's copy and the delivery are ../shadow.py's, shared with the cloud's copies.
 """
 
 from __future__ import annotations
