@@ -1,7 +1,7 @@
 """Models from S3: download throughput and time-to-ready for a 1 GiB model, cold and cached.
 
     .venv/bin/python benchmarks/model_download.py              # 3 cold + 3 cached runs, 1 GiB
-    .venv/bin/python benchmarks/model_download.py --size-mib 256 --runs 1   # quick look
+    .venv/bin/python benchmarks/model_download.py --size-mib 256 --runs 1 --no-readme   # quick look
 
 S3 is moto in server mode on 127.0.0.1 (tests/models/moto_server.py with --seek-ranges, so a
 ranged GET reads only its range instead of moto's whole-object read per request), pinned to
@@ -122,6 +122,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite the table in benchmarks/README.md")
     args = parser.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
@@ -161,23 +162,38 @@ def main() -> int:
         return statistics.median(r[key] for r in results[kind])
 
     gib = size / 2**30
-    print(f"| {gib:g} GiB model, moto on loopback | cold (download) | cached (restart) | local folder |")
-    print("|---|---|---|---|")
-    print(f"| process start → `/readyz` 200 | {med('cold', 'start_to_ready_s'):.2f} s | "
-          f"{med('cached', 'start_to_ready_s'):.2f} s | {med('local', 'start_to_ready_s'):.2f} s |")
-    print(f"| fetch (`model ready`: list, download, verify) | {med('cold', 'fetch_s'):.2f} s | "
-          f"{med('cached', 'fetch_s'):.3f} s | — |")
-    print(f"| transfer alone (`model downloaded`) | {med('cold', 'download_s'):.2f} s = "
-          f"{med('cold', 'download_rate_mib_s'):.0f} MiB/s | none | — |")
     ratio = results["myelin_over_boto3"]["median"]
-    print(f"| plain boto3 `s3.download_file` (default TransferConfig), same object, same moto | "
-          f"{med('boto3', 'download_s'):.2f} s = {med('boto3', 'download_rate_mib_s'):.0f} MiB/s | — | — |")
-    print(f"\nThroughput myelin/boto3: {ratio:.2f} (median of the per-run ratios "
-          f"{', '.join(f'{r:.2f}' for r in results['myelin_over_boto3']['per_run'])}; target ≥ 0.8: "
-          f"{'met' if ratio >= 0.8 else 'not met'}).")
-    print(f"Run {results['date']}; command: `{results['command']}`; load average {results['loadavg_start']} at the "
-          f"start, {results['loadavg_end']} at the end.")
-    print(f"\n{args.runs} runs each, medians; upload {results['upload_s']} s; results in {out.relative_to(ROOT)}")
+    md = [
+        f"Run {results['date']} on {os.cpu_count()} CPUs; command: `{results['command']}`; load average "
+        f"{results['loadavg_start']} at the start, {results['loadavg_end']} at the end (1, 5, 15 min; the machine is "
+        f"shared). Medians of {args.runs} run(s) of each, interleaved (raw: `results/models.json`); upload "
+        f"{results['upload_s']} s.",
+        "",
+        f"| {gib:g} GiB model, moto on loopback | cold (download) | cached (restart) | local folder |",
+        "|---|---|---|---|",
+        f"| process start → `/readyz` 200 | {med('cold', 'start_to_ready_s'):.2f} s | "
+        f"{med('cached', 'start_to_ready_s'):.2f} s | {med('local', 'start_to_ready_s'):.2f} s |",
+        f"| fetch (`model ready`: list, download, verify) | {med('cold', 'fetch_s'):.2f} s | "
+        f"{med('cached', 'fetch_s'):.3f} s | — |",
+        f"| transfer alone (`model downloaded`) | {med('cold', 'download_s'):.2f} s = "
+        f"{med('cold', 'download_rate_mib_s'):.0f} MiB/s | none | — |",
+        f"| for comparison: plain boto3 `s3.download_file` (default TransferConfig), same object, same moto | "
+        f"{med('boto3', 'download_s'):.2f} s = {med('boto3', 'download_rate_mib_s'):.0f} MiB/s | — | — |",
+        "",
+        f"Transfer throughput myelin ÷ boto3: **{ratio:.2f}** (median of the per-run ratios "
+        f"{', '.join(f'{r:.2f}' for r in results['myelin_over_boto3']['per_run'])}); target ≥ 0.8: "
+        f"**{'met' if ratio >= 0.8 else 'not met'}**.",
+    ]
+    table = "\n".join(md) + "\n"
+    print(table)
+    print(f"results in {out.relative_to(ROOT)}")
+    if not args.no_readme:
+        readme = ROOT / "benchmarks" / "README.md"
+        text = readme.read_text()
+        start, end = "<!-- models:start -->", "<!-- models:end -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            readme.write_text(head + f"{start}\n\n{table}\n{end}" + rest.split(end, 1)[1])
     return 0
 
 
