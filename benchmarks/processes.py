@@ -153,6 +153,7 @@ def summarize(rounds: list[dict], levels: list[int]) -> dict:
         lv = out[c] = {}
         for name in NAMES:
             lv[name] = {"rps": statistics.median(r[name][c]["rps"] for r in rounds),
+                        "best_rps": max(r[name][c]["rps"] for r in rounds),
                         "p99_ms": statistics.median(r[name][c]["p99_ms"] for r in rounds),
                         "errors": sum(r[name][c]["non2xx"] + r[name][c]["socket_errors"] for r in rounds)}
         for key, (a, b) in {"myelin-p1/ceiling-w2": ("myelin-p1", "ceiling-w2"),
@@ -161,7 +162,8 @@ def summarize(rounds: list[dict], levels: list[int]) -> dict:
                             "myelin-p2/myelin-p1": ("myelin-p2", "myelin-p1"),
                             "ceiling-w2/ceiling-w1": ("ceiling-w2", "ceiling-w1")}.items():
             per = [r[a][c]["rps"] / r[b][c]["rps"] for r in rounds if r[b][c]["rps"]]
-            lv[key] = {"median": statistics.median(per), "min": min(per), "max": max(per)}
+            lv[key] = {"median": statistics.median(per), "min": min(per), "max": max(per),
+                       "of_bests": lv[a]["best_rps"] / lv[b]["best_rps"] if lv[b]["best_rps"] else None}
     return out
 
 
@@ -171,21 +173,23 @@ def markdown(meta: dict, s: dict, levels: list[int]) -> str:
         f"{meta['loadavg_start']} at the start, {meta['loadavg_end']} at the end (1, 5, 15 min; the machine is shared).",
         f"Every server and wrk (`-t{WRK_THREADS}`) on cores {CPUS}: **wrk shares the two cores with the server**. "
         f"{meta['rounds']} round(s), best of {meta['runs']} × {meta['duration']:g} s per server and level in each, "
-        "medians over the rounds; ratios per round, median (range).",
+        "medians over the rounds (and the best round, the least disturbed by other work on the machine); "
+        "ratios per round, median (range), and the ratio of the best rounds.",
         "",
-        "| server | " + " | ".join(f"c={c} req/s · p99 (ms) · errors" for c in levels) + " |",
+        "| server | " + " | ".join(f"c={c} req/s median · best · p99 (ms) · errors" for c in levels) + " |",
         "|---|" + "---|" * len(levels),
     ]
     for name in NAMES:
         lines.append(f"| {LABELS[name]} | " + " | ".join(
-            f"{s[str(c)][name]['rps']:,.0f} · {s[str(c)][name]['p99_ms']:.2f} · {s[str(c)][name]['errors']}"
-            for c in levels) + " |")
-    lines += ["", "| ratio (req/s) | " + " | ".join(f"c={c}" for c in levels) + " |", "|---|" + "---|" * len(levels)]
+            f"{s[str(c)][name]['rps']:,.0f} · {s[str(c)][name]['best_rps']:,.0f} · {s[str(c)][name]['p99_ms']:.2f} · "
+            f"{s[str(c)][name]['errors']}" for c in levels) + " |")
+    lines += ["", "| ratio (req/s) | " + " | ".join(f"c={c} per round: median (range) · of the bests" for c in levels)
+              + " |", "|---|" + "---|" * len(levels)]
     for key in ("myelin-p1/ceiling-w2", "myelin-p2/ceiling-w2", "myelin-p1/ceiling-w1", "myelin-p2/myelin-p1",
                 "ceiling-w2/ceiling-w1"):
         lines.append(f"| {key} | " + " | ".join(
-            f"{s[str(c)][key]['median']:.2f} ({s[str(c)][key]['min']:.2f}-{s[str(c)][key]['max']:.2f})"
-            for c in levels) + " |")
+            f"{s[str(c)][key]['median']:.2f} ({s[str(c)][key]['min']:.2f}-{s[str(c)][key]['max']:.2f}) · "
+            f"{s[str(c)][key]['of_bests']:.2f}" for c in levels) + " |")
     return "\n".join(lines) + "\n"
 
 
