@@ -2,7 +2,7 @@
 """AsyncAPI benchmark: jobs/s through the embedded (SQLite) store with a trivial predictor, and the
 submit latency (the 202, answered once the payload is durably stored).
 
-    python3 benchmarks/async_jobs.py                 # 3 runs × 5 s per level and kind: c=1, 16, 64 (~5 min)
+    python3 benchmarks/async_jobs.py                 # 3 runs × 5 s per level and kind: c=1, 16, 64 (~3 min)
     python3 benchmarks/async_jobs.py --quick         # 1 run × 3 s per level (smoke check)
 
 Beside each AsyncAPI run, the same predictor served as a RealtimeAPI (generated under .work/apis/, the same
