@@ -13,8 +13,9 @@ What runs (only 127.0.0.1; every server stopped by pid in a `finally`, as in run
   and as an async one (`AsyncPredictor`, generated under .work/apis/); NDJSON.
 - The same generators consumed in-process, also under `taskset -c 0` (`--inprocess`): the baseline.
 - The client under `taskset -c 1`: this file's own HTTP/1.1 client (`--client`, asyncio with uvloop, in
-  the runtime's .venv). Per item: one connection streams `n=20000` items, several times; time from the
-  request to the last byte, divided by `n`. Time to first item: `c` connections each open streams of 10
+  the runtime's .venv). Per item at c=1: one connection streams `n=20000` items, several times; time from
+  the request to the last byte, divided by `n`. At c=64: 64 connections each stream 2,000 items at once;
+  the run's wall time (requests sent → last byte of the last stream) divided by the 128,000 items. Time to first item: `c` connections each open streams of 10
   items back to back for `--duration` seconds; time from sending a request to the first item's bytes.
 - For scale, the same client against `myelin serve benchmarks/apis/trivial` (one JSON response per
   request): time to the response body.
@@ -41,8 +42,10 @@ import run  # noqa: E402 - the harness's helpers: Server, Running, free_port, lo
 
 STREAM_API = BENCH / "apis" / "stream"
 TRIVIAL_API = BENCH / "apis" / "trivial"
-ITEMS_N = 20_000
+ITEMS_N = 20_000       # items of the one stream at c=1
+ITEMS_N_MANY = 2_000   # items of each of the streams at c>1 (64 × 2,000 = 128,000 items per run)
 TTFI_N = 10
+TARGET_US = 50.0       # issue 20: serving adds at most 50 µs per item over the in-process generator
 
 
 # ------------------------------------------------------------------------------------------ client side
@@ -75,13 +78,20 @@ async def one(reader, writer, req: bytes) -> tuple[float, float, int]:
     return now - start, now - start, length
 
 
-async def client_items(port: int, path: str, n: int, runs: int) -> dict:
-    reader, writer = await asyncio.open_connection(run.HOST, port)
+async def client_items(port: int, path: str, n: int, runs: int, conns: int = 1) -> dict:
+    """`conns` connections each stream `n` items at once, `runs` times: per item = the run's wall time (from
+    sending the requests to the last byte of the last stream) / (conns × n). At conns=1 that is one stream."""
+    opened = [await asyncio.open_connection(run.HOST, port) for _ in range(conns)]
     req = request(path, json.dumps({"n": n}).encode())
-    await one(reader, writer, req)  # warm-up
-    totals = [(await one(reader, writer, req))[1] for _ in range(runs)]
-    writer.close()
-    return {"per_item_us": [t / n * 1e6 for t in totals]}
+    await asyncio.gather(*(one(r, w, req) for r, w in opened))  # warm-up
+    per_item: list[float] = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        await asyncio.gather(*(one(r, w, req) for r, w in opened))
+        per_item.append((time.perf_counter() - start) / (conns * n) * 1e6)
+    for _, w in opened:
+        w.close()
+    return {"per_item_us": per_item}
 
 
 async def client_ttfi(port: int, path: str, body: bytes, conns: int, seconds: float, warmup: float) -> dict:
@@ -144,7 +154,7 @@ def client_main(args) -> None:
     except ImportError:
         pass
     if args.client == "items":
-        out = asyncio.run(client_items(args.port, args.path, args.n, args.runs))
+        out = asyncio.run(client_items(args.port, args.path, args.n, args.runs, args.conns))
     elif args.client == "inprocess":
         out = inprocess(args.kind, args.n, args.runs)
     else:
@@ -154,6 +164,11 @@ def client_main(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------ orchestration
+def loadavg() -> str:
+    """The machine's load average (1, 5, 15 min), printed with every figure: the machine may be shared."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def pinned(cpu: str, *argv: str) -> dict:
     cmd = ["taskset", "-c", cpu, str(run.MAIN_PY), str(Path(__file__).resolve()), *argv]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, **run.THREAD_ENV})
@@ -191,13 +206,19 @@ def measure(args) -> dict:
         base = pinned(run.SERVER_CPU, "--client", "inprocess", "--kind", kind, "--n", str(ITEMS_N), "--runs", str(args.runs))
         running = serve(f"stream-{kind}", folder, "/stream")
         try:
-            served = pinned(run.LOAD_CPU, "--client", "items", "--port", str(running.port), "--path", "/stream",
-                            "--n", str(ITEMS_N), "--runs", str(args.runs))
             in_us = statistics.median(base["per_item_us"])
-            http_us = statistics.median(served["per_item_us"])
-            results["items"][kind] = {"inprocess_us": in_us, "served_us": http_us, "overhead_us": http_us - in_us,
-                                      "runs": {"inprocess": base["per_item_us"], "served": served["per_item_us"]}}
-            run.log(f"{kind}: {in_us:.3f} µs/item in-process, {http_us:.2f} µs/item served")
+            row: dict = {"inprocess_us": in_us, "runs": {"inprocess": base["per_item_us"]}}
+            for conns in args.item_concurrency:
+                n = ITEMS_N if conns == 1 else ITEMS_N_MANY
+                served = pinned(run.LOAD_CPU, "--client", "items", "--port", str(running.port), "--path", "/stream",
+                                "--n", str(n), "--runs", str(args.runs if conns == 1 else args.runs_many),
+                                "--conns", str(conns))
+                http_us = statistics.median(served["per_item_us"])
+                row[f"c{conns}"] = {"served_us": http_us, "overhead_us": http_us - in_us, "items_per_stream": n,
+                                    "met": http_us - in_us <= TARGET_US, "runs": served["per_item_us"]}
+                run.log(f"{kind}: c={conns} {in_us:.3f} µs/item in-process, {http_us:.2f} µs/item served "
+                        f"(overhead {http_us - in_us:.2f} µs, target ≤ {TARGET_US:g} µs)")
+            results["items"][kind] = row
             for conns in args.concurrency:
                 results["ttfi"][f"{kind}/{conns}"] = r = pinned(
                     run.LOAD_CPU, "--client", "ttfi", "--port", str(running.port), "--path", "/stream",
@@ -219,14 +240,27 @@ def measure(args) -> dict:
 
 
 def markdown(meta: dict, res: dict, concurrency: list[int]) -> str:
-    lines = [f"Run {meta['date']} on {meta['cpu']} ({meta['cpus']} CPUs); command: `{meta['command']}`.",
-             "Server (and the in-process baseline) pinned to core 0, client to core 1; medians of "
-             f"{meta['runs']} streams of {ITEMS_N:,} items; time to first item over {meta['duration']} s per level "
-             f"of streams of {TTFI_N} items, after a {meta['warmup']} s warm-up.", "",
-             "| generator | in-process µs/item | served µs/item (NDJSON over HTTP) | overhead µs/item |",
-             "|---|---|---|---|"]
+    ic = meta["item_concurrency"]
+    per = "; ".join(f"c={c}: {'one stream' if c == 1 else f'{c} streams at once'} of "
+                    f"{ITEMS_N if c == 1 else ITEMS_N_MANY:,} items, median of "
+                    f"{meta['runs'] if c == 1 else meta['runs_many']} runs" for c in ic)
+    lines = [f"Run {meta['date']} on {meta['cpu']} ({meta['cpus']} CPUs); command: `{meta['command']}`; "
+             f"load average {meta['loadavg_start']} at the start, {meta['loadavg_end']} at the end "
+             "(1, 5, 15 min; the machine is shared).",
+             "Server (and the in-process baseline) pinned to core 0, client to core 1. Per item (" + per + "): the "
+             "run's wall time divided by the items it carried; overhead = served − in-process. Time to first item "
+             f"over {meta['duration']} s per level of streams of {TTFI_N} items, after a {meta['warmup']} s warm-up.",
+             "",
+             "| generator | in-process µs/item | " + " | ".join(
+                 f"c={c} served µs/item · overhead · ≤ {TARGET_US:g} µs" for c in ic) + " |",
+             "|---|---|" + "---|" * len(ic)]
     for kind, r in res["items"].items():
-        lines.append(f"| {kind} | {r['inprocess_us']:.3f} | {r['served_us']:.2f} | {r['overhead_us']:.2f} |")
+        cells = []
+        for c in ic:
+            x = r.get(f"c{c}")
+            cells.append(f"{x['served_us']:.2f} · {x['overhead_us']:.2f} · {'met' if x['met'] else '**not met**'}"
+                         if x else "–")
+        lines.append(f"| {kind} | {r['inprocess_us']:.3f} | " + " | ".join(cells) + " |")
     lines += ["", "| server | " + " | ".join(f"c={c} first item p50 · p99 (ms) · streams/s" for c in concurrency) + " |",
               "|---|" + "---|" * len(concurrency)]
     labels = {"sync": "sync generator (10 items)", "async": "async generator (10 items)",
@@ -257,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per time-to-first-item level")
     ap.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds before each level")
     ap.add_argument("--concurrency", default="1,64", help="time-to-first-item levels (default 1,64)")
+    ap.add_argument("--item-concurrency", default="1,64", help="per-item levels: streams at once (default 1,64)")
+    ap.add_argument("--runs-many", type=int, default=3,
+                    help=f"runs of the c>1 per-item levels ({ITEMS_N_MANY} items per stream; default 3)")
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
     # internal: the pinned client and in-process runs
     ap.add_argument("--client", choices=["items", "ttfi", "inprocess"], help=argparse.SUPPRESS)
@@ -270,14 +307,18 @@ def main(argv: list[str] | None = None) -> int:
         client_main(args)
         return 0
     if args.quick:
-        args.runs, args.duration, args.warmup = 2, 2.0, 0.5
+        args.runs, args.runs_many, args.duration, args.warmup = 2, 1, 2.0, 0.5
     args.concurrency = [int(c) for c in str(args.concurrency).split(",")]
+    args.item_concurrency = [int(c) for c in str(args.item_concurrency).split(",")]
     out_dir = run.WORK / "quick" if args.quick else BENCH / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": run.cpu_model(),
-            "cpus": os.cpu_count(), "command": "python3 benchmarks/streaming.py" + (" --quick" if args.quick else ""),
-            "runs": args.runs, "duration": args.duration, "warmup": args.warmup}
+            "cpus": os.cpu_count(), "command": " ".join(["python3 benchmarks/streaming.py",
+                                                        *(argv if argv is not None else sys.argv[1:])]),
+            "runs": args.runs, "runs_many": args.runs_many, "item_concurrency": args.item_concurrency,
+            "duration": args.duration, "warmup": args.warmup, "loadavg_start": loadavg()}
     results = measure(args)
+    meta["loadavg_end"] = loadavg()
     (out_dir / "streaming.json").write_text(json.dumps({"meta": meta, **results}, indent=2) + "\n")
     table = markdown(meta, results, args.concurrency)
     print(table)

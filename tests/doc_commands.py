@@ -94,6 +94,8 @@ NOT_RUN_HERE = {
     ".venv/bin/python benchmarks/model_download.py": "a benchmark run: uploads and downloads up to 1 GiB, minutes",
     "python3 benchmarks/streaming.py": "a benchmark run: minutes of load",
     "python3 benchmarks/async_jobs.py": "a benchmark run: minutes of load",
+    "python3 benchmarks/scale_to_zero.py": "a benchmark run: repeated cold starts under `myelin local`, a minute",
+    "python3 benchmarks/processes.py": "a benchmark run: minutes of load on both cores",
 }
 
 
