@@ -125,6 +125,42 @@ class Cycle(RequestResponseCycle):
             self.on_response()
 
 
+def respond(send: Any, status: int, head: bytes, body: bytes, close: bool = False) -> bool:
+    """Write a whole response the server built itself in one write, without the ASGI messages: the status line,
+    the server's default headers, `head` (header lines, each ending in CRLF, Content-Length among them: the
+    caller builds them from values it has checked), the body. `close`: the head says `connection: close`.
+
+    False, with nothing written, when `send` is not a `Cycle`'s (another ASGI server, a wrapped send) or the
+    response must go through `send` (already started, the writer paused for flow control, a HEAD request, an
+    access-logged server): the caller sends the same response as ASGI messages.
+    """
+    cycle = getattr(send, "__self__", None)
+    if type(cycle) is not Cycle:
+        return False
+    if (cycle.response_started or cycle.disconnected or cycle.flow.write_paused or cycle.access_log
+            or cycle.scope["method"] == "HEAD"):
+        return False
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    parts = [STATUS_LINE[status]]
+    for name, value in cycle.default_headers:  # uvicorn's (the date), checked by uvicorn's own code
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(head)
+    if close:
+        cycle.keep_alive = False
+    elif not cycle.keep_alive:  # an HTTP/1.0 client, or one that asked to close
+        parts.append(b"connection: close\r\n")
+    parts += (b"\r\n", body)
+    transport = cycle.transport
+    transport.write(b"".join(parts))
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        transport.close()
+    cycle.on_response()
+    return True
+
+
 def adopt(cycle: Any) -> None:
     """Make uvicorn's new cycle a `Cycle` (same state, same methods but `send`), before its app runs."""
     if type(cycle) is RequestResponseCycle:
