@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402  (benchmarks/run.py: servers, wrk, the ceiling)
 
 AB_WORK = run.WORK / "ab"
-APIS = {"kmeans": "apis/kmeans", "trivial": "benchmarks/apis/trivial", "trivial-async": "benchmarks/apis/trivial-async"}
+APIS = {"kmeans": "apis/kmeans", "trivial": "benchmarks/apis/trivial", "trivial-async": "benchmarks/apis/trivial-async",
+        "async-def": "benchmarks/apis/async-def"}
 ROUTES = ("myelin", "oip")
 
 
