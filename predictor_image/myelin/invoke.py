@@ -209,7 +209,11 @@ class Invoker:
         self.batcher: Batcher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._deadlines: Deadlines | None = None
-        self._executor = Handoff(spec.serving.threads, thread_name_prefix=f"predict-{name}", wrap_error=failure)
+        # A sync predict's slots are the pool's threads (no more than max_concurrency of them): an admitted call
+        # goes straight to the pool's queue, and a thread that finishes one takes the next without a round trip
+        # through the event loop (`_invoke_sync`).
+        self._sync_slots = min(spec.serving.threads, max_concurrency)
+        self._executor = Handoff(self._sync_slots, thread_name_prefix=f"predict-{name}", wrap_error=failure)
         # Calls that can run at once; when that many are stuck, the replica cannot serve anything.
         if spec.batching is not None:
             self.call_capacity = max_concurrent_batches(spec, predictor)
@@ -235,7 +239,11 @@ class Invoker:
 
     @property
     def waiting(self) -> int:
-        return self.batcher.waiting if self.batcher is not None else self.admission.waiting
+        if self.batcher is not None:
+            return self.batcher.waiting
+        if self.predictor.is_async or self.predictor.streams:
+            return self.admission.waiting
+        return max(0, self.admission.running - self._sync_slots)  # sync calls queued for a thread
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -331,9 +339,14 @@ class Invoker:
             finally:
                 deadlines.clear(entry)
         admission = self.admission
-        waiter = admission.try_acquire()
-        if waiter is not None and not await admission.wait(waiter, deadline):
-            raise Timeout(self.timeout)
+        if not self.predictor.is_async:
+            # Counted, not limited here: the pool runs at most `_sync_slots` calls, the rest wait in its queue.
+            # The HTTP admission (lifecycle.py) bounds what waits; a call still queued at its deadline never runs.
+            admission.running += 1
+        else:
+            waiter = admission.try_acquire()
+            if waiter is not None and not await admission.wait(waiter, deadline):
+                raise Timeout(self.timeout)
         ticket.calling = True  # Ticket.begin_call(), inlined on the hot path
         try:
             if self.predictor.is_async:
