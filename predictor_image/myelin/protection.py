@@ -101,6 +101,7 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
         self._deferred: bytes | None = None  # an error to send once the earlier request's answer is complete
         self._read_timer: TimerHandle | None = None
         self._deadline: float | None = None
+        self._timer_at = 0.0  # when `_read_timer` fires
         self._what = ""
         self._limit = 0.0
         self._request_begun = False
@@ -111,15 +112,16 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
     # Phase changes only move `_deadline` (a float); the one timer per connection is re-armed lazily
     # when it fires early. So a request on a busy keep-alive connection creates no timer at all.
     def _arm(self, seconds: float, what: str) -> None:
-        self._deadline = self.loop.time() + seconds
+        deadline = self._deadline = self.loop.time() + seconds
         self._what = what
         self._limit = seconds
         timer = self._read_timer
-        if timer is not None and timer.when() > self._deadline:  # pending for a later deadline: too late
+        if timer is not None and self._timer_at > deadline:  # pending for a later deadline: too late
             timer.cancel()
             timer = None
         if timer is None:
-            self._read_timer = self.loop.call_at(self._deadline, self._check_deadline)
+            self._timer_at = deadline
+            self._read_timer = self.loop.call_at(deadline, self._check_deadline)
 
     def _disarm(self) -> None:
         self._deadline = None
@@ -129,6 +131,7 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
         if self._deadline is None:
             return
         if self.loop.time() < self._deadline:
+            self._timer_at = self._deadline
             self._read_timer = self.loop.call_at(self._deadline, self._check_deadline)
             return
         self._read_timed_out(self._what, self._limit)
@@ -241,7 +244,6 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
-        self._disarm()
         super().on_headers_complete()
         adopt(self.cycle)  # one write per response (wire.py)
         # The body deadline runs until on_message_complete (at once for a request without a body).
@@ -280,8 +282,9 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
             self._disarm()
 
     def _unset_keepalive_if_required(self) -> None:
-        self._idle_deadline = None  # bytes arrived (or the connection is going): not idle
-        super()._unset_keepalive_if_required()
+        # Bytes arrived (or the connection is going): not idle. (uvicorn's keep-alive timer is never started here:
+        # on_response_complete is this class's.)
+        self._idle_deadline = None
 
     def _check_idle(self) -> None:
         self._idle_timer = None
