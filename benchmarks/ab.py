@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402  (benchmarks/run.py: servers, wrk, the ceiling)
 
 AB_WORK = run.WORK / "ab"
-APIS = {"kmeans": "apis/kmeans", "trivial": "benchmarks/apis/trivial", "trivial-async": "benchmarks/apis/trivial-async"}
+APIS = {"kmeans": "apis/kmeans", "trivial": "benchmarks/apis/trivial", "trivial-async": "benchmarks/apis/trivial-async",
+        "async-def": "benchmarks/apis/async-def"}
 ROUTES = ("myelin", "oip")
 
 
@@ -89,6 +90,14 @@ def summarize(rounds: list[dict], levels: list[int]) -> dict:
             "A": spread(ra), "B": spread(rb), "diff": spread(diff), "b_over_a": spread(rel),
             "ceiling_rps": spread([rnd["ceiling"][key] for rnd in rounds]),
         }
+        if all(key in rnd.get("cpu", {}).get(s, {}) for rnd in rounds for s in ("A", "B", "ceiling")):
+            # CPU per request, and the ceiling's CPU per request over each server's, per round: what the ratio to
+            # the ceiling would be on a core that does nothing else (robust to other work slowing the servers).
+            cpu = {s: [rnd["cpu"][s][key] for rnd in rounds] for s in ("A", "B", "ceiling")}
+            out[key]["cpu_us"] = {s: spread(v) for s, v in cpu.items()}
+            out[key]["cpu_ratio_a"] = spread([c / a for c, a in zip(cpu["ceiling"], cpu["A"])])
+            out[key]["cpu_ratio_b"] = spread([c / b for c, b in zip(cpu["ceiling"], cpu["B"])])
+            out[key]["cpu_b_over_a"] = spread([a / b for a, b in zip(cpu["A"], cpu["B"])])
     return out
 
 
@@ -115,6 +124,14 @@ def report(summary: dict, rounds: list[dict], label_a: str, label_b: str) -> str
         lines.append(f"  A-B     median {pts(d['median'])}, range {pts(d['min'])}..{pts(d['max'])}, "
                      f"stdev {d['stdev'] * 100:.1f} pts over {len(rounds)} rounds; "
                      f"B/A req/s median {s['b_over_a']['median']:.3f}")
+        if "cpu_us" in s:
+            u = s["cpu_us"]
+            lines.append(f"  CPU µs per request, median: A {u['A']['median']:.1f}, B {u['B']['median']:.1f}, ceiling "
+                         f"{u['ceiling']['median']:.1f}; ceiling/server (the ratio on an otherwise idle core): "
+                         f"A {pct(s['cpu_ratio_a']['median'])} (range {pct(s['cpu_ratio_a']['min'])}.."
+                         f"{pct(s['cpu_ratio_a']['max'])}), B {pct(s['cpu_ratio_b']['median'])} (range "
+                         f"{pct(s['cpu_ratio_b']['min'])}..{pct(s['cpu_ratio_b']['max'])}); A/B CPU median "
+                         f"{s['cpu_b_over_a']['median']:.3f}")
         c = s["ceiling_rps"]
         lines.append(f"  ceiling {c['median']:,.0f} req/s median (range {c['min']:,.0f}..{c['max']:,.0f}: "
                      f"{(c['max'] - c['min']) / c['median'] * 100:.0f}% of the median, the machine's noise)")
@@ -249,16 +266,20 @@ def main(argv: list[str] | None = None) -> int:
         raw: list[dict] = []
         errors = {key: 0 for key in running}
         for i in range(args.rounds):
-            rnd: dict[str, dict[str, float]] = {key: {} for key in running}
+            rnd: dict[str, Any] = {key: {} for key in running}
             for c in args.levels:
                 for key in round_order(i):
                     r = running[key]
-                    runs = [run.run_wrk(r.base, r.server, c, args.duration, bodies[key]) for _ in range(args.runs)]
+                    runs = [run.run_wrk(r.base, r.server, c, args.duration, bodies[key], pgid=r.proc.pid)
+                            for _ in range(args.runs)]
                     if r.proc.poll() is not None:
                         raise RuntimeError(f"{r.server.label} exited with {r.proc.returncode}: {r.log_tail()}")
                     errors[key] += sum(x["non2xx"] + x["socket_errors"] for x in runs)
                     top = best(runs)
                     rnd[key][str(c)] = top["rps"]
+                    cpus = [x["cpu_us"] for x in runs if x.get("cpu_us")]
+                    if cpus:
+                        rnd.setdefault("cpu", {}).setdefault(key, {})[str(c)] = min(cpus)
                     raw.append({"round": i + 1, "server": key, "conns": c, "runs": runs})
             rounds.append(rnd)
             line = "  ".join(f"c={c}: A {pct(rnd['A'][str(c)] / rnd['ceiling'][str(c)])} "

@@ -258,7 +258,25 @@ class Running:
 # ---------------------------------------------------------------- load
 
 
-def run_wrk(base: str, server: Server, conns: int, seconds: float, body_file: Path) -> dict:
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of process group `pgid` (a server and its
+    workers): a server's CPU per request stays meaningful when other work on the machine slows it down."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ..., utime (11), stime (12)
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def run_wrk(base: str, server: Server, conns: int, seconds: float, body_file: Path, pgid: int | None = None) -> dict:
     env = {
         **os.environ,
         "BENCH_PATH": server.path,
@@ -269,7 +287,9 @@ def run_wrk(base: str, server: Server, conns: int, seconds: float, body_file: Pa
         "taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s",
         "--timeout", "5s", "-s", str(LUA), "--latency", base,
     ]
+    cpu_before = group_cpu_seconds(pgid) if pgid is not None else 0.0
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    cpu = group_cpu_seconds(pgid) - cpu_before if pgid is not None else None
     for line in out.stdout.splitlines():
         if line.startswith("WRK_JSON "):
             r = json.loads(line[len("WRK_JSON "):])
@@ -285,6 +305,8 @@ def run_wrk(base: str, server: Server, conns: int, seconds: float, body_file: Pa
                 "non2xx": e["status"],
                 "socket_errors": e["connect"] + e["read"] + e["write"] + e["timeout"],
                 "errors": e,
+                # The server's CPU per answered request over the run (includes wrk's connection set-up, a few ms).
+                "cpu_us": cpu / r["requests"] * 1e6 if cpu is not None and r["requests"] else None,
             }
     raise RuntimeError(f"wrk gave no result (rc={out.returncode}): {out.stderr.strip()[-500:]}")
 

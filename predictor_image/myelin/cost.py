@@ -257,6 +257,7 @@ def answered(runtime: Any, metrics: Any) -> float:
         from .asyncapi.metrics import _for
 
         return _count(_for(metrics)[1], runtime.name, lambda s: s == c.JOB_COMPLETED)
+    metrics.fold()  # requests answered since the last scrape (metrics.py)
     return _count(metrics.requests, runtime.name, lambda s: s.startswith("2"))
 
 

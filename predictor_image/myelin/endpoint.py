@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from . import codec
 from .errors import HTTPError, PredictorError
-from .http_io import ClientGone, RequestHead, send_body, send_error, too_large
+from .http_io import ClientGone, RequestHead, respond_whole, send_body, send_error, too_large
 from .invoke import PredictorFailure
 from .runtime import ApiRuntime, State
 from .streaming import stream_response
@@ -68,7 +68,7 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
         # Admitted (in flight) from here, before the body is read; refused with 503 at once when full.
         ticket = runtime.lifecycle.admit(head.content_length, deadline)
         body = await ticket.read_body(receive, runtime.max_body)
-        payload = await codec.decode(head.content_type, body)
+        payload = codec.decode_json(body) if head.content_type == codec.JSON else await codec.decode(head.content_type, body)
         predictor = runtime.predictor
         kwargs = _extras(runtime, scope) if predictor.wants_query_params or predictor.wants_headers else {}
         if predictor.streams:  # a generator predict: items go out as they come (streaming.py)
@@ -88,7 +88,8 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
                 body_out, ctype = codec.encode(result)
             except TypeError as err:
                 raise _ServerFault(str(err)) from None
-            await send_body(send, 200, body_out, ctype, request_id, draining)
+            if not respond_whole(send, 200, body_out, ctype, request_id, draining):
+                await send_body(send, 200, body_out, ctype, request_id, draining)
             status = 200
             if ctype is codec.JSON and b"null" in body_out and codec.has_nonfinite(result):
                 runtime.log.event("warning", "result has NaN or Infinity, sent as null (JSON has neither)",

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hmac
 import itertools
 import os
+import re
 from typing import Awaitable, Callable
 
 from .errors import HTTPError, error_body
+from .wire import respond
 
 Send = Callable[[dict], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict]]
@@ -36,6 +38,11 @@ class ClientGone(Exception):
     """The client disconnected (or its body stalled) before the request was read."""
 
 
+#: A request id a client may choose (X-Request-Id): visible ASCII, no spaces; anything else gets a new id, so an
+#: id is always safe to echo in a header and a log line.
+_CLIENT_ID = re.compile(rb"[\x21-\x7e]+").fullmatch
+
+
 class RequestHead:
     """What the predict path needs from the request headers, found in one pass."""
 
@@ -56,7 +63,9 @@ class RequestHead:
                 except ValueError:
                     self.content_length = -1
             elif key == b"x-request-id":
-                self.request_id = value.decode("latin-1")[:MAX_REQUEST_ID]
+                value = value[:MAX_REQUEST_ID]
+                if _CLIENT_ID(value):
+                    self.request_id = value.decode("ascii")
             elif key == auth_header:
                 self.api_key = value
             elif key == b"authorization":
@@ -134,6 +143,18 @@ async def send_body(send: Send, status: int, body: bytes, content_type: bytes, r
         await send({"type": "http.response.body", "body": b""})
     else:
         await send({"type": "http.response.body", "body": body})
+
+
+def respond_whole(send: Send, status: int, body: bytes, content_type: bytes, request_id: str,
+                  close: bool = False) -> bool:
+    """`send_body`'s response in one write, without the ASGI messages, when the connection allows it (`wire.respond`:
+    False, nothing sent, when it does not, or when the body is over `FLUSH_ABOVE`: then `await send_body(...)`)."""
+    if len(body) > FLUSH_ABOVE:
+        return False
+    head = (b"content-type: " + content_type + b"\r\ncontent-length: " + str(len(body)).encode()
+            + b"\r\nx-request-id: " + request_id.encode("latin-1")
+            + (b"\r\nconnection: close\r\n" if close else b"\r\n"))
+    return respond(send, status, head, body, close)
 
 
 class ResponseWriter:

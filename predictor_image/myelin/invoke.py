@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import types
+from collections import deque
 from typing import Any, Callable
 
 from .admission import AdmissionControl
@@ -35,6 +37,100 @@ class Timeout(HTTPError):
 def _expire(fut: asyncio.Future, seconds: float) -> None:
     if not fut.done():  # the exception is built only when a deadline really passes
         fut.set_exception(Timeout(seconds))
+
+
+class Deadlines:
+    """Futures failed with `Timeout` when their deadline passes, all on one event-loop timer.
+
+    A uvloop timer costs about 2 µs to start and cancel, as much as the rest of a request's bookkeeping, and
+    almost every request returns long before its deadline. So the futures wait in a queue in the order their
+    deadlines come (each request's is `serving.timeout` after it began, so the order they are added in), and one
+    timer, armed for the first deadline, expires every due one and re-arms for the next. A future whose wait
+    is over is cleared from its entry (`clear`); cleared entries leave the queue when they reach its head, or
+    all at once when they outnumber the live ones, so the queue holds at most about twice the requests in
+    flight. A deadline earlier than the last one queued (a request whose deadline counts from its arrival at the
+    load balancer, or whose body took longer than a later one's) gets a timer of its own.
+    """
+
+    __slots__ = ("_loop", "_seconds", "_queue", "_timer", "_cleared")
+
+    COMPACT_ABOVE = 1024
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float):
+        self._loop = loop
+        self._seconds = seconds  # serving.timeout, for the 504's message
+        self._queue: deque[list] = deque()  # [deadline, future or None once cleared]
+        self._timer: asyncio.TimerHandle | None = None
+        self._cleared = 0  # cleared entries still queued
+
+    def add(self, fut: asyncio.Future, deadline: float) -> list:
+        """Fail `fut` with Timeout at `deadline` (loop time) unless `clear` comes first; returns the entry for it."""
+        queue = self._queue
+        if queue:
+            while queue and queue[0][1] is None:  # answered requests at the head: gone
+                queue.popleft()
+                self._cleared -= 1
+            if queue and deadline < queue[-1][0]:
+                return [deadline, fut, self._loop.call_at(deadline, _expire, fut, self._seconds)]
+        entry = [deadline, fut]
+        queue.append(entry)
+        if self._timer is None:
+            self._timer = self._loop.call_at(queue[0][0], self._fire)
+        return entry
+
+    def clear(self, entry: list) -> None:
+        """The wait on this entry's future is over (answered, expired or given up)."""
+        if len(entry) == 3:
+            entry[2].cancel()
+        elif entry[1] is not None:
+            entry[1] = None
+            self._cleared += 1
+            if self._cleared > self.COMPACT_ABOVE and self._cleared * 2 > len(self._queue):
+                self._queue = deque(e for e in self._queue if e[1] is not None)
+                self._cleared = 0
+
+    def _fire(self) -> None:
+        self._timer = None
+        queue = self._queue
+        now = self._loop.time()
+        while queue:
+            entry = queue[0]
+            fut = entry[1]
+            if fut is None:
+                queue.popleft()
+                self._cleared -= 1
+                continue
+            if entry[0] > now:
+                self._timer = self._loop.call_at(entry[0], self._fire)
+                return
+            queue.popleft()
+            entry[1] = None  # expired: its waiter's clear() has nothing left to do
+            _expire(fut, self._seconds)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+@types.coroutine
+def _resume(coro: Any, yielded: Any) -> Any:
+    """Go on running `coro`, an async predict whose first step ran on the caller's stack and yielded `yielded`
+    (what asyncio's Task does with a coroutine, from its second step on): what it awaits is awaited here, what
+    is thrown in (a cancellation) is thrown into it."""
+    while True:
+        try:
+            yield yielded
+        except BaseException as err:  # noqa: BLE001 - delivered to the predict, as a Task would
+            try:
+                yielded = coro.throw(err)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                yielded = coro.send(None)
+            except StopIteration as done:
+                return done.value
 
 
 class PredictorFailure(Exception):
@@ -112,7 +208,12 @@ class Invoker:
         self.admission = AdmissionControl(max_concurrency, max_queue_length)
         self.batcher: Batcher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor = Handoff(spec.serving.threads, thread_name_prefix=f"predict-{name}", wrap_error=failure)
+        self._deadlines: Deadlines | None = None
+        # A sync predict's slots are the pool's threads (no more than max_concurrency of them): an admitted call
+        # goes straight to the pool's queue, and a thread that finishes one takes the next without a round trip
+        # through the event loop (`_invoke_sync`).
+        self._sync_slots = min(spec.serving.threads, max_concurrency)
+        self._executor = Handoff(self._sync_slots, thread_name_prefix=f"predict-{name}", wrap_error=failure)
         # Calls that can run at once; when that many are stuck, the replica cannot serve anything.
         if spec.batching is not None:
             self.call_capacity = max_concurrent_batches(spec, predictor)
@@ -129,6 +230,7 @@ class Invoker:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """The event loop the calls' futures resolve on (the server's)."""
         self._loop = loop
+        self._deadlines = Deadlines(loop, self.timeout)
 
     @property
     def executor(self) -> Handoff:
@@ -137,10 +239,16 @@ class Invoker:
 
     @property
     def waiting(self) -> int:
-        return self.batcher.waiting if self.batcher is not None else self.admission.waiting
+        if self.batcher is not None:
+            return self.batcher.waiting
+        if self.predictor.is_async or self.predictor.streams:
+            return self.admission.waiting
+        return max(0, self.admission.running - self._sync_slots)  # sync calls queued for a thread
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._deadlines is not None:
+            self._deadlines.close()
 
     # ---------------------------------------------------------------- slots
     async def wait_for_slot(self, waiter: asyncio.Future, deadline: float) -> None:
@@ -205,42 +313,58 @@ class Invoker:
     async def _submit_many(self, batcher: Batcher, payloads: list[Any], kwargs: dict[str, Any], ticket: Ticket
                            ) -> list[Any]:
         fut = batcher.submit_many(payloads, kwargs, ticket)
-        timer = self._loop.call_at(ticket.deadline, _expire, fut, self.timeout)
+        deadlines = self._deadlines
+        entry = deadlines.add(fut, ticket.deadline)
         try:
             return await fut
         except BaseException:
             batcher.forget(fut)
             raise
         finally:
-            timer.cancel()
+            deadlines.clear(entry)
 
     async def invoke(self, payload: Any, kwargs: dict[str, Any], ticket: Ticket) -> Any:
         """The predictor's result for `payload`, or the exception that ends the request (504 at `ticket.deadline`)."""
         loop = self._loop
         deadline = ticket.deadline
+        deadlines = self._deadlines
         if self.batcher is not None:
             fut = self.batcher.submit(payload, kwargs, ticket)
-            timer = loop.call_at(deadline, _expire, fut, self.timeout)
+            entry = deadlines.add(fut, deadline)
             try:
                 return await fut
             except BaseException:
                 self.batcher.forget(fut)  # timed out or cancelled while queued: stop counting it as waiting
                 raise
             finally:
-                timer.cancel()
+                deadlines.clear(entry)
         admission = self.admission
-        waiter = admission.try_acquire()
-        if waiter is not None and not await admission.wait(waiter, deadline):
-            raise Timeout(self.timeout)
+        if not self.predictor.is_async:
+            # Counted, not limited here: the pool runs at most `_sync_slots` calls, the rest wait in its queue.
+            # The HTTP admission (lifecycle.py) bounds what waits; a call still queued at its deadline never runs.
+            admission.running += 1
+        else:
+            waiter = admission.try_acquire()
+            if waiter is not None and not await admission.wait(waiter, deadline):
+                raise Timeout(self.timeout)
         ticket.calling = True  # Ticket.begin_call(), inlined on the hot path
         try:
-            inner, queued = self._start_call(payload, kwargs)
+            if self.predictor.is_async:
+                # Its first step runs here, on the request's own task: a predict that returns without
+                # awaiting anything (or once what it awaits is ready) costs no task of its own.
+                started = self._start_async(payload, kwargs)
+                if type(started) is not asyncio.Task:
+                    self.release(ticket)
+                    return started[0]
+                inner, queued = started, None
+            else:
+                inner, queued = self._start_call(payload, kwargs)
         except BaseException:
             self.release(ticket)
             raise
         out = loop.create_future()
         inner.add_done_callback(functools.partial(self._returned, ticket, out))
-        timer = loop.call_at(deadline, _expire, out, self.timeout)
+        entry = deadlines.add(out, deadline)
         try:
             return await out
         except Timeout:
@@ -250,4 +374,16 @@ class Invoker:
                 inner.cancel()  # never started (all threads were busy): it never will; its slot is freed now
             raise  # a sync predict already running cannot be interrupted: stuck until it returns
         finally:
-            timer.cancel()
+            deadlines.clear(entry)
+
+    def _start_async(self, payload: Any, kwargs: dict[str, Any]) -> tuple[Any] | asyncio.Task:
+        """Run an async predict's first step now: `(result,)` when it returned, else the task that goes on
+        running it. Raises what predict raised (wrapped as `failure()` does)."""
+        try:
+            coro = self.predictor.predict(payload, **kwargs)
+            yielded = coro.send(None)
+        except StopIteration as done:
+            return (done.value,)
+        except BaseException as err:  # noqa: BLE001 - raised by the predictor itself (nothing cancels this step)
+            raise failure(err) from None
+        return self._loop.create_task(_guarded(_resume(coro, yielded)))

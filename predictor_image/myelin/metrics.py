@@ -3,13 +3,22 @@
 With `processes > 1` the supervisor sets PROMETHEUS_MULTIPROC_DIR before the
 workers start, prometheus-client keeps each worker's values in shared files,
 and any worker's `/metrics` reports the sum over the replica. Gauges are
-sampled (not updated per request), so the hot path pays only for a counter
-and a histogram, after the response has been sent.
+sampled (not updated per request).
+
+A request's count and latency (`ApiMetrics.observe`, after the response has
+been sent) are two plain integers added to in one process: its status's count
+and its latency bucket's, plus the latency sum. They are added into the
+prometheus-client series (`Metrics.fold`) when `/metrics` is read, so a scrape
+always sees every request answered before it, at a fraction of the per-request
+cost of a locked counter and histogram. With PROMETHEUS_MULTIPROC_DIR set a
+scrape may be answered by another worker, which cannot fold this one's
+integers, so there each request goes to the shared series at once, as before.
 """
 
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client import disable_created_metrics, multiprocess
@@ -33,6 +42,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.multiprocess = multiprocess_dir() is not None
+        self._apis: list[ApiMetrics] = []
         # In multiprocess mode values live in files; exposition reads them, so no registry is needed here.
         self.registry = None if self.multiprocess else CollectorRegistry()
         reg = self.registry
@@ -92,9 +102,17 @@ class Metrics:
         )
 
     def for_api(self, api: str, target_in_flight: float | None = None) -> "ApiMetrics":
-        return ApiMetrics(self, api, target_in_flight)
+        api_metrics = ApiMetrics(self, api, target_in_flight)
+        self._apis.append(api_metrics)
+        return api_metrics
+
+    def fold(self) -> None:
+        """Every API's request counts and latencies since the last fold, into their Prometheus series."""
+        for api_metrics in self._apis:
+            api_metrics.fold()
 
     def exposition(self) -> bytes:
+        self.fold()
         if self.multiprocess:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
@@ -120,6 +138,13 @@ class ApiMetrics:
         if target_in_flight is not None:
             metrics.target_in_flight.labels(api).set(target_in_flight)
         self.latency = metrics.latency.labels(api)
+        # Not folded yet (module docstring): requests per status, latencies per bucket (the last: +Inf), their sum.
+        self._pending: dict[int, int] = {}
+        self._bounds = self.latency._upper_bounds  # noqa: SLF001 - prometheus-client 0.26's Histogram child
+        self._bucket_counts = [0] * len(self._bounds)
+        self._latency_sum = 0.0
+        if metrics.multiprocess:
+            self.observe = self._observe_shared  # type: ignore[method-assign]
         self.batch_size = metrics.batch_size.labels(api)
         self._first_item = None
         self.in_flight = metrics.in_flight.labels(api)
@@ -135,11 +160,36 @@ class ApiMetrics:
         return self._first_item
 
     def observe(self, status: int, seconds: float) -> None:
+        """One answered request: its status and latency (seconds), counted until the next `fold`."""
+        pending = self._pending
+        pending[status] = pending.get(status, 0) + 1
+        self._bucket_counts[bisect_left(self._bounds, seconds)] += 1  # the first bucket whose bound is >= seconds
+        self._latency_sum += seconds
+
+    def _observe_shared(self, status: int, seconds: float) -> None:
+        self._counter(status).inc()
+        self.latency.observe(seconds)
+
+    def _counter(self, status: int):
         counter = self._status.get(status)
         if counter is None:
             counter = self._status[status] = self._metrics.requests.labels(self._api, str(status))
-        counter.inc()
-        self.latency.observe(seconds)
+        return counter
+
+    def fold(self) -> None:
+        """The requests observed since the last fold, into `myelin_requests_total` and the latency histogram."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        for status, n in pending.items():
+            self._counter(status).inc(n)
+        counts, self._bucket_counts = self._bucket_counts, [0] * len(self._bounds)
+        buckets = self.latency._buckets  # noqa: SLF001 - per-bucket (not cumulative) values, as observe() adds
+        for i, n in enumerate(counts):
+            if n:
+                buckets[i].inc(n)
+        total, self._latency_sum = self._latency_sum, 0.0
+        self.latency._sum.inc(total)  # noqa: SLF001
 
     def cold_start_series(self) -> tuple[object, object]:
         """This API's cold-start counter and histogram (created, at 0, only for APIs that scale to zero)."""

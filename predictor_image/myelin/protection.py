@@ -48,6 +48,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .http_io import new_request_id
 from .settings import Settings
+from .wire import adopt
 
 
 def _error_response(status: bytes, error_type: str, message: str) -> bytes:
@@ -100,23 +101,27 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
         self._deferred: bytes | None = None  # an error to send once the earlier request's answer is complete
         self._read_timer: TimerHandle | None = None
         self._deadline: float | None = None
+        self._timer_at = 0.0  # when `_read_timer` fires
         self._what = ""
         self._limit = 0.0
         self._request_begun = False
+        self._idle_deadline: float | None = None  # keep-alive: close the connection if no request begins by then
+        self._idle_timer: TimerHandle | None = None
 
     # -------------------------------------------------------------- timers
     # Phase changes only move `_deadline` (a float); the one timer per connection is re-armed lazily
     # when it fires early. So a request on a busy keep-alive connection creates no timer at all.
     def _arm(self, seconds: float, what: str) -> None:
-        self._deadline = self.loop.time() + seconds
+        deadline = self._deadline = self.loop.time() + seconds
         self._what = what
         self._limit = seconds
         timer = self._read_timer
-        if timer is not None and timer.when() > self._deadline:  # pending for a later deadline: too late
+        if timer is not None and self._timer_at > deadline:  # pending for a later deadline: too late
             timer.cancel()
             timer = None
         if timer is None:
-            self._read_timer = self.loop.call_at(self._deadline, self._check_deadline)
+            self._timer_at = deadline
+            self._read_timer = self.loop.call_at(deadline, self._check_deadline)
 
     def _disarm(self) -> None:
         self._deadline = None
@@ -126,6 +131,7 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
         if self._deadline is None:
             return
         if self.loop.time() < self._deadline:
+            self._timer_at = self._deadline
             self._read_timer = self.loop.call_at(self._deadline, self._check_deadline)
             return
         self._read_timed_out(self._what, self._limit)
@@ -219,6 +225,10 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._idle_deadline = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         if self._read_timer is not None:
             self._read_timer.cancel()
             self._read_timer = None
@@ -234,8 +244,8 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
-        self._disarm()
         super().on_headers_complete()
+        adopt(self.cycle)  # one write per response (wire.py)
         # The body deadline runs until on_message_complete (at once for a request without a body).
         self._arm(self.body_timeout, "body")
 
@@ -247,17 +257,45 @@ class ProtectedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        # uvicorn's, except the keep-alive timeout: uvicorn starts a timer after every response and cancels it
+        # when the next request's bytes arrive; here one timer per connection is re-armed only when it fires
+        # before the idle deadline (`_idle_deadline`, moved per response).
+        self.server_state.total_requests += 1
+        transport = self.transport
+        if not transport.is_closing():
+            self.flow.resume_reading()
+            if self.pipeline:  # the next pipelined request's turn
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+            else:
+                self._idle_deadline = self.loop.time() + self.timeout_keep_alive
+                if self._idle_timer is None:
+                    self._idle_timer = self.loop.call_at(self._idle_deadline, self._check_idle)
         if self._deferred is not None and not self._earlier_response_pending():
-            transport = self.transport
-            if transport is not None and not transport.is_closing():
+            if not transport.is_closing():
                 transport.write(self._deferred)
                 transport.close()
             self._deferred = None
             return
-        # Idle keep-alive connections are uvicorn's keep-alive timer's business; a new request re-arms ours.
+        # Idle keep-alive connections are closed by the keep-alive deadline; a new request re-arms ours.
         if not self._request_begun:
             self._disarm()
+
+    def _unset_keepalive_if_required(self) -> None:
+        # Bytes arrived (or the connection is going): not idle. (uvicorn's keep-alive timer is never started here:
+        # on_response_complete is this class's.)
+        self._idle_deadline = None
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        deadline = self._idle_deadline
+        if deadline is None:
+            return
+        if self.loop.time() < deadline:
+            self._idle_timer = self.loop.call_at(deadline, self._check_idle)
+            return
+        self._idle_deadline = None
+        self.timeout_keep_alive_handler()
 
     # -------------------------------------------------------------- write deadline
     # Checked every write_timeout seconds while the transport is paused: progress is any byte that left the

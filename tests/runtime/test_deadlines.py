@@ -1,0 +1,100 @@
+"""invoke.Deadlines: request deadlines on one timer, and the async predict's first step on the request's task."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from myelin.invoke import Deadlines, Timeout, _resume
+
+
+def test_each_future_fails_at_its_deadline_and_only_then():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines(loop, 0.1)
+        now = loop.time()
+        futs = [loop.create_future() for _ in range(4)]
+        entries = [deadlines.add(f, now + d) for f, d in zip(futs, (0.05, 0.1, 0.1, 0.3))]
+        futs[1].set_result("answered")
+        deadlines.clear(entries[1])  # answered before its deadline: never expired
+        await asyncio.sleep(0.15)
+        state = [f.done() for f in futs]
+        assert isinstance(futs[0].exception(), Timeout) and isinstance(futs[2].exception(), Timeout)
+        assert futs[1].result() == "answered" and state[3] is False
+        await asyncio.sleep(0.2)
+        assert isinstance(futs[3].exception(), Timeout)
+        for e in entries:
+            deadlines.clear(e)
+    asyncio.run(scenario())
+
+
+def test_a_deadline_earlier_than_the_last_queued_gets_its_own_timer():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines(loop, 1.0)
+        now = loop.time()
+        late, early = loop.create_future(), loop.create_future()
+        deadlines.add(late, now + 5)
+        entry = deadlines.add(early, now + 0.05)  # out of order: must not wait for the 5 s head
+        await asyncio.sleep(0.1)
+        assert isinstance(early.exception(), Timeout) and not late.done()
+        deadlines.clear(entry)
+        deadlines.close()
+    asyncio.run(scenario())
+
+
+def test_answered_entries_do_not_pile_up_behind_a_long_one():
+    """A request that waits long (a stuck predict) holds the head; those answered after it are compacted away, so
+    the queue stays near twice the requests still waiting."""
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines(loop, 60.0)
+        now = loop.time()
+        stuck = loop.create_future()
+        deadlines.add(stuck, now + 60)
+        for i in range(10_000):
+            f = loop.create_future()
+            e = deadlines.add(f, now + 60 + i * 1e-6)
+            f.set_result(i)
+            deadlines.clear(e)
+        assert len(deadlines._queue) <= 2 * Deadlines.COMPACT_ABOVE + 2
+        deadlines.close()
+    asyncio.run(scenario())
+
+
+def test_resume_runs_a_started_coroutine_to_its_end_in_a_task_and_delivers_cancellation():
+    async def predict(gate, log):
+        log.append("first step")
+        await gate
+        log.append("after the await")
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+        return "unreachable"
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        gate = loop.create_future()
+        log: list[str] = []
+        coro = predict(gate, log)
+        yielded = coro.send(None)  # the first step, on this task
+        assert log == ["first step"]
+        task = loop.create_task(_resume(coro, yielded))
+        await asyncio.sleep(0)
+        gate.set_result(None)
+        await asyncio.sleep(0.01)
+        assert log == ["first step", "after the await"]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert log[-1] == "cancelled"
+
+        async def returns_after_await():
+            await asyncio.sleep(0)
+            return 42
+        coro = returns_after_await()
+        assert await loop.create_task(_resume(coro, coro.send(None))) == 42
+    asyncio.run(scenario())
