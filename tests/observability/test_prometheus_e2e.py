@@ -1,7 +1,8 @@
 """Every query Myelin ships, proven against a real Prometheus scraping real `myelin serve` processes.
 
 The KEDA trigger string, the alert rules and the dashboards are the ones the Pulumi program emits for a
-stack deploying tests/observability/apis/observed and .../streamed (see harness.py); an AsyncAPI
+stack deploying tests/observability/apis/observed, .../streamed, .../shadowed and the splitter .../split (see
+harness.py); an AsyncAPI
 (.../queued) is served and scraped beside them. Under a bounded load (4 clients of `observed`, one asking
 for failures, then a burst past the admission limits; 2 clients streaming from `streamed`; a job every
 0.2 s submitted to `queued`, after one job that fails and one whose process dies; 2 clients, one asking its shadow to
