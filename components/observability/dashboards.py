@@ -13,7 +13,7 @@ from typing import Any
 
 from myelin import contract as c
 
-from .queries import Panel, api_panels, async_panels, cluster_panels
+from .queries import Panel, api_panels, async_panels, cluster_panels, splitter_panels
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboards"
 DATASOURCE_UID = "prometheus"  # the uid the Grafana add-on gives its Prometheus data source
@@ -110,6 +110,29 @@ def async_dashboard() -> dict[str, Any]:
                       "its workers (Deployment <api>-worker) and gateway (Deployment <api>).")
 
 
+def splitter_dashboard() -> dict[str, Any]:
+    p = {panel.key: panel for panel in splitter_panels()}
+    groups = [
+        ("Observed split: share of the splitter's requests per API", [p["split_share"]], "percentunit", True),
+        ("Requests/s per API (through the splitter)", [p["split_requests"]], "reqps", True),
+        ("Shadow copies/s by status", [p["shadow_copies_by_status"]], "reqps", True),
+        ("Requests not copied to the shadow/s by reason", [p["shadow_drops_by_reason"]], "reqps", True),
+        ("Shadow: failed share of its copies (5xx, error, timeout)", [p["shadow_error_ratio"]], "percentunit", False),
+        ("Weighted APIs: 5xx ratio (all their requests)", [p["weighted_error_ratio"]], "percentunit", False),
+    ]
+    variable = {
+        "name": "splitter", "label": "Splitter", "type": "query", "datasource": DATASOURCE, "refresh": 2, "sort": 1,
+        "query": {"query": f"label_values({c.SPLIT_REQUESTS_TOTAL}, {c.LABEL_SPLITTER})", "refId": "splitter"},
+        "definition": f"label_values({c.SPLIT_REQUESTS_TOTAL}, {c.LABEL_SPLITTER})",
+        "includeAll": False, "multi": False, "current": {},
+    }
+    return _dashboard("myelin-traffic-splitting", "Myelin / Traffic splitting", _layout(groups), [variable],
+                      "One TrafficSplitter: the share of its requests each API answered (against its weights), "
+                      "requests/s per API, its shadow's copies by status, the requests not copied by reason, the "
+                      "shadow's failed share and the weighted APIs' 5xx ratio. Each API's own latency and errors: "
+                      "the Myelin / API dashboard.")
+
+
 def cluster_dashboard() -> dict[str, Any]:
     p = {panel.key: panel for panel in cluster_panels()}
     groups = [
@@ -143,7 +166,7 @@ def _bargauge(panel_id: int, x: int, y: int, title: str, target: Panel) -> dict[
 
 
 DASHBOARDS = {"myelin-api.json": api_dashboard, "myelin-asyncapi.json": async_dashboard,
-              "myelin-cluster.json": cluster_dashboard}
+              "myelin-cluster.json": cluster_dashboard, "myelin-traffic-splitting.json": splitter_dashboard}
 
 
 def render(name: str) -> str:

@@ -25,6 +25,7 @@ NS = c.LABEL_NAMESPACE
 
 #: The dashboards' variables, substituted by Grafana (and by the tests, with concrete values).
 API_VAR = "$api"
+SPLITTER_VAR = "$splitter"
 RATE_WINDOW_VAR = "$__rate_interval"
 
 
@@ -54,6 +55,7 @@ def in_flight_autoscaling(api: str, namespace: str, window_s: int) -> str:
 REALTIME = "realtime"
 STREAMING = "streaming"
 ASYNC = "async"
+SPLITTER = "splitter"  # a TrafficSplitter's panels: `$splitter` is its name
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class Panel:
     source: str = "myelin"
     #: Labels every series of this query must carry (checked by the end-to-end test).
     labels: tuple[str, ...] = ()
-    #: The kind of API it shows data for: REALTIME, STREAMING or ASYNC.
+    #: The kind of API it shows data for: REALTIME, STREAMING, ASYNC or SPLITTER.
     for_api: str = REALTIME
 
 
@@ -161,6 +163,51 @@ def async_panels(api: str = API_VAR, window: str = RATE_WINDOW_VAR, namespace: s
         Panel("async_gateway_requests", "Gateway requests/s by status (submits and status reads)",
               f"sum by ({c.LABEL_STATUS}) (rate({c.REQUESTS_TOTAL}{s}[{window}]))", "{{status}}", "reqps",
               labels=(c.LABEL_STATUS,), for_api=ASYNC),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------- per splitter
+#: What a shadow's copy counts as a failure (myelin_shadow_requests_total's `status`): a 5xx answer, a refused or
+#: broken connection (`error`), no answer in time (`timeout`).
+SHADOW_FAILED = "~5..|error|timeout"
+
+
+def splitter_panels(splitter: str = SPLITTER_VAR, window: str = RATE_WINDOW_VAR) -> list[Panel]:
+    """The traffic-splitting dashboard, in display order: the observed split of one TrafficSplitter, requests/s
+    per API, what became of its shadow's copies and the weighted APIs' 5xx ratio beside the shadow's.
+
+    `myelin_split_requests_total{splitter,api}` is counted by the API that answered a request on the splitter's
+    path (in the cloud: the ALB picked it) or by the router (`myelin local`); the shadow's series by the weighted
+    APIs' runtimes (cloud) or the router (local), `api` being the shadow. Summed over pods and processes.
+    """
+    s = _sel(**{c.LABEL_SPLITTER: splitter})
+    split = f"rate({c.SPLIT_REQUESTS_TOTAL}{s}[{window}])"
+    copies = f"rate({c.SHADOW_REQUESTS_TOTAL}{{selector}}[{window}])"
+    failed = _sel(**{c.LABEL_SPLITTER: splitter, c.LABEL_STATUS: SHADOW_FAILED})
+    # The weighted APIs' own 5xx ratio (every request they answer, on their endpoint or the splitter's path),
+    # for the APIs this splitter sends requests to; an API without a 5xx shows 0, not a gap.
+    s5xx = _sel(**{c.LABEL_STATUS: "~5.."})
+    answered = f"sum by ({API}) (rate({c.REQUESTS_TOTAL}[{window}]))"
+    errors = f"sum by ({API}) (rate({c.REQUESTS_TOTAL}{s5xx}[{window}]))"
+    weighted = f"sum by ({API}) ({split})"
+    return [
+        Panel("split_share", "Observed split (share of the splitter's requests per API)",
+              f"sum by ({API}) ({split}) / on () group_left () sum({split})", "{{api}}", "percentunit",
+              labels=(API,), for_api=SPLITTER),
+        Panel("split_requests", "Requests/s per API (through the splitter)", f"sum by ({API}) ({split})", "{{api}}",
+              "reqps", labels=(API,), for_api=SPLITTER),
+        Panel("shadow_copies_by_status", "Shadow copies/s by status",
+              f"sum by ({c.LABEL_STATUS}) ({copies.format(selector=s)})", "{{status}}", "reqps",
+              labels=(c.LABEL_STATUS,), for_api=SPLITTER),
+        Panel("shadow_drops_by_reason", "Requests not copied to the shadow/s by reason",
+              f"sum by ({c.LABEL_REASON}) (rate({c.SHADOW_DROPPED_TOTAL}{s}[{window}]))", "{{reason}}", "reqps",
+              labels=(c.LABEL_REASON,), for_api=SPLITTER),
+        Panel("shadow_error_ratio", "Shadow: failed share of its copies (5xx, error, timeout)",
+              f"(sum({copies.format(selector=failed)}) or vector(0)) / sum({copies.format(selector=s)})",
+              "shadow", "percentunit", for_api=SPLITTER),
+        Panel("weighted_error_ratio", "Weighted APIs: 5xx ratio",
+              f"(({errors} or {answered} * 0) / {answered}) and on ({API}) {weighted}", "{{api}}", "percentunit",
+              labels=(API,), for_api=SPLITTER),
     ]
 
 

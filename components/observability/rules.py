@@ -76,6 +76,9 @@ class AlertsConfig(BaseModel):
     async_dead_lettered_jobs: int = Field(
         0, ge=0, description="Dead-lettered jobs of an AsyncAPI in an hour above which "
         "`MyelinAsyncJobsDeadLettered` fires (0: any).")
+    shadow_dropped_ratio: float = Field(
+        0.05, gt=0, lt=1, description="Share of a TrafficSplitter's requests not copied to its shadow (busy, "
+        "buffer full, too large, ...) over 10 minutes, sustained 10 minutes, that fires `MyelinShadowDropping`.")
     cost_per_million_predictions_dollars: float | None = Field(
         None, gt=0, description="Dollars per million predictions an API may not exceed for 30 minutes before "
         "`MyelinCostPerMillionPredictionsHigh` (none: no alert); needs `observability.cost.enabled` (OpenCost).")
@@ -144,6 +147,12 @@ def alerts(cfg: AlertsConfig, namespace: str = "apis") -> list[Alert]:
     waiting = f"max by ({BY_API}) ({c.ASYNC_QUEUE_DEPTH})"
     no_worker = f"({waiting} > 0) unless on ({BY_API}) ({async_workers_ready(namespace)})"
     dead = (f'sum by ({BY_API}) (increase({c.ASYNC_JOBS_TOTAL}{{{c.LABEL_STATUS}="{c.JOB_DEAD_LETTERED}"}}[1h]))')
+    # A splitter's shadow (`api` is the shadow): requests not copied over those copied or not, summed over the
+    # weighted APIs' pods (cloud) or the router (local). All dropped and none sent is a ratio of 1, not a gap.
+    by_shadow = f"{NS}, {c.LABEL_SPLITTER}, {API}"
+    shadow_dropped = f"sum by ({by_shadow}) (rate({c.SHADOW_DROPPED_TOTAL}[10m]))"
+    shadow_sent = f"sum by ({by_shadow}) (rate({c.SHADOW_REQUESTS_TOTAL}[10m]))"
+    shadow_ratio = f"{shadow_dropped} / ({shadow_dropped} + ({shadow_sent} or {shadow_dropped} * 0))"
     return [
         Alert("MyelinApiNotReady", wanted, not_ready, "5m", "critical",
               "API {{ $labels.api }} has no ready replica",
@@ -186,6 +195,15 @@ def alerts(cfg: AlertsConfig, namespace: str = "apis") -> list[Alert]:
               "Jobs of {{ $labels.api }} were started jobs.max_attempts times and their worker stopped each time "
               "(crash, OOM kill, node loss): they are failed (attempts_exhausted) and kept in the dead-letter store. "
               "Look at the workers' restarts and memory."),
+        Alert("MyelinShadowDropping", shadow_dropped, f"{shadow_ratio} > {cfg.shadow_dropped_ratio:g}", "10m",
+              "warning",
+              "Splitter {{ $labels.splitter }} does not copy {{ $value | humanizePercentage }} of its requests to "
+              "its shadow {{ $labels.api }}",
+              f"More than {cfg.shadow_dropped_ratio:.0%} of the requests of TrafficSplitter "
+              "{{ $labels.splitter }} were not copied to its shadow {{ $labels.api }} over 10 minutes: the shadow "
+              "sees a skewed sample. The reasons: `sum by (reason) (rate(myelin_shadow_dropped_total{splitter=\"{{ "
+              "$labels.splitter }}\"}[10m]))` (busy or buffer_full: the shadow answers too slowly, give it "
+              "replicas; too_large: its serving.max_body_size; not_read: the live API refused the request)."),
     ]
 
 

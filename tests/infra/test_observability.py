@@ -61,7 +61,8 @@ def _known_myelin_metrics() -> set[str]:
 
 
 def _all_expressions() -> list[str]:
-    exprs = [p.expr for p in queries.api_panels() + queries.async_panels() + queries.cluster_panels()]
+    exprs = [p.expr for p in queries.api_panels() + queries.async_panels() + queries.cluster_panels()
+             + queries.splitter_panels()]
     exprs += [a.expr for a in rules.alerts(AlertsConfig())]
     exprs.append(queries.in_flight_autoscaling("x", "apis", 60))
     return exprs
@@ -75,7 +76,8 @@ def test_every_myelin_metric_in_a_query_is_a_contract_name():
 
 def test_every_query_parses(promtool, tmp_path):
     """promtool parses each expression (as a recording rule), dashboards' variables substituted."""
-    exprs = [e.replace(queries.API_VAR, "x").replace(queries.RATE_WINDOW_VAR, "1m") for e in _all_expressions()]
+    exprs = [e.replace(queries.API_VAR, "x").replace(queries.SPLITTER_VAR, "s").replace(queries.RATE_WINDOW_VAR, "1m")
+             for e in _all_expressions()]
     doc = {"groups": [{"name": "parse", "rules": [{"record": f"parse:{i}", "expr": e} for i, e in enumerate(exprs)]}]}
     path = tmp_path / "parse.yml"
     path.write_text(yaml.safe_dump(doc))
@@ -88,7 +90,7 @@ def test_every_query_parses(promtool, tmp_path):
 
 def test_promtool_checks_the_committed_rules(promtool):
     out = subprocess.run([promtool, "check", "rules", str(rules.RULES_FILE)], capture_output=True, text=True)
-    assert out.returncode == 0 and "SUCCESS: 9 rules found" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "SUCCESS: 10 rules found" in out.stdout, out.stdout + out.stderr
 
 
 def test_promtool_unit_tests_fire_and_stay_quiet(promtool, tmp_path):
@@ -190,6 +192,22 @@ def test_asyncapi_dashboard_answers_what_operators_ask():
     assert any(f'deployment="{workers}"' in e and "kube_deployment_spec_replicas" in e for e in exprs)
     (variable,) = board["templating"]["list"]
     assert variable["name"] == "api" and variable["definition"] == f"label_values({contract.ASYNC_QUEUE_DEPTH}, api)"
+
+
+def test_traffic_splitting_dashboard_answers_what_operators_ask():
+    board = dashboards.splitter_dashboard()
+    text = json.dumps(board)
+    for metric in (contract.SPLIT_REQUESTS_TOTAL, contract.SHADOW_REQUESTS_TOTAL, contract.SHADOW_DROPPED_TOTAL,
+                   contract.REQUESTS_TOTAL):
+        assert metric in text, metric
+    (variable,) = board["templating"]["list"]
+    assert variable["name"] == "splitter"
+    assert variable["definition"] == f"label_values({contract.SPLIT_REQUESTS_TOTAL}, splitter)"
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    assert all('splitter="$splitter"' in e for e in exprs), "every panel is about the chosen splitter"
+    titles = " ".join(p["title"] for p in board["panels"])
+    for words in ("share", "Requests/s per API", "copies/s by status", "by reason", "failed share", "5xx ratio"):
+        assert words in titles, words
 
 
 # -- the add-ons that ship them -------------------------------------------------------------------------

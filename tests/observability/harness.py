@@ -1,12 +1,15 @@
 """A real Prometheus on 127.0.0.1 scraping real `myelin serve` processes the way the cluster does.
 
-Three test APIs under tests/observability/apis, one per kind of dashboard panel: `observed` (batched, two
-processes, scaled to zero), `streamed` (a generator `predict`) and `queued` (`kind: AsyncAPI`, embedded
-SQLite store in a temporary MYELIN_STATE_DIR, gateway and worker in each of its two processes).
+Test APIs under tests/observability/apis, one per kind of dashboard panel: `observed` (batched, two
+processes, scaled to zero), `streamed` (a generator `predict`), `queued` (`kind: AsyncAPI`, embedded
+SQLite store in a temporary MYELIN_STATE_DIR, gateway and worker in each of its two processes) and the
+TrafficSplitter `split` (all its requests to `streamed`, copies to its shadow `shadowed`).
 
-`ObservedStack` runs the Pulumi program under mocks for a stack that deploys `observed` and `streamed` and
+`ObservedStack` runs the Pulumi program under mocks for a stack that deploys `observed`, `streamed`, `shadowed`
+and `split` and
 takes from what it emits: the KEDA trigger query, the Prometheus alert rules, the Grafana dashboards and the
-API pods' labels and annotations. The program does not deploy AsyncAPIs yet (README, AsyncAPI): `queued`'s
+API pods' labels, annotations and the splitter's variables (MYELIN_ENDPOINT_ALIASES, MYELIN_SHADOW_TARGETS, the
+shadow's Service URL pointed at its server here). The program does not deploy AsyncAPIs yet (README, AsyncAPI): `queued`'s
 gateway pod gets the labels and annotations of the other API pods, its own name in place of theirs. It then
 starts `myelin serve` for each folder, a Prometheus whose `kubernetes-pods` job has the chart's relabelling
 rules and one target per API carrying the `__meta_kubernetes_*` labels Kubernetes discovery would give that
@@ -36,6 +39,7 @@ import httpx
 import yaml
 
 from components.labels import async_worker_deployment
+from myelin import contract
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -43,10 +47,15 @@ API_DIR = HERE / "apis" / "observed"
 API = "observed"
 STREAMED = "streamed"  # a streaming RealtimeAPI
 QUEUED = "queued"  # an AsyncAPI
-APIS = (API, STREAMED, QUEUED)
+SPLIT = "split"  # a TrafficSplitter: its path is answered by STREAMED, each request copied to SHADOWED
+SHADOWED = "shadowed"
+APIS = (API, STREAMED, QUEUED, SHADOWED)  # the servers (the splitter has none: the ALB in the cloud)
 NAMESPACE = "apis"
 POD = "observed-6d5f7c9b8-x2x7q"
-PODS = {API: POD, STREAMED: "streamed-7f9c8d6b5-q4w8z", QUEUED: "queued-5c6d7f8b9-m3n7p"}
+PODS = {API: POD, STREAMED: "streamed-7f9c8d6b5-q4w8z", QUEUED: "queued-5c6d7f8b9-m3n7p",
+        SHADOWED: "shadowed-8b7c6d5f4-t2v9k"}
+#: The variables the program sets on a pod that change what its runtime answers and exports.
+POD_ENV = ("MYELIN_ARRIVAL_HEADER", contract.ENDPOINT_ALIASES_ENV, contract.SHADOW_TARGETS_ENV)
 NODE = "ip-10-0-128-10.us-west-2.compute.internal"
 GPU_NODE = "ip-10-0-129-20.us-west-2.compute.internal"
 GPU_POD = "sentence-embedding-5b7d9c6f4-k8m2p"
@@ -93,7 +102,8 @@ def emitted_for_test_api() -> Emitted:
     config = user_config("dev")
     config["myelin:apis_dir"] = "tests/observability/apis"
     # `observed` scaled to zero, as a stack would ship it: the pod reads arrival times and exports cold starts.
-    config["myelin:apis"] = {API: {"overrides": {"autoscaling": {"min_replicas": 0}}}, STREAMED: {}}
+    config["myelin:apis"] = {API: {"overrides": {"autoscaling": {"min_replicas": 0}}}, STREAMED: {}, SHADOWED: {},
+                             SPLIT: {}}
     run = run_program("dev", config)
     (scaled,) = [so for so in run.k8s("ScaledObject") if so.inputs["metadata"]["name"] == API]
     releases = {r.inputs["chart"]: unwrap_secrets(r.inputs) for r in run.of_type("kubernetes:helm.sh/v3:Release")}
@@ -103,7 +113,7 @@ def emitted_for_test_api() -> Emitted:
         pods[deployment.inputs["metadata"]["name"]] = Pod(
             labels=dict(template["metadata"]["labels"]), annotations=dict(template["metadata"]["annotations"]),
             env={e["name"]: e["value"] for e in template["spec"]["containers"][0]["env"]
-                 if e["name"] == "MYELIN_ARRIVAL_HEADER"})
+                 if e["name"] in POD_ENV})
     # Not deployed by the program yet: the AsyncAPI's gateway pod as the shared pod template would label it.
     like = pods[STREAMED]
     pods[QUEUED] = Pod(labels={k: QUEUED if v == STREAMED else v for k, v in like.labels.items()},
@@ -185,7 +195,7 @@ class _Exporter(BaseHTTPRequestHandler):
 
 # ---------------------------------------------------------------------------------------------------- the stack
 #: Processes `myelin serve` runs per API (serving.processes in its api.yaml), awaited before the load starts.
-PROCESSES = {API: 2, STREAMED: 1, QUEUED: 2}
+PROCESSES = {API: 2, STREAMED: 1, QUEUED: 2, SHADOWED: 1}
 
 
 @dataclass
@@ -220,7 +230,7 @@ class ObservedStack:
         threading.Thread(target=self.exporter.serve_forever, daemon=True).start()
         self.started_at = time.time()  # before the server starts: a request "arriving" earlier was held for it
         for api in APIS:
-            env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.emitted.pods[api].env,
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", **self._pod_env(api),
                    "MYELIN_STATE_DIR": str(self.workdir / "state")}  # the AsyncAPI's SQLite store
             env.pop("PORT", None)
             self.procs.append(subprocess.Popen(
@@ -235,6 +245,21 @@ class ObservedStack:
              f"--storage.tsdb.path={self.workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.prom_port}"],
             stdout=open(self.workdir / "prometheus.out", "wb"), stderr=subprocess.STDOUT))
         self._wait_ready()
+
+    def _pod_env(self, api: str) -> dict[str, str]:
+        """The pod's variables, the shadow's Service (`http://<shadow>.<namespace>.svc.cluster.local.`) being its
+        server on 127.0.0.1 here."""
+        env = dict(self.emitted.pods[api].env)
+        shadows = env.get(contract.SHADOW_TARGETS_ENV)
+        if shadows:
+            service = f"http://{SHADOWED}.{NAMESPACE}.svc.cluster.local."
+            assert service in shadows, shadows
+            env[contract.SHADOW_TARGETS_ENV] = shadows.replace(service, f"http://127.0.0.1:{self.ports[SHADOWED]}")
+        return env
+
+    def split_url(self) -> str:
+        """The splitter's path on the server of the API it weighs (where the ALB's weighted forward lands)."""
+        return f"http://127.0.0.1:{self.ports[STREAMED]}/{SPLIT}"
 
     def _config(self) -> dict[str, Any]:
         pods_job = yaml.safe_load((HERE / "kubernetes-pods-job.yml").read_text())

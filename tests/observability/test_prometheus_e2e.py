@@ -1,10 +1,13 @@
 """Every query Myelin ships, proven against a real Prometheus scraping real `myelin serve` processes.
 
 The KEDA trigger string, the alert rules and the dashboards are the ones the Pulumi program emits for a
-stack deploying tests/observability/apis/observed and .../streamed (see harness.py); an AsyncAPI
+stack deploying tests/observability/apis/observed, .../streamed, .../shadowed and the splitter .../split (see
+harness.py); an AsyncAPI
 (.../queued) is served and scraped beside them. Under a bounded load (4 clients of `observed`, one asking
 for failures, then a burst past the admission limits; 2 clients streaming from `streamed`; a job every
-0.2 s submitted to `queued`, after one job that fails and one whose process dies), each dashboard panel, evaluated
+0.2 s submitted to `queued`, after one job that fails and one whose process dies; 2 clients, one asking its shadow to
+fail, on the path of the TrafficSplitter `split`, answered by `streamed` and copied to `shadowed`, after a few
+requests too large for the shadow), each dashboard panel, evaluated
 for an API of the kind it is for, and each alert signal must return series with the labels its consumers
 group by, the in-flight query must track the load, and Prometheus must evaluate every alert rule without error.
 
@@ -24,15 +27,15 @@ from components.observability import cost, queries
 from components.observability.rules import LATENCY_THRESHOLD_RECORD, AlertsConfig, alerts, async_workers_ready
 from myelin import contract
 
-from .harness import API, QUEUED, STREAMED, Jobs, Load, ObservedStack, burst
+from .harness import API, QUEUED, SHADOWED, SPLIT, STREAMED, Jobs, Load, ObservedStack, burst
 
 CLIENTS = 4  # one of them sends requests that fail
 STREAM_CLIENTS = 2
 #: The API each kind of panel is evaluated for.
-API_OF_KIND = {queries.REALTIME: API, queries.STREAMING: STREAMED, queries.ASYNC: QUEUED}
+API_OF_KIND = {queries.REALTIME: API, queries.STREAMING: STREAMED, queries.ASYNC: QUEUED, queries.SPLITTER: SPLIT}
 #: Each provisioned dashboard (Grafana's name for it) and the panels it is built from.
 PANELS_OF = {"myelin-api": queries.api_panels, "myelin-asyncapi": queries.async_panels,
-             "myelin-cluster": queries.cluster_panels}
+             "myelin-cluster": queries.cluster_panels, "myelin-traffic-splitting": queries.splitter_panels}
 WINDOW = "10s"  # $__rate_interval for the dashboard queries (scrapes every second)
 
 
@@ -67,6 +70,12 @@ def loaded(stack):
     assert failing and dying, jobs.statuses
     jobs.start()
     streams = Load(stack.url(STREAMED), STREAM_CLIENTS, failing=0).start()
+    # Through the splitter: a few requests larger than the shadow's max_body_size (answered, not copied), then
+    # two clients, one of them asking for failures (`streamed` ignores it; its copy fails at the shadow).
+    with httpx.Client(timeout=15) as client:
+        too_large = [client.post(stack.split_url(), json={"pad": "x" * 2048}).status_code for _ in range(3)]
+    assert too_large == [200] * 3, too_large
+    splits = Load(stack.split_url(), 2, failing=1).start()
     load = Load(stack.api_url, CLIENTS).start()
     window_s = int(stack.emitted.keda_query.split("[")[1].split("s]")[0])
     time.sleep(window_s + 3)
@@ -75,10 +84,10 @@ def loaded(stack):
     burst_statuses = burst(stack.api_url, 40)
     time.sleep(4)  # two scrapes and rule evaluations after the burst
     yield {"start": start, "keda": keda, "in_flight_now": in_flight_now, "burst": burst_statuses, "load": load,
-           "failing": failing, "dying": dying}
+           "failing": failing, "dying": dying, "splits": splits}
     statuses = load.stop()
     print(f"\nobservability e2e: KEDA query {keda[0]['value'][1] if keda else None}, steady load {statuses}, "
-          f"burst {burst_statuses}, streams {streams.stop()}, "
+          f"burst {burst_statuses}, streams {streams.stop()}, through the splitter {splits.stop()}, "
           f"jobs {jobs.stop()}")
     png = os.environ.get("MYELIN_DASHBOARD_PNG")
     if png:
@@ -124,7 +133,7 @@ def _dashboard_exprs(stack) -> list[tuple[str, str, str, queries.Panel]]:
             for target in panel["targets"]:
                 built = panels[target["expr"]]
                 expr = (target["expr"].replace(queries.API_VAR, API_OF_KIND[built.for_api])
-                        .replace(queries.RATE_WINDOW_VAR, WINDOW))
+                        .replace(queries.SPLITTER_VAR, SPLIT).replace(queries.RATE_WINDOW_VAR, WINDOW))
                 out.append((name, panel["title"], expr, built))
     return out
 
@@ -158,6 +167,24 @@ def test_api_dashboard_values_match_the_load(stack, loaded):
     assert 1.0 <= float(batch["value"][1]) <= 4.0  # batching.max_batch_size
 
 
+def test_the_splitting_dashboard_shows_the_split_and_the_shadow(stack, loaded):
+    """Every request on the splitter's path went to `streamed` (weight 100): a share of 1; the shadow answered
+    the copies (200, and 500 for the failing client's), and the requests too large for it were counted as drops."""
+    panels = {p.key: p.expr.replace(queries.SPLITTER_VAR, SPLIT).replace(queries.RATE_WINDOW_VAR, WINDOW)
+              for p in queries.splitter_panels()}
+    (share,) = stack.wait_for(panels["split_share"], timeout=10)
+    assert share["metric"] == {"api": STREAMED} and float(share["value"][1]) == 1.0
+    statuses = {s["metric"]["status"] for s in stack.query(
+        f'sum by (status) ({contract.SHADOW_REQUESTS_TOTAL}{{splitter="{SPLIT}",api="{SHADOWED}"}})')}
+    assert {"200", "500"} <= statuses, statuses
+    (dropped,) = stack.query(f'sum by (reason) ({contract.SHADOW_DROPPED_TOTAL}{{splitter="{SPLIT}"}})')
+    assert dropped["metric"] == {"reason": "too_large"} and float(dropped["value"][1]) == 3.0
+    (failed,) = stack.query(panels["shadow_error_ratio"])
+    assert 0.2 < float(failed["value"][1]) < 0.8, failed  # one client of two asks the shadow to fail
+    # The shadow's own metrics count the copies as its requests.
+    assert stack.query(f'sum({contract.REQUESTS_TOTAL}{{api="{SHADOWED}",status="500"}})')
+
+
 def test_every_alert_signal_returns_data_with_its_labels(stack, loaded):
     for alert in alerts(AlertsConfig()):
         series = stack.wait_for(alert.signal, timeout=10)
@@ -174,7 +201,7 @@ def test_prometheus_evaluates_every_rule_without_error(stack, loaded):
     for rule in rules:
         assert rule["health"] == "ok" and not rule.get("lastError"), rule
     thresholds = [r for r in rules if r["type"] == "recording" and r["name"] == LATENCY_THRESHOLD_RECORD]
-    assert [r["labels"]["api"] for r in thresholds] == [API, STREAMED]
+    assert [r["labels"]["api"] for r in thresholds] == sorted([API, STREAMED, SHADOWED])
 
 
 def test_cost_rules_price_the_api_from_opencost_series(stack, loaded):
@@ -188,11 +215,13 @@ def test_cost_rules_price_the_api_from_opencost_series(stack, loaded):
 
 
 def test_alerts_fire_on_this_load(stack, loaded):
-    """A quarter of the requests fail (5xx ratio ≫ 5%): the real error-ratio expression holds for this API;
-    the synthetic GPU pod is Pending: the GPU alert's expression holds for it."""
+    """A quarter of the requests fail (5xx ratio ≫ 5%): the real error-ratio expression holds for this API, and
+    for the splitter's shadow (half its copies fail), whose own metrics count the copies; the synthetic GPU pod is
+    Pending: the GPU alert's expression holds for it. Too few requests are too large for the shadow to drop 5%."""
     rules = {a.name: a.expr for a in alerts(AlertsConfig())}
-    (errors,) = stack.wait_for(rules["MyelinHighErrorRatio"], timeout=15)
-    assert errors["metric"]["api"] == API and errors["metric"]["namespace"] == "apis"
+    errors = stack.wait_for(rules["MyelinHighErrorRatio"], timeout=15)
+    assert sorted((s["metric"]["namespace"], s["metric"]["api"]) for s in errors) == [("apis", API), ("apis", SHADOWED)]
+    assert stack.query(rules["MyelinShadowDropping"]) == []
     pending = stack.query(rules["MyelinGpuPodPending"])
     assert [s["metric"]["pod"] for s in pending] == ["sentence-embedding-5b7d9c6f4-k8m2p"]
     assert stack.query(rules["MyelinLogDeliveryFailing"]) == []  # no delivery errors: quiet
