@@ -21,6 +21,7 @@ standby up) ends the process with code 0 and no output.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -86,6 +87,10 @@ def _become(assignment: dict) -> None:
 
 def main() -> int:
     _preload()
+    # What `myelin serve` does once its predictor has loaded (server.py), done here for what is already
+    # loaded: its full collection then scans only what the assignment adds (tens of ms less on the way to ready).
+    gc.collect()
+    gc.freeze()
     print(f"{READY_LINE} (pid {os.getpid()})", file=sys.stderr, flush=True)
     assignment = _read_assignment()
     if assignment is None:
