@@ -18,6 +18,7 @@ import contextlib
 import enum
 import os
 import signal
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,19 @@ KEEPALIVE_CONNECTIONS = 64
 
 _LOADED = "loaded in "
 _FAILED = "failed to load: "
+
+
+_TLS_CONTEXT: ssl.SSLContext | None = None
+
+
+def unused_tls_context() -> ssl.SSLContext:
+    """The TLS context of every client to an API's socket, made once: the socket is plain HTTP and never uses
+    it, but httpx builds one per client otherwise (loading the CA bundle: 60-80 ms of the router's core, on the
+    way of every cold start, reload and restart). `myelin local` makes it at its start (`LocalServer`)."""
+    global _TLS_CONTEXT
+    if _TLS_CONTEXT is None:
+        _TLS_CONTEXT = ssl.create_default_context()
+    return _TLS_CONTEXT
 
 
 class ChildState(str, enum.Enum):
@@ -164,7 +178,7 @@ class ApiProcess:
         # No bound on connections: the API's own admission (max_concurrency, max_queue_length) decides, as behind
         # the ALB; a pool limit here would queue the excess in the router with no bound and no deadline.
         self.client = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=str(self.uds), limits=httpx.Limits(
+            transport=httpx.AsyncHTTPTransport(uds=str(self.uds), verify=unused_tls_context(), limits=httpx.Limits(
                 max_connections=None, max_keepalive_connections=KEEPALIVE_CONNECTIONS)),
             base_url="http://myelin-local", timeout=None)
         while True:

@@ -31,7 +31,7 @@ from .. import contract
 from ..errors import retry_after_seconds
 from ..spec import SPEC_FILE, ApiSpec, SpecError, load_api_spec, parse_model_uri
 from . import requirements, splitter
-from .child import ApiProcess, ChildState, describe_exit
+from .child import ApiProcess, ChildState, describe_exit, unused_tls_context
 from .console import Console
 from .scale_metrics import ScaleToZeroMetrics
 from .standby import Standby
@@ -248,6 +248,7 @@ class LocalServer:
         self.standby: Standby | None = None
         self.standby_backoff = RestartBackoff()
         self.standby_not_before = 0.0
+        unused_tls_context()  # made now, not on the way of the first API's start
         self.split_metrics = splitter.SplitMetrics()
 
     # ------------------------------------------------------------------ discovery
