@@ -35,6 +35,8 @@ from types import CodeType
 
 #: The line on stderr that says the standby has imported the runtime and waits for its assignment.
 READY_LINE = "myelin: standby ready"
+#: The line on stderr that says it has read its assignment (from here on it runs the API's `myelin serve`).
+ASSIGNED_LINE = "myelin: standby assigned"
 
 
 def _preload() -> None:
@@ -119,6 +121,7 @@ def main() -> int:
     assignment = _read_assignment()
     if assignment is None:
         return 0
+    print(ASSIGNED_LINE, file=sys.stderr, flush=True)
     _become(assignment, spec, code)
     return 0
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable
 import httpx
 
 from ..contract import HEALTH_PATH, READY_PATH
+from ..standby import ASSIGNED_LINE
 
 if TYPE_CHECKING:
     from .standby import Standby
@@ -129,6 +130,7 @@ class ApiProcess:
         self.client: httpx.AsyncClient | None = None
         self._env = env or {}
         self.from_standby = False  # its process was the warm standby (local/standby.py), not a new one
+        self.assignment_taken = False  # that standby said it read its assignment (ASSIGNED_LINE)
         self._sign = asyncio.Event()  # set by its stderr pump on "loaded in" / "failed to load" / end of output
 
     @property
@@ -169,11 +171,7 @@ class ApiProcess:
                 await standby_stop(standby)
                 self._proc = None
         if self._proc is None:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "myelin.cli", *self.argv(),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env=env, preexec_fn=_die_with_parent, start_new_session=True,  # a process group of its own
-            )
+            self._proc = await self._new_process(env)
         self._pumps = [asyncio.create_task(self._pump_stdout()), asyncio.create_task(self._pump_stderr())]
         # No bound on connections: the API's own admission (max_concurrency, max_queue_length) decides, as behind
         # the ALB; a pool limit here would queue the excess in the router with no bound and no deadline.
@@ -185,6 +183,15 @@ class ApiProcess:
             if self._proc.returncode is not None:
                 self._kill_group()  # a helper it started would hold its pipes open: the pumps would never end
                 await asyncio.gather(*self._pumps, return_exceptions=True)  # the last words on stderr
+                if self.from_standby and not self.assignment_taken:
+                    # The standby ended (killed, crashed) before it read its assignment: nothing of this API
+                    # ran in it. A new process, as when no standby was ready.
+                    self.from_standby = False
+                    self._stderr_tail = []
+                    self.error = None
+                    self._proc = await self._new_process(env)
+                    self._pumps = [asyncio.create_task(self._pump_stdout()), asyncio.create_task(self._pump_stderr())]
+                    continue
                 self.state = ChildState.FAILED
                 self.error = self.error or self._tail_error()
                 await self._close_client()
@@ -202,6 +209,13 @@ class ApiProcess:
                 except httpx.HTTPError:
                     pass
             await self._next_sign()
+
+    async def _new_process(self, env: dict[str, str]) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "myelin.cli", *self.argv(),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env, preexec_fn=_die_with_parent, start_new_session=True,  # a process group of its own
+        )
 
     async def _next_sign(self) -> None:
         """Until its stderr says it loaded (or failed), or READY_POLL_S passed: readiness is then asked at once,
@@ -272,6 +286,9 @@ class ApiProcess:
         assert self._proc is not None and self._proc.stderr is not None
         async for raw in self._proc.stderr:
             line = raw.decode("utf-8", "replace").rstrip("\n")
+            if self.from_standby and not self.assignment_taken and line.startswith(ASSIGNED_LINE):
+                self.assignment_taken = True
+                continue
             if _FAILED in line and line.startswith("myelin serve: "):
                 self.error = line.split(_FAILED, 1)[1]
                 self._sign.set()
