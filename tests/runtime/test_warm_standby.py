@@ -206,3 +206,40 @@ def test_the_standby_is_used_only_when_nothing_but_myelin_variables_change():
     assert env_difference({"A": "1", "B": "2"}, {"A": "1", "C": "3"}) == {"B", "C"}
     standby.ready = False
     assert not standby.usable_for(base, "/work")
+
+
+def test_the_loader_forgets_exactly_the_modules_of_the_api_folder(tmp_path, monkeypatch):
+    """The loader's look-up of module files (each folder once, each module object once; the standby does it ahead)
+    finds what `Path.resolve` of every file found: modules under the folder, through symbolic links either way."""
+    from myelin import loader
+
+    api, other, outside = tmp_path / "api", tmp_path / "other", tmp_path / "outside"
+    for folder in (api, other, outside):
+        folder.mkdir()
+    (api / "w_helper.py").write_text("WHO = 'api'\n")
+    (api / "w_linked_target.py").write_text("WHO = 'target'\n")
+    (other / "w_helper.py").write_text("WHO = 'other'\n")
+    (outside / "w_plain.py").write_text("WHO = 'plain'\n")
+    os.symlink(api / "w_linked_target.py", outside / "w_linked.py")  # a file outside, linked into the folder
+    os.symlink(api, tmp_path / "alias")  # the folder itself through a link
+    for name in ("w_helper", "w_linked", "w_plain", "w_linked_target"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+    monkeypatch.syspath_prepend(str(outside))
+    monkeypatch.syspath_prepend(str(tmp_path / "alias"))
+    import w_helper  # noqa: F401  (through the alias)
+    import w_linked  # noqa: F401
+    import w_plain  # noqa: F401
+    loader.remember_module_files()  # looked up once, as the standby does before its API is known
+    loader._forget_modules_from(api)
+    assert "w_helper" not in sys.modules and "w_linked" not in sys.modules
+    assert sys.modules["w_plain"].WHO == "plain"
+
+    # A module of the same name from another folder is a new module object: looked up anew, not forgotten.
+    monkeypatch.syspath_prepend(str(other))
+    import w_helper as again
+    assert again.WHO == "other"
+    loader._forget_modules_from(api)
+    assert sys.modules["w_helper"] is again
+    loader._forget_modules_from(other)
+    assert "w_helper" not in sys.modules
