@@ -256,7 +256,8 @@ def summary(res: dict) -> dict:
                                                      "before_load_ms", "after_load_ms", "warm_request_ms")}
     out["plain_start_to_ready_ms"] = stats(res["plain"], "start_to_ready_ms")
     out["plain_overhead_ms"] = stats(res["plain"], "overhead_ms")
-    out["met"] = out["overhead_ms"]["median"] <= TARGET_MS and out["overhead_ms"]["max"] <= TARGET_MS
+    out["met_median"] = out["overhead_ms"]["median"] <= TARGET_MS
+    out["met"] = out["met_median"] and out["overhead_ms"]["max"] <= TARGET_MS
     out["from_standby"] = sum(1 for r in res["cold"] if r.get("from") == "standby")
     rss = [r["standby_rss_mib"] for r in res["cold"] if r.get("standby_rss_mib") is not None]
     out["standby_rss_mib"] = statistics.median(rss) if rss else None
@@ -271,10 +272,11 @@ def markdown(meta: dict, s: dict) -> str:
     return "\n".join([
         f"Run {meta['date']} on {meta['cpu']} ({meta['cpus']} CPUs); command: `{meta['command']}`; load average "
         f"{meta['loadavg_start']} at the start, {meta['loadavg_end']} at the end (1, 5, 15 min; the machine is shared).",
-        f"`myelin local` (router and the API's process) pinned to core 0, the client to core 1; {meta['runs']} cold "
+        f"`myelin local` (router, warm standby and the API's process) pinned to core 0, the client to core 1; {meta['runs']} cold "
         f"starts of an API whose predictor's `__init__` sleeps {meta['load_seconds']:g} s, each after the API was "
-        f"unloaded (`downscale_stabilization: 1s`) and its process gone, and the warm standby ready: "
-        f"{s.get('from_standby', 0)} of {meta['runs']} were served by the warm standby, the others by a new process"
+        f"unloaded (`downscale_stabilization: 1s`) and its process gone, and the warm standby ready; "
+        + (f"all {meta['runs']} were served by the warm standby" if s.get("from_standby") == meta["runs"] else
+           f"{s.get('from_standby', 0)} of {meta['runs']} were served by the warm standby, the others by a new process")
         + (f"; the standby's resident memory (VmRSS, median) {s['standby_rss_mib']:.0f} MiB."
            if s.get("standby_rss_mib") is not None else "."),
         "",
@@ -290,7 +292,8 @@ def markdown(meta: dict, s: dict) -> str:
             "plain_overhead_ms"),
         row("for scale: a warm request through the router (median of 20 per run)", "warm_request_ms"),
         "",
-        f"Target (overhead ≤ {TARGET_MS:g} ms, median and max): **{'met' if s['met'] else 'not met'}**.",
+        f"Target (overhead ≤ {TARGET_MS:g} ms): median **{'met' if s['met_median'] else 'not met'}**, max "
+        f"**{'met' if s['overhead_ms']['max'] <= TARGET_MS else 'not met'}**.",
     ]) + "\n"
 
 
