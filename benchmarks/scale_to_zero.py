@@ -232,7 +232,8 @@ def measure(args, root: Path, load_log: Path) -> dict:
             r = cold_start(running.base, load_log, last_pid)
             last_pid = r["pid"]
             cold.append(r)
-            run.log(f"cold start {i + 1} ({r.get('from')}): first request {r['first_request_ms']:.1f} ms, predictor load "
+            run.log(f"cold start {i + 1} ({r.get('from')}): first request {r['first_request_ms']:.1f} ms, "
+                    f"predictor load "
                     f"{r['predictor_load_ms']:.1f} ms, overhead {r['overhead_ms']:.1f} ms (before the load "
                     f"{r['before_load_ms']:.1f}, after {r['after_load_ms']:.1f}); warm {r['warm_request_ms']:.2f} ms")
             if running.proc.poll() is not None:
@@ -272,7 +273,8 @@ def markdown(meta: dict, s: dict) -> str:
     return "\n".join([
         f"Run {meta['date']} on {meta['cpu']} ({meta['cpus']} CPUs); command: `{meta['command']}`; load average "
         f"{meta['loadavg_start']} at the start, {meta['loadavg_end']} at the end (1, 5, 15 min; the machine is shared).",
-        f"`myelin local` (router, warm standby and the API's process) pinned to core 0, the client to core 1; {meta['runs']} cold "
+        f"`myelin local` (router, warm standby and the API's process) pinned to core 0, the client to core 1; "
+        f"{meta['runs']} cold "
         f"starts of an API whose predictor's `__init__` sleeps {meta['load_seconds']:g} s, each after the API was "
         f"unloaded (`downscale_stabilization: 1s`) and its process gone, and the warm standby ready; "
         + (f"all {meta['runs']} were served by the warm standby" if s.get("from_standby") == meta["runs"] else

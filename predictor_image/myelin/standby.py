@@ -19,8 +19,8 @@ which uses a standby only when the assignment changes nothing but MYELIN_* varia
 What is deliberately NOT imported ahead: the predictor and the packages only it imports (torch, sklearn ...).
 The runtime applies `predictor.env` before importing the predictor, and libraries such as OpenMP read their
 thread settings when they load: imported early, they would miss them. (numpy is imported by every `myelin
-serve` when it builds its app, before `predictor.env` is applied: ahead here, it is no different.) An empty stdin (`myelin local` ended or gave the
-standby up) ends the process with code 0 and no output.
+serve` when it builds its app, before `predictor.env` is applied: ahead here, it is no different.) An empty
+stdin (`myelin local` ended or gave the standby up) ends the process with code 0 and no output.
 """
 
 from __future__ import annotations
