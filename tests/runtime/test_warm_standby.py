@@ -17,9 +17,6 @@ import pytest
 from conftest import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "predictor_image"))
-
-from myelin.local.standby import Standby, env_difference  # noqa: E402
 
 #: What the predictor sees of its process: everything a new process and a standby could differ in.
 PREDICTOR = """
@@ -194,6 +191,8 @@ def test_no_standby_while_no_api_scales_to_zero(local):
 
 
 def test_the_standby_is_used_only_when_nothing_but_myelin_variables_change():
+    from myelin.local.standby import Standby, env_difference
+
     base = {"PATH": "/usr/bin", "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8"}
     standby = Standby(base, "/work", on_stderr=lambda line: None, on_exit=lambda s: None)
     standby.ready = True
@@ -243,3 +242,18 @@ def test_the_loader_forgets_exactly_the_modules_of_the_api_folder(tmp_path, monk
     assert sys.modules["w_helper"] is again
     loader._forget_modules_from(other)
     assert "w_helper" not in sys.modules
+
+
+def test_a_load_failure_in_the_standby_is_reported_as_in_a_new_process(local, tmp_path):
+    server, root = local("alpha")
+    (root / "alpha" / "predictor.py").write_text(
+        "class Predictor:\n    def __init__(self, config):\n        raise RuntimeError('the weights are missing')\n\n"
+        "    def predict(self, payload):\n        return {}\n")
+    standby = ready_standby(server)
+    r = httpx.post(f"{server.base}/alpha", json={}, timeout=60)
+    assert r.status_code == 503 and "failed to load during its cold start" in r.json()["error"]["message"]
+    described = api_info(server, "alpha")
+    assert described["state"] == "failed" and "the weights are missing" in described["error"]
+    assert [e.get("standby_pid") for e in events(server, "cold start")] == [standby["pid"]]
+    wait_for("the failed process gone", lambda: not alive(standby["pid"]), server=server)
+    assert ready_standby(server, other_than=standby["pid"])  # the next standby comes all the same

@@ -10,7 +10,7 @@ started once the wake is over and nothing else loads (`LocalServer._keep_standby
 
 The standby is no API's process: it is in no route, no API's /info entry and no metrics; `/info` shows it on
 its own (`standby`). It leads a process group of its own, gets SIGTERM when `myelin local` dies however it
-dies, and is killed when `myelin local` stops. A standby that ends on its own (killed -9, a crash) is
+dies (Linux; anywhere, the end of its stdin ends it), and is killed when `myelin local` stops. A standby that ends on its own (killed -9, a crash) is
 replaced with the same back-off as an API's process; a wake that finds none ready starts a new process, as
 before.
 """
@@ -105,10 +105,9 @@ class Standby:
 
     async def _watch(self) -> None:
         assert self._proc is not None
-        await self._proc.wait()
+        await self._proc.wait()  # (before its assignment it starts nothing: no process group left to kill)
         self._ready_event.set()
         if not self.assigned:
-            self._kill_group()
             self._on_exit(self)
 
     def usable_for(self, env: dict[str, str], cwd: str) -> bool:
@@ -129,7 +128,7 @@ class Standby:
         return self._proc
 
     def _kill_group(self) -> None:
-        if self._proc is not None:
+        if self._proc is not None and self._proc.returncode is None:  # an ended one's pid may be another's now
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
 
