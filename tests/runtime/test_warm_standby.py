@@ -257,3 +257,25 @@ def test_a_load_failure_in_the_standby_is_reported_as_in_a_new_process(local, tm
     assert [e.get("standby_pid") for e in events(server, "cold start")] == [standby["pid"]]
     wait_for("the failed process gone", lambda: not alive(standby["pid"]), server=server)
     assert ready_standby(server, other_than=standby["pid"])  # the next standby comes all the same
+
+
+def test_a_standby_stopped_while_it_starts_releases_whoever_waits_for_it(tmp_path):
+    """`myelin local` stopping while its standby still imports: the stop kills it, and the task waiting for it to
+    be ready ends (a stop that waits for the standby's start task must not hang)."""
+    import asyncio
+
+    from myelin.local.standby import Standby
+
+    async def scenario() -> tuple[bool, int | None, int | None]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "predictor_image")}
+        standby = Standby(env, str(ROOT), on_stderr=lambda line: None, on_exit=lambda s: None)
+        await standby.start()
+        waiter = asyncio.ensure_future(standby.wait_ready())
+        await asyncio.sleep(0)
+        await standby.stop()  # long before its imports are done
+        ready = await asyncio.wait_for(waiter, 30)  # a deadline against a hang, not a measure
+        return ready, standby.pid, standby.returncode
+
+    ready, pid, code = asyncio.run(scenario())
+    assert ready is False and code == -signal.SIGKILL
+    assert not alive(pid)

@@ -170,6 +170,9 @@ class ApiProcess:
             except (OSError, RuntimeError):  # it died between the check and the assignment: a new process
                 await standby_stop(standby)
                 self._proc = None
+            except asyncio.CancelledError:  # the wake was cancelled while handing it over: it is nobody's
+                standby.kill_now(assigned_too=True)
+                raise
         if self._proc is None:
             self._proc = await self._new_process(env)
         self._pumps = [asyncio.create_task(self._pump_stdout()), asyncio.create_task(self._pump_stderr())]

@@ -121,6 +121,7 @@ class Standby:
         self.assigned = True
         for task in self._tasks:
             task.cancel()
+        self._ready_event.set()  # (nobody waits on it any more)
         stdin = self._proc.stdin
         stdin.write(orjson.dumps({"argv": argv, "env": env, "cwd": cwd}) + b"\n")
         await stdin.drain()  # raises (BrokenPipeError, ConnectionResetError) if it died meanwhile
@@ -132,9 +133,10 @@ class Standby:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
 
-    def kill_now(self) -> None:
-        """Synchronous (the router exits): the standby and anything in its process group."""
-        if not self.assigned:
+    def kill_now(self, assigned_too: bool = False) -> None:
+        """Synchronous (the router exits; or an assignment cancelled half-way, `assigned_too`): the standby
+        and anything in its process group."""
+        if not self.assigned or assigned_too:
             self._kill_group()
 
     async def stop(self) -> None:
@@ -144,6 +146,7 @@ class Standby:
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
+        self._ready_event.set()  # whoever waits for it to be ready: it never will be
         self._kill_group()
         if self._proc is not None:
             with contextlib.suppress(ProcessLookupError):
