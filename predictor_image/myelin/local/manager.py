@@ -522,8 +522,8 @@ class LocalServer:
         if standby is not None:
             return
         now = time.monotonic()
-        busy = any((a.task is not None and not a.task.done()) or (a.waking is not None and not a.waking.done())
-                   for a in self.apis.values())
+        # A process loading (a version, a restart, a wake); not an API waiting out its back-off, which may last.
+        busy = any(a.pending is not None or (a.waking is not None and not a.waking.done()) for a in self.apis.values())
         if busy:
             self.standby_not_before = max(self.standby_not_before, now + STANDBY_QUIET_S)
             return
