@@ -279,3 +279,44 @@ def test_a_standby_stopped_while_it_starts_releases_whoever_waits_for_it(tmp_pat
     ready, pid, code = asyncio.run(scenario())
     assert ready is False and code == -signal.SIGKILL
     assert not alive(pid)
+
+
+def test_a_standby_that_ends_before_reading_its_assignment_gives_way_to_a_new_process(tmp_path):
+    """The standby can end (killed) between the router's check and its reading of the assignment: nothing of the
+    API ran in it, so the API starts in a new process, as when no standby was ready."""
+    import asyncio
+    import shutil
+    import tempfile
+
+    from myelin.local.child import ApiProcess
+
+    folder = make_api(tmp_path / "apis", "alpha")
+    sockets = Path(tempfile.mkdtemp(prefix="myelin-test-"))  # short: a Unix socket's path has a length limit
+
+    class EndedStandby:  # a process that ended without saying it read its assignment
+        pid = None
+
+        async def assign(self, argv, env, cwd):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", "pass", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            await proc.wait()
+            return proc
+
+    async def scenario() -> tuple[bool, bool, dict]:
+        child = ApiProcess("alpha", folder, 1, sockets, on_stdout=lambda c, line: None,
+                           on_stderr=lambda c, line: None)
+        try:
+            ok = await child.start(standby=EndedStandby())
+            answer = (await child.client.post("/alpha", json={})).json() if ok else {}
+            return ok, child.from_standby, answer
+        finally:
+            await child.stop(5)
+
+    try:
+        ok, from_standby, answer = asyncio.run(scenario())
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
+    assert ok and not from_standby
+    assert answer["main"]["spec"] == "myelin.cli" and answer["argv"][1:3] == ["serve", str(folder)]
+    assert not alive(answer["pid"])  # stopped with the test
