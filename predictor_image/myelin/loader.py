@@ -198,17 +198,68 @@ def _install_hint(err: BaseException, folder: Path) -> str:
     return ""
 
 
+#: module name -> (the module object, its file's real path), as found the first time it was looked at. A
+#: module object's file does not move once it is imported; a module imported again is a new object, looked at anew.
+_REAL_FILES: dict[str, tuple[Any, str]] = {}
+
+
+def _real_files() -> Iterator[tuple[str, str]]:
+    """(name, real path of its file) of every loaded module with a file (symbolic links followed).
+
+    A process has a thousand modules or more (the runtime, FastAPI, numpy ...) in a hundred or so folders: each
+    folder's name is looked up once, and a file on its own only where it is itself a symbolic link (what
+    `Path.resolve` of each file gives, at a fraction of its system calls); and a module seen before is not
+    looked up again (`_REAL_FILES`)."""
+    real_dirs: dict[str, str] = {}
+
+    def real_dir(path: str) -> str:
+        # A folder's real path from its parent's (each folder's name looked up once, not once per file).
+        found = real_dirs.get(path)
+        if found is None:
+            parent, name = os.path.split(path)
+            if parent == path or not name:
+                found = path
+            else:
+                found = os.path.join(real_dir(parent), name)
+                if os.path.islink(found):
+                    found = os.path.realpath(found)
+            real_dirs[path] = found
+        return found
+
+    for name, module in list(sys.modules.items()):
+        known = _REAL_FILES.get(name)
+        if known is not None and known[0] is module:
+            yield name, known[1]
+            continue
+        file = getattr(module, "__file__", None)
+        if not file or not isinstance(file, str):
+            continue
+        try:
+            if os.path.islink(file):
+                real = os.path.realpath(file)
+            else:
+                head, tail = os.path.split(os.path.abspath(file))
+                real = os.path.join(real_dir(head), tail)
+        except (OSError, ValueError):
+            continue
+        _REAL_FILES[name] = (module, real)
+        yield name, real
+
+
+def remember_module_files() -> None:
+    """Look up the files of the modules loaded so far (the warm standby does, before its API is known)."""
+    for _ in _real_files():
+        pass
+
+
 def _forget_modules_from(folder: Path) -> None:
     """Drop modules imported from the API folder so a reload sees edited helper modules."""
-    folder = folder.resolve()
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        if file:
-            try:
-                if Path(file).resolve().is_relative_to(folder):
-                    del sys.modules[name]
-            except (OSError, ValueError):
-                continue
+    root = str(folder.resolve())
+    inside = root.rstrip(os.sep) + os.sep
+    for name, real in list(_real_files()):
+        if real == root or real.startswith(inside):
+            sys.modules.pop(name, None)
+            _REAL_FILES.pop(name, None)
 
 
 @contextlib.contextmanager

@@ -47,6 +47,21 @@ def test_scale_to_zero_target_needs_median_and_max_within_50_ms():
     assert "**not met**" in table and "| 40.0 | 60.0 | 30.0 |" in table
 
 
+def test_scale_to_zero_table_says_which_cold_starts_the_warm_standby_served():
+    def cold(overhead, came_from, rss=None):
+        return {"first_request_ms": 500 + overhead, "predictor_load_ms": 500, "overhead_ms": overhead,
+                "before_load_ms": overhead - 5, "after_load_ms": 5, "warm_request_ms": 1, "from": came_from,
+                "standby_rss_mib": rss}
+
+    plain = [{"start_to_ready_ms": 900, "overhead_ms": 400}]
+    s = scale_to_zero.summary({"cold": [cold(30, "standby", 60), cold(40, "standby", 70), cold(900, "new process")],
+                               "plain": plain})
+    assert s["from_standby"] == 2 and s["standby_rss_mib"] == 65 and s["met_median"] and not s["met"]
+    table = scale_to_zero.markdown({**META, "runs": 3, "load_seconds": 0.5}, s)
+    assert "2 of 3 were served by the warm standby, the others by a new process" in table
+    assert "(VmRSS, median) 65 MiB" in table and "median **met**, max **not met**" in table
+
+
 def test_streaming_table_marks_each_level_against_50_us():
     items = {"sync": {"inprocess_us": 1.0,
                       "c1": {"served_us": 61.0, "overhead_us": 60.0, "met": False},

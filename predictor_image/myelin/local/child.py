@@ -18,24 +18,45 @@ import contextlib
 import enum
 import os
 import signal
+import ssl
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import httpx
 
 from ..contract import HEALTH_PATH, READY_PATH
+from ..standby import ASSIGNED_LINE
+
+if TYPE_CHECKING:
+    from .standby import Standby
 
 #: The cluster's livenessProbe: failures in a row before the process is killed, and the longest a probe waits.
 LIVENESS_FAILURES = 3
 LIVENESS_TIMEOUT_S = 5.0
+
+#: How often a starting process's /readyz is asked when its output gives no sign (it says when it has loaded).
+READY_POLL_S = 0.05
 
 #: Idle connections to the API's socket kept for reuse (more are opened as needed, and closed once done).
 KEEPALIVE_CONNECTIONS = 64
 
 _LOADED = "loaded in "
 _FAILED = "failed to load: "
+
+
+_TLS_CONTEXT: ssl.SSLContext | None = None
+
+
+def unused_tls_context() -> ssl.SSLContext:
+    """The TLS context of every client to an API's socket, made once: the socket is plain HTTP and never uses
+    it, but httpx builds one per client otherwise (loading the CA bundle: 60-80 ms of the router's core, on the
+    way of every cold start, reload and restart). `myelin local` makes it at its start (`LocalServer`)."""
+    global _TLS_CONTEXT
+    if _TLS_CONTEXT is None:
+        _TLS_CONTEXT = ssl.create_default_context()
+    return _TLS_CONTEXT
 
 
 class ChildState(str, enum.Enum):
@@ -108,33 +129,72 @@ class ApiProcess:
         self._started = 0.0
         self.client: httpx.AsyncClient | None = None
         self._env = env or {}
+        self.from_standby = False  # its process was the warm standby (local/standby.py), not a new one
+        self.assignment_taken = False  # that standby said it read its assignment (ASSIGNED_LINE)
+        self._sign = asyncio.Event()  # set by its stderr pump on "loaded in" / "failed to load" / end of output
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
     # ------------------------------------------------------------------ start
-    async def start(self) -> bool:
-        """Start the server and wait until it is ready (True) or has failed (False, `error` says why)."""
-        self._started = time.monotonic()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self._env}
+    @staticmethod
+    def base_environment() -> dict[str, str]:
+        """The environment every API's `myelin serve` starts from: `myelin local`'s own, output unbuffered."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("PORT", None)
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "myelin.cli", "serve", str(self.folder), "--uds", str(self.uds),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env=env, preexec_fn=_die_with_parent, start_new_session=True,  # a process group of its own
-        )
+        return env
+
+    def environment(self) -> dict[str, str]:
+        """The environment its `myelin serve` gets: the base one and the API's extras."""
+        env = {**self.base_environment(), **self._env}
+        env.pop("PORT", None)
+        return env
+
+    def argv(self) -> list[str]:
+        """Its `myelin serve` command line, after `python -m myelin.cli`."""
+        return ["serve", str(self.folder), "--uds", str(self.uds)]
+
+    async def start(self, standby: "Standby | None" = None) -> bool:
+        """Start the server and wait until it is ready (True) or has failed (False, `error` says why).
+
+        With `standby` (a warm standby that `usable_for` this process's environment and working folder), that
+        process becomes this one: the same argv, environment and working folder, the same pipes and process
+        group; a standby gone meanwhile falls back to a new process."""
+        self._started = time.monotonic()
+        env = self.environment()
+        if standby is not None:
+            try:
+                self._proc = await standby.assign(self.argv(), env, os.getcwd())
+                self.from_standby = True
+            except (OSError, RuntimeError):  # it died between the check and the assignment: a new process
+                await standby_stop(standby)
+                self._proc = None
+            except asyncio.CancelledError:  # the wake was cancelled while handing it over: it is nobody's
+                standby.kill_now(assigned_too=True)
+                raise
+        if self._proc is None:
+            self._proc = await self._new_process(env)
         self._pumps = [asyncio.create_task(self._pump_stdout()), asyncio.create_task(self._pump_stderr())]
         # No bound on connections: the API's own admission (max_concurrency, max_queue_length) decides, as behind
         # the ALB; a pool limit here would queue the excess in the router with no bound and no deadline.
         self.client = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=str(self.uds), limits=httpx.Limits(
+            transport=httpx.AsyncHTTPTransport(uds=str(self.uds), verify=unused_tls_context(), limits=httpx.Limits(
                 max_connections=None, max_keepalive_connections=KEEPALIVE_CONNECTIONS)),
             base_url="http://myelin-local", timeout=None)
         while True:
             if self._proc.returncode is not None:
                 self._kill_group()  # a helper it started would hold its pipes open: the pumps would never end
                 await asyncio.gather(*self._pumps, return_exceptions=True)  # the last words on stderr
+                if self.from_standby and not self.assignment_taken:
+                    # The standby ended (killed, crashed) before it read its assignment: nothing of this API
+                    # ran in it. A new process, as when no standby was ready.
+                    self.from_standby = False
+                    self._stderr_tail = []
+                    self.error = None
+                    self._proc = await self._new_process(env)
+                    self._pumps = [asyncio.create_task(self._pump_stdout()), asyncio.create_task(self._pump_stderr())]
+                    continue
                 self.state = ChildState.FAILED
                 self.error = self.error or self._tail_error()
                 await self._close_client()
@@ -151,7 +211,21 @@ class ApiProcess:
                         return True
                 except httpx.HTTPError:
                     pass
-            await asyncio.sleep(0.05)
+            await self._next_sign()
+
+    async def _new_process(self, env: dict[str, str]) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "myelin.cli", *self.argv(),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env, preexec_fn=_die_with_parent, start_new_session=True,  # a process group of its own
+        )
+
+    async def _next_sign(self) -> None:
+        """Until its stderr says it loaded (or failed), or READY_POLL_S passed: readiness is then asked at once,
+        not at the next poll (a process with `serving.processes` > 1 says it per worker; the poll covers it)."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._sign.wait(), READY_POLL_S)
+        self._sign.clear()
 
     async def _watch_exit(self) -> None:
         """A serving process that ends on its own (SIGKILL from the OOM killer, a crash, os._exit) is reported
@@ -215,16 +289,22 @@ class ApiProcess:
         assert self._proc is not None and self._proc.stderr is not None
         async for raw in self._proc.stderr:
             line = raw.decode("utf-8", "replace").rstrip("\n")
+            if self.from_standby and not self.assignment_taken and line.startswith(ASSIGNED_LINE):
+                self.assignment_taken = True
+                continue
             if _FAILED in line and line.startswith("myelin serve: "):
                 self.error = line.split(_FAILED, 1)[1]
+                self._sign.set()
                 continue  # said once, by the router's console
             if line.startswith("myelin: ") and (_LOADED in line or " at unix:" in line):
                 if _LOADED in line:
                     with contextlib.suppress(ValueError):
                         self.load_seconds = float(line.split(_LOADED, 1)[1].split("s", 1)[0])
+                    self._sign.set()
                 continue
             self._stderr_tail = (self._stderr_tail + [line])[-20:]
             self._on_stderr(self, line)
+        self._sign.set()  # its output ended: it has exited (or is about to)
 
     # ------------------------------------------------------------------ stop
     async def stop(self, drain_timeout: float) -> None:
@@ -263,6 +343,11 @@ class ApiProcess:
         if self.client is not None:
             await self.client.aclose()
             self.client = None
+
+
+async def standby_stop(standby: "Standby") -> None:
+    standby.assigned = False  # it never became the API's: stop it as a standby
+    await standby.stop()
 
 
 def _why(response: httpx.Response) -> str:

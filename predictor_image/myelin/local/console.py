@@ -112,11 +112,17 @@ class Console:
         else:
             self._event("info", "idle", api=api, url=url)
 
-    def waking(self, api: str) -> None:
+    def waking(self, api: str, standby: int | None = None) -> None:
         if self.tty:
             self._line(f"  … {api:<22} cold start: loading for a held request...")
         else:
-            self._event("info", "cold start", api=api)
+            self._event("info", "cold start", api=api, standby_pid=standby)
+
+    def standby_ready(self, pid: int | None, seconds: float | None) -> None:
+        """The warm standby for APIs scaled to zero is ready (said in the JSON log only: no news on a terminal)."""
+        if not self.tty:
+            self._event("info", "standby ready", pid=pid,
+                        seconds=round(seconds, 3) if seconds is not None else None)
 
     def unloaded(self, api: str, idle_seconds: float) -> None:
         if self.tty:

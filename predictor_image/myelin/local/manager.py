@@ -31,12 +31,16 @@ from .. import contract
 from ..errors import retry_after_seconds
 from ..spec import SPEC_FILE, ApiSpec, SpecError, load_api_spec, parse_model_uri
 from . import requirements, splitter
-from .child import ApiProcess, ChildState, describe_exit
+from .child import ApiProcess, ChildState, describe_exit, unused_tls_context
 from .console import Console
 from .scale_metrics import ScaleToZeroMetrics
+from .standby import Standby
 
 REQUIREMENTS_RECHECK_S = 3.0
 UNLOAD_CHECK_S = 0.25
+#: After a wake (or a version loading), how long the next warm standby waits before it starts: its imports take
+#: a core for about a second, which the woken API's first requests should not share.
+STANDBY_QUIET_S = 1.0
 #: Request header the router stamps with a held request's arrival (Unix seconds), and the child setting that
 #: makes the API's server keep the request's deadline from that arrival (myelin/arrival.py).
 ARRIVAL_HEADER = b"x-myelin-arrival"
@@ -124,6 +128,7 @@ class LocalApi:
         self.last_active = time.monotonic()
         self.synced_at = 0.0  # wall time the folder was last read (rescan: a failed API's files changed since?)
         self.last_cold_start: float | None = None
+        self.last_cold_start_from: str | None = None  # "standby" (the warm standby became it) or "new process"
         # Supervision: how often its process was started again after ending on its own, how the last one
         # ended, and (while it is down) when the next one starts (monotonic).
         self.restarts = 0
@@ -216,6 +221,7 @@ class LocalApi:
                 "held_requests": self.held,
                 "unloads_after_seconds": self.spec.autoscaling.downscale_stabilization.seconds,
                 "last_cold_start_seconds": round(self.last_cold_start, 3) if self.last_cold_start else None,
+                "last_cold_start_from": self.last_cold_start_from,
             }
         return info
 
@@ -238,6 +244,11 @@ class LocalServer:
         self._reaper: asyncio.Task | None = None
         self.closing = False
         self.scale_metrics = ScaleToZeroMetrics()
+        # The warm standby for APIs scaled to zero (local/standby.py): one at most, while any API scales to zero.
+        self.standby: Standby | None = None
+        self.standby_backoff = RestartBackoff()
+        self.standby_not_before = 0.0
+        unused_tls_context()  # made now, not on the way of the first API's start
         self.split_metrics = splitter.SplitMetrics()
 
     # ------------------------------------------------------------------ discovery
@@ -463,13 +474,17 @@ class LocalServer:
             await asyncio.sleep(max(0.0, api.not_before - time.monotonic()))
             api.generation += 1
             child = self._process(api, spec, api.generation)
-            self.console.waking(spec.name)
-            ok = await child.start()
+            standby = self._take_standby(child)
+            self.console.waking(spec.name, standby=standby.pid if standby is not None else None)
+            ok = await child.start(standby=standby)
         except asyncio.CancelledError:  # the folder went away or myelin local stops
             if child is not None:
                 child.kill_now()
                 await asyncio.shield(child.stop(0))
             raise
+        finally:
+            self.standby_not_before = max(self.standby_not_before, time.monotonic() + STANDBY_QUIET_S)
+        api.last_cold_start_from = "standby" if child.from_standby else "new process"
         took = time.monotonic() - api.wake_started
         if not ok:
             self._refuse(api, spec.name, child.error or "failed to load", child.traceback)
@@ -480,6 +495,77 @@ class LocalServer:
         self.scale_metrics.cold_start(api.name, took)
         self._switch(api, spec, child, cold_start=took)
         return child
+
+    def _take_standby(self, child: ApiProcess) -> Standby | None:
+        """The warm standby, if one is ready to become `child` (same interpreter environment and folder); it is
+        then no longer the standby. One that would not fit (`myelin local`'s environment changed) is replaced."""
+        standby = self.standby
+        if standby is None or not standby.ready or not standby.alive:
+            return None
+        self.standby = None
+        if standby.usable_for(child.environment(), os.getcwd()):
+            self.standby_backoff.started(time.monotonic())  # it served its purpose: not a crash loop
+            return standby
+        self._stop_standby(standby)
+        return None
+
+    def _keep_standby(self) -> None:
+        """One warm standby while any API scales to zero, none otherwise; started when nothing loads (a wake, a
+        version) and STANDBY_QUIET_S after the last did, and again after one ended on its own (back-off)."""
+        wanted = not self.closing and any(a.scales_to_zero and a.splitter is None for a in self.apis.values())
+        standby = self.standby
+        if not wanted:
+            if standby is not None:
+                self.standby = None
+                self._stop_standby(standby)
+            return
+        if standby is not None:
+            return
+        now = time.monotonic()
+        # A process loading (a version, a restart, a wake); not an API waiting out its back-off, which may last.
+        busy = any(a.pending is not None or (a.waking is not None and not a.waking.done()) for a in self.apis.values())
+        if busy:
+            self.standby_not_before = max(self.standby_not_before, now + STANDBY_QUIET_S)
+            return
+        if now < self.standby_not_before:
+            return
+        standby = Standby(ApiProcess.base_environment(), os.getcwd(), self._standby_stderr, self._standby_exited)
+        self.standby = standby
+        task = asyncio.create_task(self._start_standby(standby))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _start_standby(self, standby: Standby) -> None:
+        try:
+            await standby.start()
+        except OSError as err:  # the interpreter cannot be started: say so, retry after the back-off
+            self.console.note(f"the warm standby for APIs scaled to zero could not start: {err}", level="warning")
+            self._standby_exited(standby)
+            return
+        self.standby_backoff.started(time.monotonic())
+        if await standby.wait_ready() and self.standby is standby:
+            self.console.standby_ready(standby.pid, standby.ready_seconds)
+
+    def _standby_exited(self, standby: Standby) -> None:
+        """The standby ended on its own (killed, crashed, an import failed): a new one after the back-off."""
+        if self.standby is not standby:
+            return
+        self.standby = None
+        now = time.monotonic()
+        self.standby_not_before = max(self.standby_not_before, now + self.standby_backoff.ended(now))
+        if not standby.ready and standby.tail and not self.closing:
+            self.console.note(f"the warm standby for APIs scaled to zero failed: {standby.tail[-1]}", level="warning")
+
+    def _standby_stderr(self, line: str) -> None:
+        self.console.child_output("standby", line)
+
+    def _stop_standby(self, standby: Standby) -> None:
+        task = asyncio.create_task(standby.stop())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    def describe_standby(self) -> dict[str, Any] | None:
+        return self.standby.describe() if self.standby is not None else None
 
     def retry_after(self, api: LocalApi) -> int:
         """Seconds until the cold start under way should be done, from the last one (5 before any); clamped to
@@ -492,6 +578,7 @@ class LocalServer:
         """APIs scaled to zero give their process (and its memory) back after downscale_stabilization idle."""
         while True:
             await asyncio.sleep(UNLOAD_CHECK_S)
+            self._keep_standby()
             now = time.monotonic()
             for api in list(self.apis.values()):
                 child = api.serving
@@ -643,12 +730,17 @@ class LocalServer:
         for api in self.apis.values():
             if api.task is not None and not api.task.done():
                 api.task.cancel()
+        standby, self.standby = self.standby, None
+        if standby is not None:
+            self._stop_standby(standby)
         children = [c for a in self.apis.values() for c in (a.serving, a.pending) if c is not None]
         await asyncio.gather(*(c.stop(drain_timeout) for c in children), return_exceptions=True)
         await asyncio.gather(*self._retiring, return_exceptions=True)
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def kill_all(self) -> None:
+        if self.standby is not None:
+            self.standby.kill_now()
         for api in self.apis.values():
             for child in (api.serving, api.pending):
                 if child is not None:

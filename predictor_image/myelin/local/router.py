@@ -403,7 +403,11 @@ class LocalRouter:
 
         @app.get(contract.INFO_PATH, summary="Every API: state, serving version, load time, last error.")
         async def info() -> Response:
-            return _json({"apis": await attach_costs(self._api_list(server.base_url), server)})
+            body: dict[str, Any] = {"apis": await attach_costs(self._api_list(server.base_url), server)}
+            standby = server.describe_standby()
+            if standby is not None:  # the warm standby for APIs scaled to zero: no API's process
+                body["standby"] = standby
+            return _json(body)
 
         @app.get(contract.OPENAPI_PATH, include_in_schema=False)
         async def openapi() -> Response:
