@@ -194,12 +194,7 @@ def markdown(meta: dict, s: dict, levels: list[int]) -> str:
 
 
 def update_readme(table: str) -> None:
-    readme = BENCH / "README.md"
-    start, end = "<!-- processes:start -->", "<!-- processes:end -->"
-    text = readme.read_text()
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        readme.write_text(head + f"{start}\n\n{table}\n{end}" + rest.split(end, 1)[1])
+    run.replace_readme_block("processes", table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -755,16 +755,20 @@ def write_markdown(path: Path, meta: dict, results: list[dict], conc: dict[str, 
     return text
 
 
-def update_readme(table_md: str) -> None:
+def replace_readme_block(name: str, content: str) -> None:
+    """Put `content` between benchmarks/README.md's `<!-- name:start -->` and `<!-- name:end -->` markers (each
+    script's figures live between its own); nothing happens when the markers are missing."""
     readme = BENCH / "README.md"
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     text = readme.read_text()
     if start not in text or end not in text:
         return
     head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    block = f"{start}\n\n![throughput and p99 latency](results/benchmark.png)\n\n{table_md}\n{end}"
-    readme.write_text(head + block + tail)
+    readme.write_text(head + f"{start}\n\n{content}\n{end}" + rest.split(end, 1)[1])
+
+
+def update_readme(table_md: str) -> None:
+    replace_readme_block("results", f"![throughput and p99 latency](results/benchmark.png)\n\n{table_md}")
 
 
 # ---------------------------------------------------------------- main

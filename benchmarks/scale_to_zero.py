@@ -300,12 +300,7 @@ def markdown(meta: dict, s: dict) -> str:
 
 
 def update_readme(table: str) -> None:
-    readme = BENCH / "README.md"
-    start, end = "<!-- scale-to-zero:start -->", "<!-- scale-to-zero:end -->"
-    text = readme.read_text()
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        readme.write_text(head + f"{start}\n\n{table}\n{end}" + rest.split(end, 1)[1])
+    run.replace_readme_block("scale-to-zero", table)
 
 
 def main(argv: list[str] | None = None) -> int:

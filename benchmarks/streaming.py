@@ -276,12 +276,7 @@ def markdown(meta: dict, res: dict, concurrency: list[int]) -> str:
 
 
 def update_readme(table: str) -> None:
-    readme = BENCH / "README.md"
-    start, end = "<!-- streaming:start -->", "<!-- streaming:end -->"
-    text = readme.read_text()
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        readme.write_text(head + f"{start}\n\n{table}\n{end}" + rest.split(end, 1)[1])
+    run.replace_readme_block("streaming", table)
 
 
 def main(argv: list[str] | None = None) -> int:
