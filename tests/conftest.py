@@ -60,6 +60,11 @@ class ServerProcess:
         self.stderr_path = tmp_path / f"server-{self.port}.err"
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         full_env.pop("PORT", None)
+        if cwd is None:
+            # An AsyncAPI's default store is .myelin/ in the working directory: in the checkout, servers of tests
+            # running at the same time (pytest-xdist workers) would share it; the servers of one test share theirs,
+            # as they did .myelin/. A test may still pass its own.
+            full_env.setdefault("MYELIN_STATE_DIR", str(tmp_path / "myelin-state"))
         self._out = open(self.stdout_path, "wb")
         self._err = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
