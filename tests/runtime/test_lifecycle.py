@@ -97,6 +97,9 @@ def test_dead_worker_is_replaced_and_requests_do_not_hang(start_server):
     assert ok == 10
     time.sleep(0.5)
     assert "worker died" in server.stdout()
+    # The replacement answers once it has loaded the API (before, it may get a connection and answer 503 not
+    # ready: on a busy machine its start takes longer than the loop above).
+    server.wait_workers("crashy", 2)
     pids = {httpx.post(f"{server.base}/crashy", json={}).json()["pid"] for _ in range(30)}
     assert len(pids) == 2  # back to full strength
 
