@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -60,6 +61,11 @@ class ServerProcess:
         self.stderr_path = tmp_path / f"server-{self.port}.err"
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         full_env.pop("PORT", None)
+        if cwd is None:
+            # An AsyncAPI's default store is .myelin/ in the working directory: in the checkout, servers of tests
+            # running at the same time (pytest-xdist workers) would share it; the servers of one test share theirs,
+            # as they did .myelin/. A test may still pass its own.
+            full_env.setdefault("MYELIN_STATE_DIR", str(tmp_path / "myelin-state"))
         self._out = open(self.stdout_path, "wb")
         self._err = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
@@ -162,3 +168,74 @@ def start_server(tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+# -- running in parallel (pytest-xdist, pytest.ini) ------------------------------------------------------------------
+#: Test folders whose modules share session-scoped fixtures (the Pulumi program's runs of both stacks; `myelin local`
+#: serving the protocol examples): each folder is one unit of work for one worker, so these start once per run.
+SHARED_SESSION_FOLDERS = ("tests/infra/", "tests/protocols/")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadscope (a module, or a class, to one worker), except that each folder of SHARED_SESSION_FOLDERS
+    goes to one worker whole."""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FolderScopeScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            for folder in SHARED_SESSION_FOLDERS:
+                if nodeid.startswith(folder):
+                    return folder
+            return super()._split_scope(nodeid)
+
+    return FolderScopeScheduling(config, log)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "solo: runs while no other test of the run does (its assertions measure load, latency or CPU "
+                   "time); on a module (pytestmark), for the whole module, its module-scoped fixtures included")
+
+
+_SOLO_LOCK = ROOT / ".myelin" / "test-locks" / "solo.lock"
+_holding_solo = False
+
+
+@contextlib.contextmanager
+def _solo_lock(exclusive: bool):
+    """flock on _SOLO_LOCK: exclusive for a solo test or module, shared for any other test (so the worker processes
+    run other tests side by side, and a solo one alone). Uncontended in a one-process run."""
+    global _holding_solo
+    if _holding_solo:  # inside a solo module: this process holds the exclusive lock already
+        yield
+        return
+    import fcntl
+
+    _SOLO_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(_SOLO_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        _holding_solo = exclusive
+        yield
+    finally:
+        _holding_solo = False
+        os.close(fd)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _solo_module(request):
+    """A module marked solo holds the lock from before its module-scoped fixtures start until they stop."""
+    if any(m.name == "solo" for m in request.node.own_markers):
+        with _solo_lock(exclusive=True):
+            yield
+    else:
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _solo_test(request):
+    with _solo_lock(exclusive=request.node.get_closest_marker("solo") is not None):
+        yield

@@ -11,12 +11,15 @@ import shutil
 import subprocess
 import threading
 
+from process_lock import file_lock, machine_lock_path
+
 _lock = threading.Lock()
 
 
 def ensure(binary: str, package: str) -> str:
     """The path of `binary`, installing Debian's `package` first when it is missing."""
-    with _lock:
+    # Threads of one process, then the processes of the run (pytest-xdist workers) and other runs on the machine.
+    with _lock, file_lock(machine_lock_path("apt")):
         path = shutil.which(binary)
         if path:
             return path

@@ -16,6 +16,8 @@ from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.sync_await import _sync_await
 from pulumi.runtime.stack import run_pulumi_func
 
+from process_lock import file_lock, repo_lock_path
+
 from .pulumi_mocks import MyelinMocks, Recorded
 
 REPO = Path(__file__).resolve().parents[2]
@@ -257,7 +259,10 @@ def run_program(stack: str, config: dict[str, Any], main: Path = MAIN) -> StackR
             if isinstance(value, pulumi.Output) and _sync_await(value.is_secret()):
                 secret_outputs.add(name)
 
-    _sync_await(run_pulumi_func(program))
+    # One program run at a time across the test run's processes: each run stages the images' build contexts under
+    # the repository's .myelin/build/<stack>-<api>/, deleting what is there first.
+    with file_lock(repo_lock_path("pulumi-program")):
+        _sync_await(run_pulumi_func(program))
     return StackRun(stack=stack, config=config, resources=list(mocks.resources), calls=list(mocks.calls),
                     outputs=outputs, secret_outputs=secret_outputs, ignore_changes=ignore_changes, nodes=nodes,
                     aliases=aliases)

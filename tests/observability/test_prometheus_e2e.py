@@ -29,6 +29,9 @@ from myelin import contract
 
 from .harness import API, QUEUED, SHADOWED, SPLIT, STREAMED, Jobs, Load, ObservedStack, burst
 
+# The in-flight and KEDA values are checked against the load's client count: no other test's load beside it.
+pytestmark = pytest.mark.solo
+
 CLIENTS = 4  # one of them sends requests that fail
 STREAM_CLIENTS = 2
 #: The API each kind of panel is evaluated for.

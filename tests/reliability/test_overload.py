@@ -6,6 +6,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from .helpers import APIS, RssSampler, Tally, outcome_of, rss_kb
 
@@ -15,6 +16,7 @@ SLEEP_S = 0.3
 SERVING_TIMEOUT_S = 10     # slow's serving.timeout
 
 
+@pytest.mark.solo  # its refusals' latency and the memory peak are measured: alone on the machine
 def test_ten_times_capacity(start_server):
     server = start_server("serve", str(APIS / "slow"))
     url = f"{server.base}/slow"

@@ -17,6 +17,8 @@ import time
 import httpx
 import pytest
 
+from adversarial.helpers import metric, wait_for
+
 from .helpers import APIS
 
 ROOT = APIS.parents[2]
@@ -64,7 +66,10 @@ def test_sighup_drains_like_sigterm(start_server, processes):
     threads = [threading.Thread(target=call) for _ in range(2)]
     for t in threads:
         t.start()
-    time.sleep(0.3)  # both in flight
+    # Both admitted before the signal (a fixed sleep lost the race on a busy machine: one request came after the
+    # SIGHUP and rightly got the draining server's 503).
+    wait_for(lambda: metric(httpx.get(f"{server.base}/metrics", timeout=5).text, "myelin_in_flight_requests",
+                            "slow") == 2, 10, "both requests in flight")
     server.signal(signal.SIGHUP)
     for t in threads:
         t.join(10)

@@ -8,6 +8,8 @@ import time
 
 import httpx
 
+from adversarial.helpers import metric, wait_for
+
 APIS = "tests/runtime/apis"
 
 
@@ -16,7 +18,9 @@ def test_sigterm_drains_in_flight_then_exits_zero(start_server):
     client = httpx.Client(timeout=10)
     with cf.ThreadPoolExecutor(1) as pool:
         slow = pool.submit(client.post, f"{server.base}/echo", params={"mode": "sleep", "s": "0.8"}, json={})
-        time.sleep(0.2)
+        # In flight before the signal (a fixed 0.2 s could lose that race on a busy machine).
+        wait_for(lambda: metric(httpx.get(f"{server.base}/metrics", timeout=5).text, "myelin_in_flight_requests",
+                                "echo") == 1, 10, "the slow request in flight")
         server.signal(signal.SIGTERM)
         time.sleep(0.1)
         # readiness turns 503 at once; new predictions are refused cleanly
@@ -97,6 +101,9 @@ def test_dead_worker_is_replaced_and_requests_do_not_hang(start_server):
     assert ok == 10
     time.sleep(0.5)
     assert "worker died" in server.stdout()
+    # The replacement answers once it has loaded the API (before, it may get a connection and answer 503 not
+    # ready: on a busy machine its start takes longer than the loop above).
+    server.wait_workers("crashy", 2)
     pids = {httpx.post(f"{server.base}/crashy", json={}).json()["pid"] for _ in range(30)}
     assert len(pids) == 2  # back to full strength
 
@@ -106,7 +113,9 @@ def test_supervisor_drains_workers_and_exits_zero(start_server):
     server.wait_workers("crashy", 2)
     with cf.ThreadPoolExecutor(2) as pool:
         slow = [pool.submit(httpx.post, f"{server.base}/crashy", json={"sleep": 0.8}, timeout=10) for _ in range(2)]
-        time.sleep(0.3)
+        # Both admitted before the signal (a fixed 0.3 s could lose that race on a busy machine).
+        wait_for(lambda: metric(httpx.get(f"{server.base}/metrics", timeout=5).text, "myelin_in_flight_requests",
+                                "crashy") == 2, 10, "both requests in flight")
         server.signal(signal.SIGTERM)
         assert [f.result().status_code for f in slow] == [200, 200]
     assert server.proc.wait(timeout=15) == 0
