@@ -24,6 +24,7 @@ def test_sigterm_under_a_stream(start_server):
     signalled_at: list[float] = []
     refusals: list[str] = []
     finished_in_drain: list[str | None] = []  # Connection header of 200s for requests in flight at SIGTERM
+    sequences: dict[int, list[object]] = {i: [] for i in range(CLIENTS)}  # each client's outcomes after SIGTERM
     lock = threading.Lock()
 
     def client(i: int) -> None:
@@ -42,6 +43,7 @@ def test_sigterm_under_a_stream(start_server):
                         if signalled_at:
                             finished_in_drain.append(response.headers.get("connection"))
                 if not pre:
+                    sequences[i].append(outcome)
                     if outcome == 503:
                         refusals.append((response.json()["error"]["type"], response.headers.get("retry-after")))
                     if outcome == "refused":  # the process has exited: nothing more to learn
@@ -71,7 +73,15 @@ def test_sigterm_under_a_stream(start_server):
     print(before.summary("drain, before SIGTERM") + " | " + after.summary("after SIGTERM")
           + f" | exit={code} in {exited_after:.2f}s")
     assert before.sent == before.counts[200] and before.sent >= CLIENTS  # nothing in flight was lost
-    assert set(after.counts) <= {503, "refused"}, after.counts            # later ones refused cleanly
+    # Later ones are refused cleanly: 503 while draining, then the port is closed. One exception no server can
+    # avoid: a connection the kernel completed into the listening socket's queue in the instant before the process
+    # closed it is reset (ReadError), never read. So a ReadError must be that client's last request to the live
+    # process: the very next one finds the port closed.
+    assert set(after.counts) <= {503, "refused", "ReadError"}, after.counts
+    for outcomes in sequences.values():
+        for at, outcome in enumerate(outcomes):
+            if outcome == "ReadError":
+                assert outcomes[at + 1:] == ["refused"], outcomes
     assert after.counts[503] + after.counts["refused"] >= CLIENTS
     assert set(refusals) <= {("shutting_down", "1")}, set(refusals)
     # Answers given while draining close their connection, so no client reuses one the server is about to
