@@ -167,9 +167,7 @@ class Batcher:
         self.running += 1
         self.running_requests += size
         for item in items:  # the batch's requests are in one call (stuck together: lifecycle.Lifecycle.scan)
-            ticket = item.ticket
-            ticket.calling = True  # Ticket.begin_call(items), inlined: once per request of every batch
-            ticket.call = items
+            item.ticket.begin_call(items)
         if self._on_batch is not None:
             self._on_batch(size)
         plain = not any(item.many for item in items)  # one prediction per request: the common case
