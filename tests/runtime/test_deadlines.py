@@ -1,12 +1,10 @@
-"""invoke.Deadlines: request deadlines on one timer, and the async predict's first step on the request's task."""
+"""invoke.Deadlines: request deadlines on one timer."""
 
 from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-from myelin.invoke import Deadlines, Timeout, _resume
+from myelin.invoke import Deadlines, Timeout
 
 
 def test_each_future_fails_at_its_deadline_and_only_then():
@@ -60,41 +58,4 @@ def test_answered_entries_do_not_pile_up_behind_a_long_one():
             deadlines.clear(e)
         assert len(deadlines._queue) <= 2 * Deadlines.COMPACT_ABOVE + 2
         deadlines.close()
-    asyncio.run(scenario())
-
-
-def test_resume_runs_a_started_coroutine_to_its_end_in_a_task_and_delivers_cancellation():
-    async def predict(gate, log):
-        log.append("first step")
-        await gate
-        log.append("after the await")
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            log.append("cancelled")
-            raise
-        return "unreachable"
-
-    async def scenario():
-        loop = asyncio.get_running_loop()
-        gate = loop.create_future()
-        log: list[str] = []
-        coro = predict(gate, log)
-        yielded = coro.send(None)  # the first step, on this task
-        assert log == ["first step"]
-        task = loop.create_task(_resume(coro, yielded))
-        await asyncio.sleep(0)
-        gate.set_result(None)
-        await asyncio.sleep(0.01)
-        assert log == ["first step", "after the await"]
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert log[-1] == "cancelled"
-
-        async def returns_after_await():
-            await asyncio.sleep(0)
-            return 42
-        coro = returns_after_await()
-        assert await loop.create_task(_resume(coro, coro.send(None))) == 42
     asyncio.run(scenario())
