@@ -51,7 +51,7 @@ class Deadlines:
     load balancer, or whose body took longer than a later one's) gets a timer of its own.
     """
 
-    __slots__ = ("_loop", "_seconds", "_queue", "_timer", "_cleared")
+    __slots__ = ("_loop", "_seconds", "_queue", "_timer", "_timer_at", "_cleared")
 
     COMPACT_ABOVE = 1024
 
@@ -60,6 +60,7 @@ class Deadlines:
         self._seconds = seconds  # serving.timeout, for the 504's message
         self._queue: deque[list] = deque()  # [deadline, future or None once cleared]
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when `_timer` fires
         self._cleared = 0  # cleared entries still queued
 
     def add(self, fut: asyncio.Future, deadline: float) -> list:
@@ -73,8 +74,15 @@ class Deadlines:
                 return [deadline, fut, self._loop.call_at(deadline, _expire, fut, self._seconds)]
         entry = [deadline, fut]
         queue.append(entry)
-        if self._timer is None:
-            self._timer = self._loop.call_at(queue[0][0], self._fire)
+        timer = self._timer
+        if timer is not None and deadline < self._timer_at and len(queue) == 1:
+            # The queue emptied (answered entries popped or compacted) while the timer waits for a later deadline
+            # than this one's: it would expire late.
+            timer.cancel()
+            timer = None
+        if timer is None:
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._fire)
         return entry
 
     def clear(self, entry: list) -> None:
@@ -100,6 +108,7 @@ class Deadlines:
                 self._cleared -= 1
                 continue
             if entry[0] > now:
+                self._timer_at = entry[0]
                 self._timer = self._loop.call_at(entry[0], self._fire)
                 return
             queue.popleft()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from myelin.invoke import Deadlines, Timeout
 
 
@@ -59,3 +61,39 @@ def test_answered_entries_do_not_pile_up_behind_a_long_one():
         assert len(deadlines._queue) <= 2 * Deadlines.COMPACT_ABOVE + 2
         deadlines.close()
     asyncio.run(scenario())
+
+
+def test_an_earlier_deadline_after_the_queue_emptied_does_not_wait_for_the_armed_timer():
+    """The timer was armed for an answered request's later deadline; the queue emptied of answered entries when the
+    next one came, and that one, earlier (its body was slower), waited for the old timer: a 504 an hour late here."""
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines(loop, 1.0)
+        now = loop.time()
+        answered, early = loop.create_future(), loop.create_future()
+        entry = deadlines.add(answered, now + 3600)
+        answered.set_result("ok")
+        deadlines.clear(entry)
+        deadlines.add(early, now + 0.05)
+        await asyncio.wait_for(asyncio.shield(early), 30)
+    with pytest.raises(Timeout):
+        asyncio.run(scenario())
+
+
+def test_an_earlier_deadline_after_a_compaction_emptied_the_queue():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines(loop, 1.0)
+        now = loop.time()
+        for i in range(Deadlines.COMPACT_ABOVE + 2):
+            f = loop.create_future()
+            e = deadlines.add(f, now + 3600 + i)
+            f.set_result(i)
+            if i:  # the first stays at the head until the compaction removes every answered one
+                deadlines.clear(e)
+        deadlines.clear(deadlines._queue[0])
+        early = loop.create_future()
+        deadlines.add(early, now + 0.05)
+        await asyncio.wait_for(asyncio.shield(early), 30)
+    with pytest.raises(Timeout):
+        asyncio.run(scenario())
