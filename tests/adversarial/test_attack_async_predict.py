@@ -42,7 +42,11 @@ class Predictor:
             for _ in range(2000):
                 await asyncio.sleep(0)
             return {"slept": 2000}
-        raise ValueError(mode)
+        if mode.startswith("later-"):  # raised after the first await, from predict's own task
+            await asyncio.sleep(0)
+            mode = mode[len("later-"):]
+        raise {"stop": StopIteration, "exit": SystemExit, "interrupt": KeyboardInterrupt,
+               "cancelled": asyncio.CancelledError}.get(mode, ValueError)(mode)
 """
 
 
@@ -58,5 +62,10 @@ def test_timeouts_and_current_task_inside_an_async_predict(tmp_path, start_serve
                                ("task", {"same_task": True}), ("many_sleeps", {"slept": 2000})):
             r = client.post(url, json={"mode": mode})
             assert (r.status_code, r.json()) == (200, expected), (mode, r.text)
+        # What predict raises, at its first step or later, is its failure (a JSON 500); never the server's.
+        for mode in ("stop", "exit", "interrupt", "cancelled", "later-stop", "later-exit", "later-interrupt",
+                     "later-cancelled"):
+            r = client.post(url, json={"mode": mode})
+            assert (r.status_code, r.json()["error"]["type"]) == (500, "predictor_failure"), (mode, r.text)
         # Nothing left running: the server is ready, not stuck behind a predict that never saw its timeout.
         assert client.get(f"{server.base}/readyz").json()["status"] == "ready"
