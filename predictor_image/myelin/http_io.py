@@ -43,6 +43,11 @@ class ClientGone(Exception):
 _CLIENT_ID = re.compile(rb"[\x21-\x7e]+").fullmatch
 
 
+def accepted_request_id(value: bytes) -> bool:
+    """Whether `RequestHead` takes this X-Request-Id value as the request's id (else it makes one up)."""
+    return _CLIENT_ID(value[:MAX_REQUEST_ID]) is not None
+
+
 class RequestHead:
     """What the predict path needs from the request headers, found in one pass."""
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import types
 from collections import deque
 from typing import Any, Callable
 
@@ -52,7 +51,7 @@ class Deadlines:
     load balancer, or whose body took longer than a later one's) gets a timer of its own.
     """
 
-    __slots__ = ("_loop", "_seconds", "_queue", "_timer", "_cleared")
+    __slots__ = ("_loop", "_seconds", "_queue", "_timer", "_timer_at", "_cleared")
 
     COMPACT_ABOVE = 1024
 
@@ -61,6 +60,7 @@ class Deadlines:
         self._seconds = seconds  # serving.timeout, for the 504's message
         self._queue: deque[list] = deque()  # [deadline, future or None once cleared]
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when `_timer` fires
         self._cleared = 0  # cleared entries still queued
 
     def add(self, fut: asyncio.Future, deadline: float) -> list:
@@ -74,8 +74,15 @@ class Deadlines:
                 return [deadline, fut, self._loop.call_at(deadline, _expire, fut, self._seconds)]
         entry = [deadline, fut]
         queue.append(entry)
-        if self._timer is None:
-            self._timer = self._loop.call_at(queue[0][0], self._fire)
+        timer = self._timer
+        if timer is not None and deadline < self._timer_at and len(queue) == 1:
+            # The queue emptied (answered entries popped or compacted) while the timer waits for a later deadline
+            # than this one's: it would expire late.
+            timer.cancel()
+            timer = None
+        if timer is None:
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._fire)
         return entry
 
     def clear(self, entry: list) -> None:
@@ -101,6 +108,7 @@ class Deadlines:
                 self._cleared -= 1
                 continue
             if entry[0] > now:
+                self._timer_at = entry[0]
                 self._timer = self._loop.call_at(entry[0], self._fire)
                 return
             queue.popleft()
@@ -111,26 +119,6 @@ class Deadlines:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-
-@types.coroutine
-def _resume(coro: Any, yielded: Any) -> Any:
-    """Go on running `coro`, an async predict whose first step ran on the caller's stack and yielded `yielded`
-    (what asyncio's Task does with a coroutine, from its second step on): what it awaits is awaited here, what
-    is thrown in (a cancellation) is thrown into it."""
-    while True:
-        try:
-            yield yielded
-        except BaseException as err:  # noqa: BLE001 - delivered to the predict, as a Task would
-            try:
-                yielded = coro.throw(err)
-            except StopIteration as done:
-                return done.value
-        else:
-            try:
-                yielded = coro.send(None)
-            except StopIteration as done:
-                return done.value
 
 
 class PredictorFailure(Exception):
@@ -349,16 +337,10 @@ class Invoker:
                 raise Timeout(self.timeout)
         ticket.calling = True  # Ticket.begin_call(), inlined on the hot path
         try:
-            if self.predictor.is_async:
-                # Its first step runs here, on the request's own task: a predict that returns without
-                # awaiting anything (or once what it awaits is ready) costs no task of its own.
-                started = self._start_async(payload, kwargs)
-                if type(started) is not asyncio.Task:
-                    self.release(ticket)
-                    return started[0]
-                inner, queued = started, None
-            else:
-                inner, queued = self._start_call(payload, kwargs)
+            # An async predict runs in a task of its own from its first step: what it captures as
+            # `asyncio.current_task()` before its first await (asyncio.timeout, wait_for, a TaskGroup) must be
+            # the task that runs the rest of it, not the request's (tests/adversarial/test_attack_async_predict.py).
+            inner, queued = self._start_call(payload, kwargs)
         except BaseException:
             self.release(ticket)
             raise
@@ -375,15 +357,3 @@ class Invoker:
             raise  # a sync predict already running cannot be interrupted: stuck until it returns
         finally:
             deadlines.clear(entry)
-
-    def _start_async(self, payload: Any, kwargs: dict[str, Any]) -> tuple[Any] | asyncio.Task:
-        """Run an async predict's first step now: `(result,)` when it returned, else the task that goes on
-        running it. Raises what predict raised (wrapped as `failure()` does)."""
-        try:
-            coro = self.predictor.predict(payload, **kwargs)
-            yielded = coro.send(None)
-        except StopIteration as done:
-            return (done.value,)
-        except BaseException as err:  # noqa: BLE001 - raised by the predictor itself (nothing cancels this step)
-            raise failure(err) from None
-        return self._loop.create_task(_guarded(_resume(coro, yielded)))

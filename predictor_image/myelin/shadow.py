@@ -26,7 +26,7 @@ import httpx
 from prometheus_client import Counter
 
 from . import contract as c
-from .http_io import declared_length, has_header, new_request_id
+from .http_io import accepted_request_id, declared_length, has_header, new_request_id
 from .settings import ShadowTarget
 
 #: Copies of requests in flight to the shadow, per splitter; one beyond is dropped (reason "busy").
@@ -286,6 +286,8 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
     if b"chunked" in fields.get(b"transfer-encoding", b""):
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size < 0:
+                raise ValueError(f"negative chunk size: {size}")
             if size == 0:
                 while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, then the empty line
                     pass
@@ -296,7 +298,10 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
         while await reader.read(CopyConnections._READ):
             pass
         return status, False
-    await _skip(reader, int(length))
+    size = int(length)
+    if size < 0:
+        raise ValueError(f"negative Content-Length: {size}")
+    await _skip(reader, size)
     return status, reusable
 
 
@@ -337,8 +342,10 @@ class ShadowMirror:
         if not slots.take(declared_length(headers), self.max_body[splitter]):
             await handle(runtime, scope, receive, send)
             return
-        # The request id is decided here, so the API's answer and the shadow's log carry the same one.
-        if not any(k == b"x-request-id" and v for k, v in headers):
+        # The request id is decided here, so the API's answer and the shadow's log carry the same one: a client's id
+        # the API would not take (not visible ASCII, empty) is followed by a new one, which both take (the last
+        # accepted one wins).
+        if not any(k == b"x-request-id" and accepted_request_id(v) for k, v in headers):
             scope = {**scope, "headers": [*headers, (b"x-request-id", new_request_id().encode())]}
         copy = BodyCopy(slots, self.max_body[splitter], body=b"" if has_no_body(headers) else None)
         try:

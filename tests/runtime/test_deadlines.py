@@ -1,4 +1,4 @@
-"""invoke.Deadlines: request deadlines on one timer, and the async predict's first step on the request's task."""
+"""invoke.Deadlines: request deadlines on one timer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from myelin.invoke import Deadlines, Timeout, _resume
+from myelin.invoke import Deadlines, Timeout
 
 
 def test_each_future_fails_at_its_deadline_and_only_then():
@@ -63,38 +63,37 @@ def test_answered_entries_do_not_pile_up_behind_a_long_one():
     asyncio.run(scenario())
 
 
-def test_resume_runs_a_started_coroutine_to_its_end_in_a_task_and_delivers_cancellation():
-    async def predict(gate, log):
-        log.append("first step")
-        await gate
-        log.append("after the await")
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            log.append("cancelled")
-            raise
-        return "unreachable"
-
+def test_an_earlier_deadline_after_the_queue_emptied_does_not_wait_for_the_armed_timer():
+    """The timer was armed for an answered request's later deadline; the queue emptied of answered entries when the
+    next one came, and that one, earlier (its body was slower), waited for the old timer: a 504 an hour late here."""
     async def scenario():
         loop = asyncio.get_running_loop()
-        gate = loop.create_future()
-        log: list[str] = []
-        coro = predict(gate, log)
-        yielded = coro.send(None)  # the first step, on this task
-        assert log == ["first step"]
-        task = loop.create_task(_resume(coro, yielded))
-        await asyncio.sleep(0)
-        gate.set_result(None)
-        await asyncio.sleep(0.01)
-        assert log == ["first step", "after the await"]
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert log[-1] == "cancelled"
+        deadlines = Deadlines(loop, 1.0)
+        now = loop.time()
+        answered, early = loop.create_future(), loop.create_future()
+        entry = deadlines.add(answered, now + 3600)
+        answered.set_result("ok")
+        deadlines.clear(entry)
+        deadlines.add(early, now + 0.05)
+        await asyncio.wait_for(asyncio.shield(early), 30)
+    with pytest.raises(Timeout):
+        asyncio.run(scenario())
 
-        async def returns_after_await():
-            await asyncio.sleep(0)
-            return 42
-        coro = returns_after_await()
-        assert await loop.create_task(_resume(coro, coro.send(None))) == 42
-    asyncio.run(scenario())
+
+def test_an_earlier_deadline_after_a_compaction_emptied_the_queue():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines(loop, 1.0)
+        now = loop.time()
+        for i in range(Deadlines.COMPACT_ABOVE + 2):
+            f = loop.create_future()
+            e = deadlines.add(f, now + 3600 + i)
+            f.set_result(i)
+            if i:  # the first stays at the head until the compaction removes every answered one
+                deadlines.clear(e)
+        deadlines.clear(deadlines._queue[0])
+        early = loop.create_future()
+        deadlines.add(early, now + 0.05)
+        await asyncio.wait_for(asyncio.shield(early), 30)
+    with pytest.raises(Timeout):
+        asyncio.run(scenario())
