@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from adversarial.helpers import wait_for
 from conftest import ROOT, ServerProcess, free_port
 
 PREDICTOR = """
@@ -55,20 +56,6 @@ def _write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp~")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = pred()
-            if last:
-                return last
-        except (httpx.HTTPError, KeyError, ValueError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what} (last: {last})")
 
 
 def api_info(server: ServerProcess, name: str) -> dict:
