@@ -29,24 +29,28 @@ STEPS = 80  # samples 15 s apart: 20 minutes of series
 EVAL = "15m"
 WINDOW = "1m"
 
-#: Requests per 15 s each weighted pod answered on the splitter's path: 90/10 by API (v1 on two pods).
+#: Every figure below is a per-second rate, and every series grows by 15x its rate per 15 s sample, so each rate
+#: promtool computes is an integer: sums over series are exact in any order (Prometheus sums series in an order
+#: that varies between runs; with rates like 5/15 + 3/15 + 2/15 the last bit of a ratio did too) and each expected
+#: ratio is one correctly rounded division, as in PromQL.
+#: Requests per second each weighted pod answered on the splitter's path: 90/10 by API (v1 on two pods).
 SPLIT = {("sentiment-v1", "sentiment-v1-6d5f7c9b8-a"): 54, ("sentiment-v1", "sentiment-v1-6d5f7c9b8-b"): 54,
          ("sentiment-v2", "sentiment-v2-7f9c8d6b5-a"): 12}
-#: The shadow's copies per 15 s by status (sent by the weighted pods), and the requests not copied by reason.
+#: The shadow's copies per second by status (sent by the weighted pods), and the requests not copied by reason.
 COPIES = {"200": 90, "500": 5, "timeout": 3, "error": 2}
 DROPS = {"busy": 6, "too_large": 3}
-#: Each weighted API's own requests per 15 s by status (its endpoint and the splitter's path): v1 5% 5xx, v2 none.
+#: Each weighted API's own requests per second by status (its endpoint and the splitter's path): v1 5% 5xx, v2 none.
 #: kmeans is served by the stack but weighed by no splitter: its 5xx never show on this dashboard.
 ANSWERED = {"sentiment-v1": {"200": 95, "500": 5}, "sentiment-v2": {"200": 12}, "kmeans": {"200": 1, "503": 9}}
 
-#: The panels' expected values at EVAL (per-second rates: the 15 s increases / 15).
+#: The panels' expected values at EVAL.
 EXPECTED = {
-    "split_share": [({"api": "sentiment-v1"}, 0.9), ({"api": "sentiment-v2"}, 0.1)],
-    "split_requests": [({"api": "sentiment-v1"}, 108 / 15), ({"api": "sentiment-v2"}, 12 / 15)],
-    "shadow_copies_by_status": [({"status": s}, n / 15) for s, n in COPIES.items()],
-    "shadow_drops_by_reason": [({"reason": r}, n / 15) for r, n in DROPS.items()],
-    "shadow_error_ratio": [({}, 0.1)],  # (5 + 3 + 2) / 100
-    "weighted_error_ratio": [({"api": "sentiment-v1"}, 0.05), ({"api": "sentiment-v2"}, 0.0)],
+    "split_share": [({"api": "sentiment-v1"}, 108 / 120), ({"api": "sentiment-v2"}, 12 / 120)],
+    "split_requests": [({"api": "sentiment-v1"}, 108), ({"api": "sentiment-v2"}, 12)],
+    "shadow_copies_by_status": [({"status": s}, n) for s, n in COPIES.items()],
+    "shadow_drops_by_reason": [({"reason": r}, n) for r, n in DROPS.items()],
+    "shadow_error_ratio": [({}, (5 + 3 + 2) / 100)],
+    "weighted_error_ratio": [({"api": "sentiment-v1"}, 5 / 100), ({"api": "sentiment-v2"}, 0.0)],
 }
 
 
@@ -54,8 +58,9 @@ def _labels(labels: dict[str, str]) -> str:
     return "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
 
 
-def _counter(metric: str, per_step: int, **labels: str) -> dict[str, str]:
-    return {"series": f"{metric}{_labels({'namespace': 'apis', **labels})}", "values": f"0+{per_step}x{STEPS}"}
+def _counter(metric: str, per_second: int, **labels: str) -> dict[str, str]:
+    """A counter growing by `per_second` a second, sampled every 15 s."""
+    return {"series": f"{metric}{_labels({'namespace': 'apis', **labels})}", "values": f"0+{15 * per_second}x{STEPS}"}
 
 
 def input_series(copies: dict[str, int]) -> list[dict[str, str]]:
