@@ -81,6 +81,11 @@ class Handoff(concurrent.futures.Executor):
         self._results: dict[asyncio.AbstractEventLoop, deque] = {}
         self._wake_pending: set[asyncio.AbstractEventLoop] = set()
 
+    @property
+    def queued(self) -> int:
+        """Calls waiting for a thread (read without the lock: a hint, e.g. for a stream's read-ahead to yield)."""
+        return len(self._work)
+
     # ---------------------------------------------------------------- the loop's side
     def start(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> tuple[asyncio.Future, Call]:
         """Run `fn(*args)` in a thread: (a future resolved on `loop`, the call, to cancel it while queued).

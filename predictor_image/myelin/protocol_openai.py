@@ -251,6 +251,8 @@ class Completion(Framing):
     """The text of one completion as it is produced: stop sequences, max_tokens, usage; and, streaming, its
     Server-Sent Events (OpenAI's chunks, then `data: [DONE]`). Not streaming, it only collects."""
 
+    pure = False  # stateful (stop sequences, the text so far): items are encoded on the loop, one step at a time
+
     def __init__(self, request: TextRequest, model: str, request_id: str):
         super().__init__(SSE)
         self.request = request

@@ -11,14 +11,15 @@
   its request's `lifecycle.Ticket` until then too: a step still running past its deadline (a sync
   `next()` cannot be interrupted) is a stuck call, counted in flight and stuck, as a plain predict
   past its deadline is. `serving.timeout` bounds the first item (from arrival, queueing included)
-  and every later step (handing an item to the client and producing the next);
+  and every later step (handing the items produced to the client and getting the next);
   `serving.max_stream_duration` bounds the whole stream.
 - A client disconnect (uvicorn reports it only as `http.disconnect` from `receive()`, so a watcher
   task waits on it), a drain past its grace period and `max_stream_duration` end the stream from
   outside: the pump task is cancelled, the generator closed (its `finally` runs) and the slot freed.
-- A sync generator's `next()` runs in the API's thread pool, one step at a time, so the generator
-  is never in two threads at once; it is closed in the pool too, once the step that is running
-  returns (a thread cannot be interrupted). An async generator runs on the event loop; a step past
+- A sync generator's `next()` runs in the API's thread pool, so the generator is never in two
+  threads at once; it is closed in the pool too, once the step that is running returns (a thread
+  cannot be interrupted). With NDJSON or SSE a thread reads a bounded number of items ahead of the
+  client, and the items waiting when the loop writes go out in one chunk (ThreadedGenerator). An async generator runs on the event loop; a step past
   its deadline is cancelled, and one that swallows the cancellation is stuck (counted so) until it
   returns, when the stream ends with the timeout error.
 """
@@ -30,12 +31,13 @@ import re
 import threading
 import time
 import traceback
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
 
 from .errors import HTTPError, PredictorError, error_body
+from .handoff import Handoff
 from .http_io import ClientGone
 from .invoke import Timeout, deliver, deliver_error
 from .loader import CallKind
@@ -51,8 +53,13 @@ STREAM_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _NEWLINES = re.compile(r"\r\n|\r|\n")
 _END = object()  # the generator is exhausted
-#: An async generator's items between two passes of the event loop (see AsyncItems.next).
+#: An async generator's items between two passes of the event loop (see AsyncItems.take).
 YIELD_EVERY = 32
+#: A sync generator's read-ahead (ThreadedGenerator): items, and bytes of them encoded, waiting for the loop at
+#: most; and how long a thread may go on reading ahead once the loop waits for an item it has (seconds).
+READ_AHEAD_ITEMS = 64
+READ_AHEAD_BYTES = 64 * 1024
+READ_AHEAD_DELAY = 0.0002
 
 
 # ------------------------------------------------------------------------------------------- framing
@@ -67,6 +74,9 @@ class Framing:
     __slots__ = ("content_type",)
     #: Set (by a framing that can) once the stream is complete: no further item is pulled.
     complete = False
+    #: `item` has no state and may run in any thread: a sync generator's items are encoded in the pool and read
+    #: ahead (ThreadedGenerator). A framing with state sets it False.
+    pure = True
 
     def __init__(self, content_type: bytes):
         self.content_type = content_type
@@ -106,58 +116,198 @@ def framing_for(headers: list[tuple[bytes, bytes]]) -> Framing:
 
 # ---------------------------------------------------------------------------------------- generators
 class ThreadedGenerator:
-    """A sync generator advanced in a thread pool one step at a time, and closed there."""
+    """A sync generator advanced in the API's thread pool, never in two threads at once, and closed there.
 
-    def __init__(self, gen: Any, executor: ThreadPoolExecutor, loop: asyncio.AbstractEventLoop,
-                 on_closed: Callable[[BaseException | None], None]):
+    Each `next()` that the event loop waits for is a round trip loop -> thread -> loop (two thread switches and a
+    loop wake-up, ~40 µs on one core: more than most generators' own step). So, with a stateless framing
+    (`Framing.pure`: NDJSON, SSE), a thread runs ahead of the client: it pulls and encodes items into a buffer
+    while the loop writes the previous ones, and the loop takes and writes every item waiting there in one chunk.
+    The read-ahead is bounded: at most READ_AHEAD_ITEMS items or READ_AHEAD_BYTES encoded bytes wait for the loop
+    (a client that stops reading stops the generator there), and a thread stops reading ahead when another call
+    waits for a thread of the pool (streams share it fairly, one step at a time, as without read-ahead) or when
+    the loop waits for an item it has and the next step would delay it past READ_AHEAD_DELAY (a slow step's item
+    goes out as soon as it is produced). A framing with state (protocol_openai.py's completion, which may end the
+    stream at an item) gets one step per request of the loop, as before: no item is pulled that it did not ask for.
+    """
+
+    def __init__(self, gen: Any, executor: Handoff, loop: asyncio.AbstractEventLoop,
+                 on_closed: Callable[[BaseException | None], None], encode: Callable[[Any], bytes] | None = None):
         self._gen = gen
         self._executor = executor
         self._loop = loop
         self._on_closed = on_closed
-        self._step: Future | None = None  # the pool's future of the last step: closing waits for it
-        self._ended = False  # exhausted, or raised: nothing left to close
+        #: framing.item when it may run in a pool thread: items are encoded there, and read ahead.
+        self._encode = encode
+        self.encoded = encode is not None
+        self._lock = threading.Lock()
+        # Under the lock: the items waiting for the loop, their bytes, what ended the generator (_END, or what to
+        # raise on the loop after the items), whether a thread runs (or is queued to run) `_produce`, whether the
+        # stream is closing, the loop's future while it waits for an item, and when a thread woke it.
+        self._buf: list[Any] = []
+        self._bytes = 0
+        self._done: Any = None
+        self._running = False
         self._closing = False
+        self._waiter: asyncio.Future | None = None
+        self._woke_at = 0.0
+        self._started = False
+        self._exhausted = False  # the generator returned or raised: nothing left to close
+        self._closed_reported = False
 
-    def next(self) -> asyncio.Future:
-        """The next item (or the end marker), resolved on the loop once one `next()` has run in the pool."""
-        fut = self._loop.create_future()
-        self._step = self._executor.submit(self._advance, fut)
-        return fut
+    # ---------------------------------------------------------------- the loop's side
+    async def take(self) -> Any:
+        """The items produced since the last take (a non-empty list, in order), or _END once the generator is
+        exhausted; raises what the generator raised (or _Unencodable), after the items that came before it."""
+        lock = self._lock
+        while True:
+            with lock:
+                buf = self._buf
+                if buf:
+                    self._buf = []
+                    self._bytes = 0
+                    self._woke_at = 0.0
+                    start = (self.encoded and not self._running and self._done is None and not self._closing)
+                    if start:
+                        self._running = True
+                    waiter = None
+                elif self._done is not None:
+                    done = self._done
+                    if done is _END:
+                        return _END
+                    raise done
+                elif self._closing:  # no step after close(): the generator is (being) closed
+                    return _END
+                else:
+                    waiter = self._waiter = self._loop.create_future()
+                    start = not self._running
+                    if start:
+                        self._running = True
+            if start:
+                self._start()
+            if waiter is None:
+                return buf
+            await waiter
 
-    def _advance(self, fut: asyncio.Future) -> None:
-        # The end of the stream is a value here: a StopIteration must never reach a future (asyncio refuses it).
+    def _start(self) -> None:
+        self._started = True
         try:
-            item = next(self._gen)
-        except StopIteration:
-            self._ended = True
-            item = _END
-        except BaseException as err:  # noqa: BLE001 - delivered to the stream, which ends with it
-            self._ended = True
-            self._loop.call_soon_threadsafe(deliver_error, fut, err)
-            return
-        self._loop.call_soon_threadsafe(deliver, fut, item)
+            self._executor.submit(self._produce).add_done_callback(self._lost)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            self._stop_producing(_shutting_down())
+
+    def _lost(self, step: Future) -> None:
+        """A `_produce` that never ran (the pool shut down with it queued): end the stream, close the generator."""
+        if step.cancelled():
+            self._stop_producing(_shutting_down())
+
+    def _stop_producing(self, done: BaseException) -> None:
+        with self._lock:
+            self._running = False
+            if self._done is None:
+                self._done = done
+            closing = self._closing
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if closing:
+            threading.Thread(target=self._close_here, name="close-stream", daemon=True).start()
 
     async def close(self) -> None:
         """Close the generator (its `finally` runs) once no step is running; the slot is freed after that."""
-        if self._closing:
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            running = self._running
+        if running:  # the thread closes it after the step under way (or when it starts, if still queued)
             return
-        self._closing = True
-        step = self._step
-        if step is None:  # never started: closing runs none of its code
+        if self._exhausted:
+            self._report_closed(None)
+        elif not self._started:  # never started: closing runs none of its code
             self._gen.close()
-            self._on_closed(None)
-        elif step.done() and self._ended:
-            self._on_closed(None)
+            self._report_closed(None)
         else:
-            step.cancel()  # a step still queued for a thread never runs
-            # Now if the step is over (or was cancelled), else in its thread when it returns.
-            step.add_done_callback(self._close_in_pool)
+            try:
+                self._executor.submit(self._close_here)
+            except RuntimeError:  # the pool is shut down (the server is stopping): close in a thread of its own
+                threading.Thread(target=self._close_here, name="close-stream", daemon=True).start()
 
-    def _close_in_pool(self, _: Future) -> None:
+    def _report_closed(self, error: BaseException | None) -> None:
+        if not self._closed_reported:
+            self._closed_reported = True
+            self._on_closed(error)
+
+    # ---------------------------------------------------------------- the pool's side
+    def _produce(self) -> None:
+        gen = self._gen
+        encode = self._encode
+        lock = self._lock
+        wake = self._loop.call_soon_threadsafe
+        limit_items = READ_AHEAD_ITEMS if encode is not None else 1
+        executor = self._executor
+        while True:
+            with lock:
+                if self._closing:
+                    self._running = False
+                    break
+            started = time.perf_counter()
+            # The end of the stream is a value here: a StopIteration must never reach a future (asyncio refuses it).
+            try:
+                item = next(gen)
+            except StopIteration:
+                self._finish(_END)
+                return
+            except BaseException as err:  # noqa: BLE001 - delivered to the stream, which ends with it
+                self._finish(err)
+                return
+            size = 0
+            if encode is not None:
+                try:
+                    item = encode(item)
+                except (TypeError, ValueError) as err:
+                    self._finish(_Unencodable(f"{type(item).__name__}: {err}"), exhausted=False)
+                    return
+                size = len(item)
+            now = time.perf_counter()
+            with lock:
+                self._buf.append(item)
+                self._bytes += size
+                waiter, self._waiter = self._waiter, None
+                if waiter is not None:
+                    self._woke_at = now
+                stop = not self._closing and (
+                    len(self._buf) >= limit_items or self._bytes >= READ_AHEAD_BYTES or executor.queued
+                    or (self._woke_at and now - self._woke_at + (now - started) > READ_AHEAD_DELAY))
+                if stop:
+                    self._running = False
+            if waiter is not None:
+                try:
+                    wake(_wake, waiter)
+                except RuntimeError:  # the loop is closed: the process is exiting
+                    return
+            item = None
+            if stop:
+                return
+        self._close_here()
+
+    def _finish(self, done: Any, exhausted: bool = True) -> None:
+        """The generator returned or raised (or an item could not be encoded): the loop gets `done` after the items."""
+        with self._lock:
+            self._exhausted = exhausted
+            self._done = done
+            self._running = False
+            closing = self._closing
+            waiter, self._waiter = self._waiter, None
         try:
-            self._executor.submit(self._close_here)
-        except RuntimeError:  # the pool is shut down (the server is stopping): close in a thread of its own
-            threading.Thread(target=self._close_here, name="close-stream", daemon=True).start()
+            if waiter is not None:
+                self._loop.call_soon_threadsafe(_wake, waiter)
+            if closing:  # close() left it to this thread
+                if exhausted:
+                    self._loop.call_soon_threadsafe(self._report_closed, None)
+                else:
+                    self._close_here()
+        except RuntimeError:  # the loop is closed: the process is exiting
+            pass
 
     def _close_here(self) -> None:
         error = None
@@ -166,13 +316,20 @@ class ThreadedGenerator:
         except BaseException as err:  # noqa: BLE001 - e.g. a `finally` that raises or yields: logged
             error = err
         try:
-            self._loop.call_soon_threadsafe(self._on_closed, error)
+            self._loop.call_soon_threadsafe(self._report_closed, error)
         except RuntimeError:  # the loop is closed: the process is exiting
             pass
 
 
+def _wake(waiter: asyncio.Future) -> None:
+    if not waiter.done():  # e.g. the step's deadline passed first
+        waiter.set_result(None)
+
+
 class AsyncItems:
     """An async generator driven on the event loop."""
+
+    encoded = False  # take() gives the items as the generator yields them
 
     def __init__(self, agen: Any, on_closed: Callable[[BaseException | None], None]):
         self._agen = agen
@@ -181,7 +338,8 @@ class AsyncItems:
         self._closing = False
         self._steps = 0
 
-    async def next(self) -> Any:
+    async def take(self) -> Any:
+        """The next item, as a list of one, or _END."""
         # One pass of the event loop every YIELD_EVERY items: a generator that never awaits would otherwise keep
         # the loop to itself once its client is gone (a disconnected send returns at once): the disconnect, or a
         # drain, would go unseen until it ends.
@@ -189,7 +347,7 @@ class AsyncItems:
         if not self._steps % YIELD_EVERY:
             await asyncio.sleep(0)
         try:
-            return await self._anext()
+            return [await self._anext()]
         except StopAsyncIteration:
             return _END
 
@@ -209,7 +367,7 @@ class AsyncItems:
 
 # -------------------------------------------------------------------------------------------- errors
 class _Unencodable(Exception):
-    pass
+    """An item the framing could not encode (TypeError/ValueError): logged, the stream ends with a 500 error."""
 
 
 def _shutting_down() -> HTTPError:
@@ -277,7 +435,8 @@ class Stream:
             predictor = runtime.predictor
             gen = predictor.predict(payload, **kwargs)
             items = (AsyncItems(gen, self._closed) if predictor.kind is CallKind.ASYNC_GENERATOR
-                     else ThreadedGenerator(gen, invoker.executor, loop, self._closed))
+                     else ThreadedGenerator(gen, invoker.executor, loop, self._closed,
+                                            self.framing.item if self.framing.pure else None))
         except BaseException:
             self._closed(None)
             raise
@@ -307,13 +466,22 @@ class Stream:
             self.runtime.log.event("error", "closing the stream's generator raised", api=self.runtime.name,
                                    request_id=self.request_id, error=f"{type(error).__name__}: {error}")
 
-    def _encode(self, item: Any) -> bytes:
+    def _chunk(self, items: list, encoded: bool) -> bytes:
+        """The bytes of the items taken together (encoded here unless the pool already did)."""
+        if encoded:
+            return items[0] if len(items) == 1 else b"".join(items)
+        framing_item = self.framing.item
+        item = None
         try:
-            return self.framing.item(item)
+            if len(items) == 1:
+                item = items[0]
+                return framing_item(item)
+            parts = []
+            for item in items:
+                parts.append(framing_item(item))
+            return b"".join(parts)
         except (TypeError, ValueError) as err:
-            self.runtime.log.event("error", "a streamed item could not be encoded", api=self.runtime.name,
-                                   request_id=self.request_id, error=f"{type(item).__name__}: {err}")
-            raise _Unencodable() from None
+            raise _Unencodable(f"{type(item).__name__}: {err}") from None
 
     async def _write(self, items: ThreadedGenerator | AsyncItems, deadline: float) -> tuple[int, str | None]:
         send = self.send
@@ -321,23 +489,25 @@ class Stream:
         timeout = self.runtime.timeout
         ticket = self.ticket
         loop = self.runtime.loop
+        take = items.take
+        encoded = items.encoded
         self._items = items
         started = writing = False
         limit: asyncio.Timeout | None = None  # the deadline of the step under way
         try:
             async with asyncio.timeout_at(deadline) as limit:  # the first item: from arrival, queueing included
-                item = await items.next()
+                batch = await take()
             if limit.expired():  # an async step that swallowed its cancellation: late all the same
                 raise TimeoutError()
-            chunk = self._encode(item) if item is not _END else b""
+            chunk = self._chunk(batch, encoded) if batch is not _END else b""
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", self.framing.content_type), (b"x-request-id", self.request_id.encode("latin-1")),
                 *STREAM_HEADERS,
             ]})
             started = True
-            while item is not _END:
+            while batch is not _END:
                 writing = True
-                # One step: hand this item over, produce the next. Its deadline is the ticket's: a step still
+                # One step: hand these items over, take the next. Its deadline is the ticket's: a step still
                 # running past it is a stuck call (lifecycle.Lifecycle.scan).
                 ticket.deadline = step_deadline = loop.time() + timeout
                 async with asyncio.timeout_at(step_deadline) as limit:
@@ -346,11 +516,11 @@ class Stream:
                         self.runtime.metrics.first_item.observe(time.perf_counter() - self.started_at)
                         self.started_at = 0.0
                     writing = False
-                    item = _END if framing.complete else await items.next()
+                    batch = _END if framing.complete else await take()
                 if limit.expired():
                     raise TimeoutError()
-                if item is not _END:
-                    chunk = self._encode(item)
+                if batch is not _END:
+                    chunk = self._chunk(batch, encoded)
             self.finished = True
             await items.close()  # exhausted (or complete): the call is over before the last bytes go out
             await self._send_last(framing.end())
@@ -375,7 +545,9 @@ class Stream:
                 self.finished = True
                 return 499, "client_stalled"
             return await self._end_with(_item_timeout(timeout))
-        except _Unencodable:
+        except _Unencodable as err:
+            self.runtime.log.event("error", "a streamed item could not be encoded", api=self.runtime.name,
+                                   request_id=self.request_id, error=str(err))
             error = HTTPError(500, "internal", "a streamed item could not be encoded; see the server log")
             if not started:
                 raise error from None
