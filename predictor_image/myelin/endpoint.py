@@ -1,8 +1,10 @@
-"""The predict route's ASGI handler: the hot path of `POST <endpoint>`.
+"""The one request lifecycle, and the hot path of `POST <endpoint>`.
 
-Admit the request (its `lifecycle.Ticket`, before a byte of the body is read), read the body
-(bounded), decode, run it through the API's `Invoker`, encode, respond, finish the ticket; then one
-log line and the request metrics, after the response has been sent.
+`handle_predict` takes every prediction request, native or through a protocol's front door
+(protocols.py: OpenAI, OIP): access, readiness, admission (its `lifecycle.Ticket`, before a byte of
+the body is read), then the work: natively read the body (bounded), decode, run it through the API's
+`Invoker` (or stream it), encode, respond; a protocol's work does the same in its own shapes. Then,
+whatever happened, the ticket's release, the request metrics and one log line, after the response.
 """
 
 from __future__ import annotations
@@ -10,21 +12,27 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from starlette.datastructures import Headers, QueryParams
 from starlette.responses import Response
 
 from . import codec
-from .errors import HTTPError, PredictorError
+from .errors import HTTPError, PredictorError, ServerFault
 from .http_io import ClientGone, RequestHead, respond_whole, send_body, send_error, too_large
 from .invoke import PredictorFailure
 from .runtime import ApiRuntime, State
 from .streaming import stream_response
 
+if TYPE_CHECKING:
+    from .lifecycle import Ticket
 
-class _ServerFault(Exception):
-    pass
+Send = Callable[[dict], Awaitable[None]]
+#: A protocol's work once its request is admitted: (runtime, scope, receive, send, head, ticket) -> the (status,
+#: error type) to count and log.
+Work = Callable[[ApiRuntime, dict, Any, Send, RequestHead, "Ticket"], Awaitable[tuple[int, "str | None"]]]
+#: Writes a protocol's error response: (send, status, error type, message, request id, extra headers, param).
+ErrorWriter = Callable[..., Awaitable[None]]
 
 
 def held_too_long(runtime: ApiRuntime, held: float) -> HTTPError:
@@ -43,7 +51,10 @@ def _extras(runtime: ApiRuntime, scope: dict) -> dict[str, Any]:
     return kwargs
 
 
-async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: Any) -> None:
+async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: Any, work: Work | None = None,
+                         write_error: ErrorWriter | None = None) -> None:
+    """One request, from its head to its log line. Without `work`, the native route (inline: the hot path);
+    with it, a protocol's request (`work` after admission, errors written by `write_error`)."""
     start = time.perf_counter()
     loop = runtime.loop
     deadline = loop.time() + runtime.timeout if loop else 0.0
@@ -67,6 +78,9 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
             raise too_large(runtime.max_body)
         # Admitted (in flight) from here, before the body is read; refused with 503 at once when full.
         ticket = runtime.lifecycle.admit(head.content_length, deadline)
+        if work is not None:
+            status, error_type = await work(runtime, scope, receive, send, head, ticket)
+            return
         body = await ticket.read_body(receive, runtime.max_body)
         payload = codec.decode_json(body) if head.content_type == codec.JSON else await codec.decode(head.content_type, body)
         predictor = runtime.predictor
@@ -87,7 +101,8 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
             try:
                 body_out, ctype = codec.encode(result)
             except TypeError as err:
-                raise _ServerFault(str(err)) from None
+                raise ServerFault("the predictor's result could not be encoded; see the server log",
+                                  "result could not be encoded", str(err)) from None
             if not respond_whole(send, 200, body_out, ctype, request_id, draining):
                 await send_body(send, 200, body_out, ctype, request_id, draining)
             status = 200
@@ -98,16 +113,15 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
         status, error_type = err.status_code, err.error_type
         if status == 503:  # refused before running: overloaded, not_ready or shutting_down
             runtime.metrics.reject(error_type)
-        await send_error(send, status, error_type, err.message, request_id, err.headers)
+        elif isinstance(err, ServerFault):
+            runtime.log.event("error", err.log_message, api=runtime.name, request_id=request_id, error=err.detail)
+        elif status >= 500 and status != 504:  # a fault of the server's (e.g. a protocol's result shape): logged
+            runtime.log.event("error", err.message, api=runtime.name, request_id=request_id)
+        await _write_error(write_error, send, status, error_type, err.message, request_id, err.headers,
+                           getattr(err, "param", None))
     except PredictorError as err:
         status, error_type = err.status_code, err.error_type
-        await send_error(send, status, error_type, err.message, request_id)
-    except _ServerFault as err:
-        status, error_type = 500, "internal"
-        runtime.log.event("error", "result could not be encoded", api=runtime.name, request_id=request_id,
-                          error=str(err))
-        await send_error(send, 500, "internal", "the predictor's result could not be encoded; see the server log",
-                         request_id)
+        await _write_error(write_error, send, status, error_type, err.message, request_id)
     except ClientGone:
         if scope.get("myelin.read_timeout"):  # the body stalled; protection.py answered 408
             status, error_type = 408, "request_timeout"
@@ -117,8 +131,9 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
         # Cancelled by the server's shutdown: answer in the contract's shape if nothing was sent yet.
         status, error_type = 503, "shutting_down"
         try:
-            await send_error(send, 503, "shutting_down", "the server shut down before the prediction finished",
-                             request_id, [(b"retry-after", b"1"), (b"connection", b"close")])
+            await _write_error(write_error, send, 503, "shutting_down",
+                               "the server shut down before the prediction finished", request_id,
+                               [(b"retry-after", b"1"), (b"connection", b"close")])
         except Exception:  # noqa: BLE001 - a response had already started, or the connection is gone
             status = 499
         raise
@@ -129,10 +144,21 @@ async def handle_predict(runtime: ApiRuntime, scope: dict, receive: Any, send: A
             "error", "predict raised", api=runtime.name, request_id=request_id,
             error=f"{type(original).__name__}: {original}", traceback="".join(traceback.format_exception(original)),
         )
-        await send_error(send, 500, "predictor_failure", "the predictor failed; see the server log", request_id)
+        await _write_error(write_error, send, 500, "predictor_failure", "the predictor failed; see the server log",
+                           request_id)
     finally:
         if ticket is not None:
             ticket.finish()
         latency = time.perf_counter() - start
         runtime.metrics.observe(status, latency)
-        runtime.log.request(runtime.name, request_id, "POST", scope["path"], status, latency, error_type)
+        runtime.log.request(runtime.name, request_id, scope["method"], scope["path"], status, latency, error_type)
+
+
+async def _write_error(write_error: ErrorWriter | None, send: Send, status: int, error_type: str, message: str,
+                       request_id: str, headers: list[tuple[bytes, bytes]] | None = None,
+                       param: str | None = None) -> None:
+    """The error response: Myelin's JSON shape natively, the protocol's own through its `write_error`."""
+    if write_error is None:
+        await send_error(send, status, error_type, message, request_id, headers)
+    else:
+        await write_error(send, status, error_type, message, request_id, headers, param)

@@ -37,6 +37,16 @@ class HTTPError(Exception):
         self.headers = headers or []
 
 
+class ServerFault(HTTPError):
+    """A 500 `internal` of the server's own making (e.g. a result it cannot encode): the client gets `message`,
+    the log `log_message` with the `detail` (endpoint.handle_predict logs it)."""
+
+    def __init__(self, message: str, log_message: str, detail: str):
+        super().__init__(500, "internal", message)
+        self.log_message = log_message
+        self.detail = detail
+
+
 def retry_after_seconds(seconds: float) -> int:
     """A computed Retry-After in whole seconds, clamped to [1, MAX_RETRY_AFTER_S] (NaN or infinite: the maximum)."""
     if not math.isfinite(seconds):

@@ -37,7 +37,8 @@ import orjson
 from . import __version__
 from .errors import HTTPError, PredictorError
 from .http_io import RequestHead, Send
-from .protocols import ProtocolError, admitted, check_access, extras
+from .endpoint import handle_predict
+from .protocols import ProtocolError, check_access, extras
 from .runtime import State
 from .spec.protocols import DATATYPES
 
@@ -293,7 +294,7 @@ class OipModel:
             await send({"type": "http.response.body", "body": payload})
             return 200, None
 
-        await admitted(self.runtime, scope, receive, send, work, write_error)
+        await handle_predict(self.runtime, scope, receive, send, work, write_error)
 
     # ------------------------------------------------------------------ decoding
     def parse(self, scope: dict, body: bytes) -> "InferRequest":

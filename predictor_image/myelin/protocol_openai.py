@@ -42,7 +42,8 @@ import orjson
 
 from .errors import HTTPError, PredictorError
 from .http_io import ClientGone, RequestHead, Send
-from .protocols import ProtocolError, admitted, check_access, extras
+from .endpoint import handle_predict
+from .protocols import ProtocolError, check_access, extras
 from .streaming import SSE, Framing, Stream
 
 if TYPE_CHECKING:
@@ -434,10 +435,10 @@ class OpenAIApi:
 
     # ------------------------------------------------------------------ POST text
     async def chat(self, scope: dict, receive: Any, send: Send) -> None:
-        await admitted(self.runtime, scope, receive, send, self._text_work(True), write_error)
+        await handle_predict(self.runtime, scope, receive, send, self._text_work(True), write_error)
 
     async def completions(self, scope: dict, receive: Any, send: Send) -> None:
-        await admitted(self.runtime, scope, receive, send, self._text_work(False), write_error)
+        await handle_predict(self.runtime, scope, receive, send, self._text_work(False), write_error)
 
     def _text_work(self, chat: bool) -> Any:
         async def work(runtime: "ApiRuntime", scope: dict, receive: Any, send: Send, head: RequestHead,
@@ -483,7 +484,7 @@ class OpenAIApi:
 
     # ------------------------------------------------------------------ POST /embeddings
     async def embeddings(self, scope: dict, receive: Any, send: Send) -> None:
-        await admitted(self.runtime, scope, receive, send, self._embeddings_work, write_error)
+        await handle_predict(self.runtime, scope, receive, send, self._embeddings_work, write_error)
 
     async def _embeddings_work(self, runtime: "ApiRuntime", scope: dict, receive: Any, send: Send, head: RequestHead,
                                ticket: "Ticket") -> tuple[int, str | None]:

@@ -7,6 +7,9 @@ request into the predictor's call and encodes the result, and reuses everything 
 the last byte), the `Invoker` (batching, deadlines), `streaming.Stream` (disconnects, drains, the
 time-to-first-item metric), the request metrics and the log line.
 
+Each adapter's request goes through `endpoint.handle_predict` with the adapter's work and error writer: the
+one request lifecycle, the same code as the native route's.
+
 `ProtocolRoutes.match` is consulted by `MyelinApp` only for a path that is not an API's native route, so
 the native hot path pays nothing for it. The server-wide OIP routes (`/v2`, `/v2/health/live`,
 `/v2/health/ready`) are answered by every server, whatever its APIs speak.
@@ -14,28 +17,16 @@ the native hot path pays nothing for it. The server-wide OIP routes (`/v2`, `/v2
 
 from __future__ import annotations
 
-import asyncio
-import time
-import traceback
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from .contract import OIP_HEALTH_PREFIX, OIP_MODELS_PREFIX, OIP_PREFIX, OPENAI_PREFIX
-from .endpoint import _extras, held_too_long
-from .errors import HTTPError, PredictorError
-from .http_io import ClientGone, RequestHead, too_large
-from .invoke import PredictorFailure
-from .runtime import State
+from .endpoint import Send, _extras
+from .errors import HTTPError
+from .http_io import RequestHead
 from .spec.protocols import protocols_of
 
 if TYPE_CHECKING:
-    from .lifecycle import Ticket
     from .runtime import ApiRuntime
-
-Send = Callable[[dict], Awaitable[None]]
-#: Writes a protocol's error response: (send, status, error type, message, request id, extra headers, param).
-ErrorWriter = Callable[..., Awaitable[None]]
-#: The protocol's work once the request is admitted: returns the (status, error type) to count and log.
-Work = Callable[["ApiRuntime", dict, Any, Send, RequestHead, "Ticket"], Awaitable[tuple[int, "str | None"]]]
 
 
 class ProtocolError(HTTPError):
@@ -52,71 +43,6 @@ def check_access(runtime: "ApiRuntime", head: RequestHead) -> None:
     keys = runtime.api_keys
     if keys is not None:
         keys.check(head)
-
-
-async def admitted(runtime: "ApiRuntime", scope: dict, receive: Any, send: Send, work: Work,
-                   write_error: ErrorWriter) -> None:
-    """One protocol request through the one lifecycle: access, readiness, admission (before the body), the
-    protocol's work, then the ticket's release, the request metrics and one log line (as `endpoint.py`)."""
-    start = time.perf_counter()
-    loop = runtime.loop
-    deadline = loop.time() + runtime.timeout if loop else 0.0
-    keys = runtime.api_keys
-    head = RequestHead(scope["headers"], keys.header if keys is not None else b"")
-    request_id = head.request_id
-    status = 500
-    error_type = None
-    ticket = None
-    try:
-        check_access(runtime, head)
-        if runtime.state is not State.READY:
-            raise runtime.not_ready(request_id)
-        if runtime.arrival is not None:  # scaled to zero: the deadline counts from arrival at the load balancer
-            held = runtime.arrival.held_seconds(scope["headers"], runtime.ready_at)
-            deadline -= min(held, runtime.timeout)
-            if held >= runtime.timeout:
-                raise held_too_long(runtime, held)
-        if head.content_length > runtime.max_body:
-            raise too_large(runtime.max_body)
-        ticket = runtime.lifecycle.admit(head.content_length, deadline)
-        status, error_type = await work(runtime, scope, receive, send, head, ticket)
-    except HTTPError as err:
-        status, error_type = err.status_code, err.error_type
-        if status == 503:
-            runtime.metrics.reject(error_type)
-        if status >= 500 and status != 503 and status != 504:
-            runtime.log.event("error", err.message, api=runtime.name, request_id=request_id)
-        await write_error(send, status, error_type, err.message, request_id, err.headers, getattr(err, "param", None))
-    except PredictorError as err:
-        status, error_type = err.status_code, err.error_type
-        await write_error(send, status, error_type, err.message, request_id, None, None)
-    except ClientGone:
-        if scope.get("myelin.read_timeout"):
-            status, error_type = 408, "request_timeout"
-        else:
-            status, error_type = 499, "client_disconnected"
-    except asyncio.CancelledError:
-        status, error_type = 503, "shutting_down"
-        try:
-            await write_error(send, 503, "shutting_down", "the server shut down before the prediction finished",
-                              request_id, [(b"retry-after", b"1"), (b"connection", b"close")], None)
-        except Exception:  # noqa: BLE001 - a response had already started, or the connection is gone
-            status = 499
-        raise
-    except Exception as err:  # noqa: BLE001 - predictor failure: details to the log, not the client
-        status, error_type = 500, "predictor_failure"
-        original = err.original if isinstance(err, PredictorFailure) else err
-        runtime.log.event("error", "predict raised", api=runtime.name, request_id=request_id,
-                          error=f"{type(original).__name__}: {original}",
-                          traceback="".join(traceback.format_exception(original)))
-        await write_error(send, 500, "predictor_failure", "the predictor failed; see the server log", request_id,
-                          None, None)
-    finally:
-        if ticket is not None:
-            ticket.finish()
-        latency = time.perf_counter() - start
-        runtime.metrics.observe(status, latency)
-        runtime.log.request(runtime.name, request_id, scope["method"], scope["path"], status, latency, error_type)
 
 
 def extras(runtime: "ApiRuntime", scope: dict) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
 
-from .errors import HTTPError, PredictorError, error_body
+from .errors import HTTPError, PredictorError, ServerFault, error_body
 from .handoff import Handoff
 from .http_io import ClientGone
 from .invoke import Timeout, deliver, deliver_error
@@ -546,12 +546,12 @@ class Stream:
                 return 499, "client_stalled"
             return await self._end_with(_item_timeout(timeout))
         except _Unencodable as err:
+            message = "a streamed item could not be encoded; see the server log"
+            if not started:  # logged by the caller (endpoint.handle_predict), which answers with the JSON error
+                raise ServerFault(message, "a streamed item could not be encoded", str(err)) from None
             self.runtime.log.event("error", "a streamed item could not be encoded", api=self.runtime.name,
                                    request_id=self.request_id, error=str(err))
-            error = HTTPError(500, "internal", "a streamed item could not be encoded; see the server log")
-            if not started:
-                raise error from None
-            return await self._end_with(error)
+            return await self._end_with(HTTPError(500, "internal", message))
         except (HTTPError, PredictorError) as err:
             if not started:
                 raise

@@ -176,6 +176,27 @@ def test_an_error_after_the_first_item_ends_the_stream(served, fail, status, err
                    for l in server.log_lines() if l.get("request_id") == rid)
 
 
+@pytest.mark.parametrize("where", ["first", "later"])
+def test_an_unencodable_item_is_a_500_logged_once(served, where):
+    """Before the first item: the JSON 500; after items: an error item. Either way one log event with the detail."""
+    kind, server = served
+    rid = f"unencodable-{where}-{kind}"
+    steps = [{"unencodable": True}] if where == "first" else [{"yield": 1}, {"yield": 2}, {"unencodable": True}]
+    message = "a streamed item could not be encoded; see the server log"
+    with open_stream(server, {"steps": steps}, {"x-request-id": rid}) as r:
+        if where == "first":
+            r.read()
+            assert r.status_code == 500 and r.json() == {"error": {"type": "internal", "message": message,
+                                                                   "request_id": rid}}
+        else:
+            assert r.status_code == 200
+            assert ndjson(r) == [1, 2, {"error": {"type": "internal", "message": message, "request_id": rid}}]
+    assert log_line(server, rid)["status"] == 500
+    events = [l for l in server.log_lines() if l.get("request_id") == rid and "status" not in l]
+    assert [e["message"] for e in events] == ["a streamed item could not be encoded"], events
+    assert "object" in events[0]["error"]
+
+
 def test_a_stream_counts_in_flight_until_its_last_byte(served, tmp_path):
     _, server = served
     go = tmp_path / "go"

@@ -2,8 +2,8 @@
 
 `{"steps": [...], "marker": path}`: each step is `{"yield": value}` (`"times": n` yields it n times), `{"sleep": s}`, `{"wait": path}`
 (wait until the file exists, then yield `{"waited": true}`; false after 20 s), `{"raise": "predictor"}`
-(a PredictorError 422), `{"raise": "timeout"}` (a TimeoutError) or `{"raise": "crash"}` (a RuntimeError), or `{"forever": gap}` (yield 0, 1, 2, ...
-with `gap` seconds between them). The generator writes "closed" to `marker` in its `finally`.
+(a PredictorError 422), `{"raise": "timeout"}` (a TimeoutError) or `{"raise": "crash"}` (a RuntimeError), `{"unencodable": true}`
+(yield an object no framing can encode), or `{"forever": gap}` (yield 0, 1, 2, ... with `gap` seconds between them). The generator writes "closed" to `marker` in its `finally`.
 """
 
 import asyncio
@@ -48,6 +48,8 @@ class SyncStreamer:
                     yield {"waited": os.path.exists(step["wait"])}
                 elif "raise" in step:
                     _fail(step["raise"])
+                elif "unencodable" in step:
+                    yield object()
                 elif "forever" in step:
                     n = 0
                     while True:
@@ -77,6 +79,8 @@ class AsyncStreamer:
                     yield {"waited": os.path.exists(step["wait"])}
                 elif "raise" in step:
                     _fail(step["raise"])
+                elif "unencodable" in step:
+                    yield object()
                 elif "forever" in step:
                     n = 0
                     while True:
