@@ -207,8 +207,11 @@ class ThreadedGenerator:
                 self._done = done
             closing = self._closing
             waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:  # from a pool thread too (_requeue): through the loop
+            try:
+                self._loop.call_soon_threadsafe(_wake, waiter)
+            except RuntimeError:  # the loop is closed: the process is exiting
+                pass
         if closing:
             threading.Thread(target=self._close_here, name="close-stream", daemon=True).start()
 
@@ -267,6 +270,9 @@ class ThreadedGenerator:
                 except (TypeError, ValueError) as err:
                     self._finish(_Unencodable(f"{type(item).__name__}: {err}"), exhausted=False)
                     return
+                except BaseException as err:  # noqa: BLE001 - e.g. a str subclass's encode(), a MemoryError: the
+                    self._finish(err, exhausted=False)  # stream ends with it, as when the loop encoded the items
+                    return
                 size = len(item)
             now = time.perf_counter()
             with lock:
@@ -276,10 +282,14 @@ class ThreadedGenerator:
                 if waiter is not None:
                     self._woke_at = now
                 stop = not self._closing and (
-                    len(self._buf) >= limit_items or self._bytes >= READ_AHEAD_BYTES or executor.queued
+                    len(self._buf) >= limit_items or self._bytes >= READ_AHEAD_BYTES
                     or (self._woke_at and now - self._woke_at + (now - started) > READ_AHEAD_DELAY))
                 if stop:
                     self._running = False
+                # Another call waits for a thread: give this one up, and queue behind it to go on reading ahead.
+                # (Stopping instead would leave the thread to whichever producer runs when nothing is queued: it
+                # reads 64 items a turn while the others, always finding a call queued, read one.)
+                requeue = not stop and not self._closing and executor.queued
             if waiter is not None:
                 try:
                     wake(_wake, waiter)
@@ -288,7 +298,17 @@ class ThreadedGenerator:
             item = None
             if stop:
                 return
+            if requeue:
+                self._requeue()
+                return
         self._close_here()
+
+    def _requeue(self) -> None:
+        """In a pool thread, still `_running`: run `_produce` again after the calls queued now."""
+        try:
+            self._executor.submit(self._produce).add_done_callback(self._lost)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            self._stop_producing(_shutting_down())
 
     def _finish(self, done: Any, exhausted: bool = True) -> None:
         """The generator returned or raised (or an item could not be encoded): the loop gets `done` after the items."""
@@ -525,8 +545,12 @@ class Stream:
             await items.close()  # exhausted (or complete): the call is over before the last bytes go out
             await self._send_last(framing.end())
             return 200, None
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as err:
             reason = self.stop_reason
+            task = asyncio.current_task()
+            if reason is None and task is not None and not task.cancelling():
+                # Raised by the predictor itself (nothing cancelled this task): a failure, as for a plain predict.
+                return await self._failed(err, started)
             if reason is None:  # cancelled by the server's own shutdown
                 if started:
                     await self._end_with(_shutting_down())
