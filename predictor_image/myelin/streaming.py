@@ -123,10 +123,11 @@ class ThreadedGenerator:
     (`Framing.pure`: NDJSON, SSE), a thread runs ahead of the client: it pulls and encodes items into a buffer
     while the loop writes the previous ones, and the loop takes and writes every item waiting there in one chunk.
     The read-ahead is bounded: at most READ_AHEAD_ITEMS items or READ_AHEAD_BYTES encoded bytes wait for the loop
-    (a client that stops reading stops the generator there), and a thread stops reading ahead when another call
-    waits for a thread of the pool (streams share it fairly, one step at a time, as without read-ahead) or when
-    the loop waits for an item it has and the next step would delay it past READ_AHEAD_DELAY (a slow step's item
-    goes out as soon as it is produced). A framing with state (protocol_openai.py's completion, which may end the
+    (a client that stops reading stops the generator there); a thread that finds another call waiting for a thread
+    of the pool gives its thread up after the step under way and queues behind that call (streams take turns, one
+    step each, as without read-ahead; a stream that stopped instead would leave the thread to whichever producer
+    found nothing queued); and a thread stops reading ahead when the loop waits for an item it has and the next
+    step would delay it past READ_AHEAD_DELAY (a slow step's item goes out as soon as it is produced). A framing with state (protocol_openai.py's completion, which may end the
     stream at an item) gets one step per request of the loop, as before: no item is pulled that it did not ask for.
     """
 

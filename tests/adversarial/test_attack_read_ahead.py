@@ -15,7 +15,8 @@ Found and fixed:
   (`shutting_down`, "the server is shutting down", logged 499, no traceback); a plain predict doing the same is a
   predictor failure. Now it is one in a stream too (500 `predictor_failure`, logged).
 
-Held (guards): random disconnects (FIN and RST, SSE and NDJSON) of fast, slow, yield-in-finally and
+Held (guards): a generator blocked in next() after its reader left is a stuck call until it returns, then
+closed once and its slot freed; random disconnects (FIN and RST, SSE and NDJSON) of fast, slow, yield-in-finally and
 raise-in-finally generators free every slot and run each `finally` exactly once.
 """
 
@@ -197,3 +198,26 @@ def test_random_disconnects_free_every_slot_and_close_each_generator_once(server
     wait_for(lambda: _all_free(server), 15, "every slot free (in flight 0, stuck 0, /readyz 200)")
     wait_for(lambda: sorted(_closed_tags(marker)) == sorted(tags), 15,
              f"each generator's finally run once ({sorted(tags)})")
+
+
+def test_a_generator_blocked_after_its_reader_left_is_stuck_until_it_returns_then_closed_once(server, tmp_path):
+    marker, release = tmp_path / "closed", tmp_path / "release"
+    body = {"mode": "block", "n": 5, "tag": "blocked", "marker": str(marker), "release": str(release)}
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(_request(body))
+    sock.settimeout(5)
+    seen = b""
+    while seen.count(b"}\n") < 5:
+        seen += sock.recv(65536)
+    sock.close()  # the reader leaves while the generator is blocked in its sixth next()
+
+    def stuck() -> bool:
+        text = httpx.get(server.base + "/metrics", timeout=5).text
+        return (metric(text, "myelin_stuck_predictions", API) == 1.0
+                and metric(text, "myelin_in_flight_requests", API) == 1.0)
+
+    wait_for(stuck, 10, "the blocked step counted in flight and stuck past serving.timeout (2 s)")
+    assert _closed_tags(marker) == []  # a running next() cannot be interrupted
+    release.touch()
+    wait_for(lambda: _all_free(server), 10, "the slot free once the step returned")
+    wait_for(lambda: _closed_tags(marker) == ["blocked"], 10, "closed once, after the step")

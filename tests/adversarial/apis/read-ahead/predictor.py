@@ -1,13 +1,14 @@
 """Sync generators scripted by the payload, for tests/adversarial/test_attack_read_ahead.py.
 
 `{"mode": ..., "n": items before the end (default: forever), "gap": seconds per step, "tag": name, "marker": path}`.
-Modes: "fast" (`{"i": i}` items), "badencode" (then a str subclass whose encode() raises LookupError),
+Modes: "fast" (`{"i": i}` items), "block" (then block in next() until the file `release` exists), "badencode" (then a str subclass whose encode() raises LookupError),
 "cancelled" (then raise asyncio.CancelledError: the predictor's own), "yield_in_finally" (a `finally` that yields:
 closing it raises RuntimeError), "raise_in_finally" (a `finally` that raises). The `finally` appends `tag` to
 `marker`, once per run of it.
 """
 
 import asyncio
+import os
 import time
 
 
@@ -33,7 +34,11 @@ class Predictor:
                     time.sleep(gap)
                 yield {"i": i}
                 i += 1
-            if mode == "badencode":
+            if mode == "block":
+                while not os.path.exists(payload["release"]):
+                    time.sleep(0.01)
+                yield {"released": True}
+            elif mode == "badencode":
                 yield Unencodable("abc")
             elif mode == "cancelled":
                 raise asyncio.CancelledError("the predictor's own cancellation")
