@@ -60,6 +60,10 @@ YIELD_EVERY = 32
 READ_AHEAD_ITEMS = 64
 READ_AHEAD_BYTES = 64 * 1024
 READ_AHEAD_DELAY = 0.0002
+#: How long a thread may read ahead before it gives the pool's thread to a call waiting for one (seconds): every
+#: stream reading ahead gets turns of the same length (fair), and a waiting call waits for at most this, or the
+#: step under way.
+READ_AHEAD_TURN = 0.0002
 
 
 # ------------------------------------------------------------------------------------------- framing
@@ -123,11 +127,12 @@ class ThreadedGenerator:
     (`Framing.pure`: NDJSON, SSE), a thread runs ahead of the client: it pulls and encodes items into a buffer
     while the loop writes the previous ones, and the loop takes and writes every item waiting there in one chunk.
     The read-ahead is bounded: at most READ_AHEAD_ITEMS items or READ_AHEAD_BYTES encoded bytes wait for the loop
-    (a client that stops reading stops the generator there); a thread that finds another call waiting for a thread
-    of the pool gives its thread up after the step under way and queues behind that call (streams take turns, one
-    step each, as without read-ahead; a stream that stopped instead would leave the thread to whichever producer
-    found nothing queued); and a thread stops reading ahead when the loop waits for an item it has and the next
-    step would delay it past READ_AHEAD_DELAY (a slow step's item goes out as soon as it is produced). A framing with state (protocol_openai.py's completion, which may end the
+    (a client that stops reading stops the generator there); a thread reads ahead in turns: once a turn has lasted
+    READ_AHEAD_TURN and another call waits for a thread of the pool, it gives its thread up after the step under way
+    and queues behind that call (streams take turns of the same length; a stream that stopped instead would leave
+    the thread to whichever producer found nothing queued); and a thread stops reading ahead when the loop waits
+    for an item it has and the next step would delay it past READ_AHEAD_DELAY (a slow step's item goes out as soon
+    as it is produced). A framing with state (protocol_openai.py's completion, which may end the
     stream at an item) gets one step per request of the loop, as before: no item is pulled that it did not ask for.
     """
 
@@ -249,6 +254,7 @@ class ThreadedGenerator:
         wake = self._loop.call_soon_threadsafe
         limit_items = READ_AHEAD_ITEMS if encode is not None else 1
         executor = self._executor
+        turn = time.perf_counter()
         while True:
             with lock:
                 if self._closing:
@@ -287,10 +293,10 @@ class ThreadedGenerator:
                     or (self._woke_at and now - self._woke_at + (now - started) > READ_AHEAD_DELAY))
                 if stop:
                     self._running = False
-                # Another call waits for a thread: give this one up, and queue behind it to go on reading ahead.
-                # (Stopping instead would leave the thread to whichever producer runs when nothing is queued: it
-                # reads 64 items a turn while the others, always finding a call queued, read one.)
-                requeue = not stop and not self._closing and executor.queued
+                # Another call waits for a thread and this turn is over: give the thread up, and queue behind that
+                # call to go on reading ahead. (Stopping instead left the thread to whichever producer ran while
+                # nothing was queued: it read 64 items a turn while the others, always finding one queued, read 1.)
+                requeue = not stop and not self._closing and executor.queued and now - turn > READ_AHEAD_TURN
             if waiter is not None:
                 try:
                     wake(_wake, waiter)

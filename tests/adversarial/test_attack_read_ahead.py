@@ -10,7 +10,9 @@ Found and fixed:
 - fast streams did not share the pool fairly: a thread stopped reading ahead whenever another call was queued,
   so the producer that ran while nothing was queued read 64 items a turn and the others, always finding it queued,
   one. With 3 fast streams on 2 threads, one stream got 98% of the items (1,580 / 1,516 / 96,913) and the others
-  half their rate before the read-ahead. Now a thread that sees a call queued queues its producer behind it.
+  half their rate before the read-ahead. Now a thread reads ahead in turns of READ_AHEAD_TURN (0.2 ms): then,
+  if a call is queued, it queues its producer behind that call (equal turns for every stream; a waiting call
+  waits for a turn or the step under way, not for a full read-ahead).
 - a sync generator that raises asyncio.CancelledError itself ended its stream as if the server were stopping
   (`shutting_down`, "the server is shutting down", logged 499, no traceback); a plain predict doing the same is a
   predictor failure. Now it is one in a stream too (500 `predictor_failure`, logged).
@@ -36,6 +38,7 @@ import httpx
 import pytest
 
 from conftest import ServerProcess
+from myelin import streaming
 from myelin.handoff import Handoff
 from myelin.streaming import _END, SSE_FRAMING, ThreadedGenerator
 from tests.adversarial.helpers import APIS, metric, wait_for
@@ -221,3 +224,34 @@ def test_a_generator_blocked_after_its_reader_left_is_stuck_until_it_returns_the
     release.touch()
     wait_for(lambda: _all_free(server), 10, "the slot free once the step returned")
     wait_for(lambda: _closed_tags(marker) == ["blocked"], 10, "closed once, after the step")
+
+
+def test_a_call_waiting_for_the_thread_gets_it_within_a_turn_not_after_a_full_read_ahead():
+    """Handoff(1): a stream reads ahead (steps of ~20 µs: 64 items take longer than a 0.2 ms turn); a call queued
+    meanwhile runs once the turn is over, before the read-ahead is full (steps run slower on a loaded machine,
+    which only ends the turn sooner)."""
+    produced = [0]
+
+    def steps():
+        i = 0
+        while True:
+            end = time.perf_counter() + 20e-6
+            while time.perf_counter() < end:
+                pass
+            produced[0] += 1
+            yield i
+            i += 1
+
+    async def main():
+        pool = Handoff(1)
+        loop = asyncio.get_running_loop()
+        items = ThreadedGenerator(steps(), pool, loop, lambda error: None, SSE_FRAMING.item)
+        first = await items.take()  # the producer goes on reading ahead in the only thread
+        seen_at, _ = pool.start(loop, lambda: produced[0])  # a call waiting for that thread
+        seen = await seen_at
+        await items.close()
+        pool.shutdown()
+        return len(first), seen
+
+    taken, seen = asyncio.run(asyncio.wait_for(main(), 10))
+    assert seen < taken + streaming.READ_AHEAD_ITEMS, (taken, seen)
