@@ -39,7 +39,7 @@ import orjson
 from .errors import HTTPError, PredictorError, error_body
 from .handoff import Handoff
 from .http_io import ClientGone
-from .invoke import Timeout, deliver, deliver_error
+from .invoke import Timeout
 from .loader import CallKind
 
 if TYPE_CHECKING:
