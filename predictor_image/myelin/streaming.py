@@ -39,7 +39,7 @@ import orjson
 from .errors import HTTPError, PredictorError, ServerFault, error_body
 from .handoff import Handoff
 from .http_io import ClientGone
-from .invoke import Timeout, deliver, deliver_error
+from .invoke import Timeout
 from .loader import CallKind
 
 if TYPE_CHECKING:
@@ -60,6 +60,10 @@ YIELD_EVERY = 32
 READ_AHEAD_ITEMS = 64
 READ_AHEAD_BYTES = 64 * 1024
 READ_AHEAD_DELAY = 0.0002
+#: How long a thread may read ahead before it gives the pool's thread to a call waiting for one (seconds): every
+#: stream reading ahead gets turns of the same length (fair), and a waiting call waits for at most this, or the
+#: step under way.
+READ_AHEAD_TURN = 0.0002
 
 
 # ------------------------------------------------------------------------------------------- framing
@@ -123,10 +127,12 @@ class ThreadedGenerator:
     (`Framing.pure`: NDJSON, SSE), a thread runs ahead of the client: it pulls and encodes items into a buffer
     while the loop writes the previous ones, and the loop takes and writes every item waiting there in one chunk.
     The read-ahead is bounded: at most READ_AHEAD_ITEMS items or READ_AHEAD_BYTES encoded bytes wait for the loop
-    (a client that stops reading stops the generator there), and a thread stops reading ahead when another call
-    waits for a thread of the pool (streams share it fairly, one step at a time, as without read-ahead) or when
-    the loop waits for an item it has and the next step would delay it past READ_AHEAD_DELAY (a slow step's item
-    goes out as soon as it is produced). A framing with state (protocol_openai.py's completion, which may end the
+    (a client that stops reading stops the generator there); a thread reads ahead in turns: once a turn has lasted
+    READ_AHEAD_TURN and another call waits for a thread of the pool, it gives its thread up after the step under way
+    and queues behind that call (streams take turns of the same length; a stream that stopped instead would leave
+    the thread to whichever producer found nothing queued); and a thread stops reading ahead when the loop waits
+    for an item it has and the next step would delay it past READ_AHEAD_DELAY (a slow step's item goes out as soon
+    as it is produced). A framing with state (protocol_openai.py's completion, which may end the
     stream at an item) gets one step per request of the loop, as before: no item is pulled that it did not ask for.
     """
 
@@ -207,8 +213,11 @@ class ThreadedGenerator:
                 self._done = done
             closing = self._closing
             waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:  # from a pool thread too (_requeue): through the loop
+            try:
+                self._loop.call_soon_threadsafe(_wake, waiter)
+            except RuntimeError:  # the loop is closed: the process is exiting
+                pass
         if closing:
             threading.Thread(target=self._close_here, name="close-stream", daemon=True).start()
 
@@ -245,6 +254,7 @@ class ThreadedGenerator:
         wake = self._loop.call_soon_threadsafe
         limit_items = READ_AHEAD_ITEMS if encode is not None else 1
         executor = self._executor
+        turn = time.perf_counter()
         while True:
             with lock:
                 if self._closing:
@@ -267,6 +277,9 @@ class ThreadedGenerator:
                 except (TypeError, ValueError) as err:
                     self._finish(_Unencodable(f"{type(item).__name__}: {err}"), exhausted=False)
                     return
+                except BaseException as err:  # noqa: BLE001 - e.g. a str subclass's encode(), a MemoryError: the
+                    self._finish(err, exhausted=False)  # stream ends with it, as when the loop encoded the items
+                    return
                 size = len(item)
             now = time.perf_counter()
             with lock:
@@ -276,10 +289,14 @@ class ThreadedGenerator:
                 if waiter is not None:
                     self._woke_at = now
                 stop = not self._closing and (
-                    len(self._buf) >= limit_items or self._bytes >= READ_AHEAD_BYTES or executor.queued
+                    len(self._buf) >= limit_items or self._bytes >= READ_AHEAD_BYTES
                     or (self._woke_at and now - self._woke_at + (now - started) > READ_AHEAD_DELAY))
                 if stop:
                     self._running = False
+                # Another call waits for a thread and this turn is over: give the thread up, and queue behind that
+                # call to go on reading ahead. (Stopping instead left the thread to whichever producer ran while
+                # nothing was queued: it read 64 items a turn while the others, always finding one queued, read 1.)
+                requeue = not stop and not self._closing and executor.queued and now - turn > READ_AHEAD_TURN
             if waiter is not None:
                 try:
                     wake(_wake, waiter)
@@ -288,7 +305,17 @@ class ThreadedGenerator:
             item = None
             if stop:
                 return
+            if requeue:
+                self._requeue()
+                return
         self._close_here()
+
+    def _requeue(self) -> None:
+        """In a pool thread, still `_running`: run `_produce` again after the calls queued now."""
+        try:
+            self._executor.submit(self._produce).add_done_callback(self._lost)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            self._stop_producing(_shutting_down())
 
     def _finish(self, done: Any, exhausted: bool = True) -> None:
         """The generator returned or raised (or an item could not be encoded): the loop gets `done` after the items."""
@@ -525,8 +552,12 @@ class Stream:
             await items.close()  # exhausted (or complete): the call is over before the last bytes go out
             await self._send_last(framing.end())
             return 200, None
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as err:
             reason = self.stop_reason
+            task = asyncio.current_task()
+            if reason is None and task is not None and not task.cancelling():
+                # Raised by the predictor itself (nothing cancelled this task): a failure, as for a plain predict.
+                return await self._failed(err, started)
             if reason is None:  # cancelled by the server's own shutdown
                 if started:
                     await self._end_with(_shutting_down())
