@@ -77,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .process import Supervisor
 
         return Supervisor(folder, spec, args.host, port, settings, uds=args.uds).run()
-    from .logs import separate_stdout
+    from .logs import separate_stdout, trace_crashes
     from .process import PortInUse, announce_loaded, bind, run_app
     from .server import MyelinApp
 
@@ -87,6 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _err(f"myelin serve: {err}")
         return 2
     separate_stdout()
+    trace_crashes()
     app = MyelinApp([(folder, spec)], exit_on_load_failure=1, on_loaded=announce_loaded, settings=settings)
     where = f"unix:{args.uds}" if args.uds else f"http://{args.host}:{sock.getsockname()[1]}"
     role = f" (AsyncAPI, role {settings.role})" if spec.kind == "AsyncAPI" else ""

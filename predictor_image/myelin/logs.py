@@ -45,6 +45,16 @@ def separate_stdout() -> None:
         _log_fd = None
 
 
+def trace_crashes() -> None:
+    """On a fatal signal (a segfault or abort in native code: an extension such as orjson or torch, a GPU driver),
+    write every thread's Python stack to stderr before the process dies, so its log (`kubectl logs --previous`,
+    `myelin local`'s console) names the line of the predictor that was running, not only an exit code. Idempotent."""
+    import faulthandler
+
+    if not faulthandler.is_enabled():
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+
+
 def _write_lines(data: bytes, stream: IO[str] | None) -> None:
     if stream is not None:
         stream.write(data.decode())

@@ -205,10 +205,11 @@ def die_with_parent(parent_pid: int) -> None:
 def _worker_main(folder: str, spec_json: str, host: str, port: int, sock: socket.socket, processes: int,
                  settings: Settings, parent_pid: int) -> None:
     die_with_parent(parent_pid)
-    from .logs import separate_stdout
+    from .logs import separate_stdout, trace_crashes
     from .server import MyelinApp  # imported in the child, after PROMETHEUS_MULTIPROC_DIR is set
 
     separate_stdout()
+    trace_crashes()
     import orjson
 
     spec = spec_from_dict(orjson.loads(spec_json), "the supervisor's spec")
