@@ -72,3 +72,22 @@ def test_a_worker_that_segfaults_leaves_its_stack_and_is_replaced(tmp_path, star
     _assert_traced(server.stderr())
     server.wait_workers("segfaulter", 2)  # the supervisor replaced the worker
     assert httpx.post(server.base + "/segfaulter", json={}, timeout=10).json() == {"ok": True}
+
+
+def test_myelin_local_shows_the_crash_trace_and_restarts_the_api(tmp_path, start_server):
+    apis = tmp_path / "apis"
+    apis.mkdir()
+    folder = _api(apis, 1)
+    server = start_server("local", str(folder.parent))
+    assert httpx.post(server.base + "/segfaulter", json={}, timeout=10).json() == {"ok": True}
+    crashed = httpx.post(server.base + "/segfaulter", json={"crash": True}, timeout=10)
+    assert crashed.status_code == 503  # the request that was running in the process that ended
+
+    def console() -> str | None:
+        text = server.stdout() + server.stderr()
+        return text if "in _touch_null_pointer" in text else None
+
+    output = wait_for(console, 20, "the crash trace on the console")
+    assert "Fatal Python error: Segmentation fault" in output and "predictor.py" in output
+    wait_for(lambda: httpx.post(server.base + "/segfaulter", json={}, timeout=10).status_code == 200, 30,
+             "the API serving again after its restart", step=0.2)
