@@ -18,9 +18,11 @@ from tests.adversarial.helpers import wait_for
 
 PREDICTOR = '''
 import ctypes
+import resource
 
 
 def _touch_null_pointer():
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file, whatever the machine's ulimit -c
     return ctypes.string_at(0)
 
 
