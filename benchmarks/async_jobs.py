@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import re
 import shutil
 import statistics
@@ -32,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import (  # noqa: E402 - the serving benchmark's harness: servers pinned, wrk, stop by pid
-    BENCH, MYELIN, ROOT, WORK, Running, Server, cpu_model, ensure_wrk, free_port, http, log, run_wrk,
+    BENCH, MYELIN, ROOT, WORK, Running, Server, cpu_model, ensure_wrk, free_port, http, loadavg, log, run_wrk,
 )
 
 API = "trivial-async"
@@ -40,10 +39,6 @@ REALTIME_API = "trivial-realtime"  # the same predictor served as a RealtimeAPI 
 COMPLETED = re.compile(r'^myelin_async_jobs_total\{api="trivial-async",status="completed"\} ([0-9.e+]+)$', re.M)
 SUBMITTED = re.compile(r'^myelin_async_jobs_total\{api="trivial-async",status="submitted"\} ([0-9.e+]+)$', re.M)
 
-
-def loadavg() -> str:
-    """The machine's load average (1, 5, 15 min), printed with the figures: the machine may be shared."""
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def counter(base: str, pattern: re.Pattern) -> int:

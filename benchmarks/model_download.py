@@ -38,15 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from models.moto_s3 import AWS_VARS, MotoS3, upload_large  # noqa: E402
+from run import loadavg  # noqa: E402 - the benchmarks' shared helpers (benchmarks/ is this script's folder)
 
 API = ROOT / "benchmarks" / "apis" / "model-dir"
 WORK = ROOT / "benchmarks" / ".work" / "models"
 MiB = 2**20
 
-
-def loadavg() -> str:
-    """The machine's load average (1, 5, 15 min), printed with the figures: the machine may be shared."""
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def taskset(core: int) -> list[str]:

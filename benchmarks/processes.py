@@ -23,7 +23,6 @@ What runs (127.0.0.1 only; every server stopped by pid in a `finally`, with run.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
@@ -43,10 +42,6 @@ NAMES = ("myelin-p1", "myelin-p2", "ceiling-w1", "ceiling-w2")
 LABELS = {"myelin-p1": "Myelin kmeans, serving.processes 1", "myelin-p2": "Myelin kmeans, serving.processes 2",
           "ceiling-w1": "ceiling, uvicorn --workers 1", "ceiling-w2": "ceiling, uvicorn --workers 2"}
 
-
-def loadavg() -> str:
-    """The machine's load average (1, 5, 15 min), printed with the figures: the machine may be shared."""
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def kmeans_api(processes: int, kmeans: dict) -> Path:
@@ -193,10 +188,6 @@ def markdown(meta: dict, s: dict, levels: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(table: str) -> None:
-    run.replace_readme_block("processes", table)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 round of 1 × 2 s; nothing written but .work/quick/")
@@ -214,20 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         print("needs 2 CPUs")
         return 2
     run.ensure_wrk()
-    out_dir = run.WORK / "quick" if args.quick else BENCH / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": run.cpu_model(),
-            "cpus": os.cpu_count(), "command": " ".join(["python3 benchmarks/processes.py",
-                                                         *(argv if argv is not None else sys.argv[1:])]),
-            "rounds": args.rounds, "runs": args.runs, "duration": args.duration, "loadavg_start": loadavg()}
+    meta = run.run_meta("processes.py", argv, rounds=args.rounds, runs=args.runs, duration=args.duration)
     res = measure(args)
-    meta["loadavg_end"] = loadavg()
+    meta["loadavg_end"] = run.loadavg()
     s = summarize(res["rounds"], args.levels)
-    (out_dir / "processes.json").write_text(json.dumps({"meta": meta, "summary": s, **res}, indent=2) + "\n")
-    table = markdown(meta, s, args.levels)
-    print(table)
-    if not args.quick and not args.no_readme:
-        update_readme(table)
+    run.publish("processes", run.results_dir(args.quick) / "processes.json", {"meta": meta, "summary": s, **res},
+                markdown(meta, s, args.levels), not args.quick and not args.no_readme)
     return 0
 
 

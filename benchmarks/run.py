@@ -768,6 +768,35 @@ def write_markdown(path: Path, meta: dict, results: list[dict], conc: dict[str, 
     return text
 
 
+def loadavg() -> str:
+    """The machine's load average (1, 5, 15 min), printed with the figures: the machine may be shared."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def run_meta(script: str, argv: list[str] | None, **fields: object) -> dict:
+    """What a benchmark script's results say about their run: date, CPU, the command that reproduces them, the
+    script's own settings (`fields`) and the load average at the start (add `loadavg_end` when done)."""
+    return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_model(),
+            "cpus": os.cpu_count(),
+            "command": " ".join([f"python3 benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])]),
+            **fields, "loadavg_start": loadavg()}
+
+
+def results_dir(quick: bool) -> Path:
+    """Where a benchmark script writes its JSON: results/, or .work/quick/ for a smoke check."""
+    out_dir = WORK / "quick" if quick else BENCH / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def publish(block: str, json_path: Path, document: dict, table: str, write_readme: bool) -> None:
+    """Write a script's results: the JSON, the table on stdout and, when asked, in its README block."""
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    print(table)
+    if write_readme:
+        replace_readme_block(block, table)
+
+
 def replace_readme_block(name: str, content: str) -> None:
     """Put `content` between benchmarks/README.md's `<!-- name:start -->` and `<!-- name:end -->` markers (each
     script's figures live between its own); nothing happens when the markers are missing."""

@@ -29,12 +29,10 @@ What runs (127.0.0.1 only; every server stopped by pid in a `finally`, with run.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -67,10 +65,6 @@ class Predictor:
         return {"pid": os.getpid()}
 '''
 
-
-def loadavg() -> str:
-    """The machine's load average (1, 5, 15 min), printed with the figures: the machine may be shared."""
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def make_api(root: Path, load_seconds: float, load_log: Path) -> Path:
@@ -299,10 +293,6 @@ def markdown(meta: dict, s: dict) -> str:
     ]) + "\n"
 
 
-def update_readme(table: str) -> None:
-    run.replace_readme_block("scale-to-zero", table)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 cold starts; nothing written but .work/quick/")
@@ -318,20 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     os.sched_setaffinity(0, {int(run.LOAD_CPU)})  # the client
     root = run.WORK / "scale-to-zero"
     load_log = root / "loads.jsonl"
-    out_dir = run.WORK / "quick" if args.quick else BENCH / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": run.cpu_model(),
-            "cpus": os.cpu_count(), "command": " ".join(["python3 benchmarks/scale_to_zero.py",
-                                                         *(argv if argv is not None else sys.argv[1:])]),
-            "runs": args.runs, "load_seconds": args.load_seconds, "loadavg_start": loadavg()}
+    meta = run.run_meta("scale_to_zero.py", argv, runs=args.runs, load_seconds=args.load_seconds)
     res = measure(args, root, load_log)
-    meta["loadavg_end"] = loadavg()
+    meta["loadavg_end"] = run.loadavg()
     s = summary(res)
-    (out_dir / "scale_to_zero.json").write_text(json.dumps({"meta": meta, "summary": s, **res}, indent=2) + "\n")
-    table = markdown(meta, s)
-    print(table)
-    if not args.quick and not args.no_readme:
-        update_readme(table)
+    run.publish("scale-to-zero", run.results_dir(args.quick) / "scale_to_zero.json", {"meta": meta, "summary": s, **res},
+                markdown(meta, s), not args.quick and not args.no_readme)
     return 0
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import os
 import shutil
@@ -164,10 +163,6 @@ def client_main(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------ orchestration
-def loadavg() -> str:
-    """The machine's load average (1, 5, 15 min), printed with every figure: the machine may be shared."""
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
 
 def pinned(cpu: str, *argv: str) -> dict:
     cmd = ["taskset", "-c", cpu, str(run.MAIN_PY), str(Path(__file__).resolve()), *argv]
@@ -275,10 +270,6 @@ def markdown(meta: dict, res: dict, concurrency: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(table: str) -> None:
-    run.replace_readme_block("streaming", table)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke check: 2 streams per kind, 2 s per level")
@@ -305,20 +296,12 @@ def main(argv: list[str] | None = None) -> int:
         args.runs, args.runs_many, args.duration, args.warmup = 2, 1, 2.0, 0.5
     args.concurrency = [int(c) for c in str(args.concurrency).split(",")]
     args.item_concurrency = [int(c) for c in str(args.item_concurrency).split(",")]
-    out_dir = run.WORK / "quick" if args.quick else BENCH / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": run.cpu_model(),
-            "cpus": os.cpu_count(), "command": " ".join(["python3 benchmarks/streaming.py",
-                                                        *(argv if argv is not None else sys.argv[1:])]),
-            "runs": args.runs, "runs_many": args.runs_many, "item_concurrency": args.item_concurrency,
-            "duration": args.duration, "warmup": args.warmup, "loadavg_start": loadavg()}
+    meta = run.run_meta("streaming.py", argv, runs=args.runs, runs_many=args.runs_many,
+                        item_concurrency=args.item_concurrency, duration=args.duration, warmup=args.warmup)
     results = measure(args)
-    meta["loadavg_end"] = loadavg()
-    (out_dir / "streaming.json").write_text(json.dumps({"meta": meta, **results}, indent=2) + "\n")
-    table = markdown(meta, results, args.concurrency)
-    print(table)
-    if not args.quick and not args.no_readme:
-        update_readme(table)
+    meta["loadavg_end"] = run.loadavg()
+    run.publish("streaming", run.results_dir(args.quick) / "streaming.json", {"meta": meta, **results},
+                markdown(meta, results, args.concurrency), not args.quick and not args.no_readme)
     return 0
 
 
