@@ -39,7 +39,7 @@ import orjson
 from .errors import HTTPError, PredictorError, ServerFault, error_body
 from .handoff import Handoff
 from .http_io import ClientGone
-from .invoke import Timeout
+from .invoke import Timeout, deliver
 from .loader import CallKind
 
 if TYPE_CHECKING:
@@ -195,6 +195,7 @@ class ThreadedGenerator:
             await waiter
 
     def _start(self) -> None:
+        """Queue `_produce` for a pool thread (from the loop, or from a thread giving its turn up)."""
         self._started = True
         try:
             self._executor.submit(self._produce).add_done_callback(self._lost)
@@ -213,13 +214,13 @@ class ThreadedGenerator:
                 self._done = done
             closing = self._closing
             waiter, self._waiter = self._waiter, None
-        if waiter is not None:  # from a pool thread too (_requeue): through the loop
+        if waiter is not None:  # from a pool thread too (a turn given up): through the loop
             try:
-                self._loop.call_soon_threadsafe(_wake, waiter)
+                self._loop.call_soon_threadsafe(deliver, waiter, None)
             except RuntimeError:  # the loop is closed: the process is exiting
                 pass
         if closing:
-            threading.Thread(target=self._close_here, name="close-stream", daemon=True).start()
+            self._close_off_loop()
 
     async def close(self) -> None:
         """Close the generator (its `finally` runs) once no step is running; the slot is freed after that."""
@@ -236,10 +237,14 @@ class ThreadedGenerator:
             self._gen.close()
             self._report_closed(None)
         else:
-            try:
-                self._executor.submit(self._close_here)
-            except RuntimeError:  # the pool is shut down (the server is stopping): close in a thread of its own
-                threading.Thread(target=self._close_here, name="close-stream", daemon=True).start()
+            self._close_off_loop()
+
+    def _close_off_loop(self) -> None:
+        """Close the generator in the pool, or in a thread of its own once the pool is shut down (server stopping)."""
+        try:
+            self._executor.submit(self._close_here)
+        except RuntimeError:
+            threading.Thread(target=self._close_here, name="close-stream", daemon=True).start()
 
     def _report_closed(self, error: BaseException | None) -> None:
         if not self._closed_reported:
@@ -299,23 +304,16 @@ class ThreadedGenerator:
                 requeue = not stop and not self._closing and executor.queued and now - turn > READ_AHEAD_TURN
             if waiter is not None:
                 try:
-                    wake(_wake, waiter)
+                    wake(deliver, waiter, None)
                 except RuntimeError:  # the loop is closed: the process is exiting
                     return
             item = None
             if stop:
                 return
-            if requeue:
-                self._requeue()
+            if requeue:  # still `_running`: `_produce` again, after the calls queued now
+                self._start()
                 return
         self._close_here()
-
-    def _requeue(self) -> None:
-        """In a pool thread, still `_running`: run `_produce` again after the calls queued now."""
-        try:
-            self._executor.submit(self._produce).add_done_callback(self._lost)
-        except RuntimeError:  # the pool is shut down: the server is stopping
-            self._stop_producing(_shutting_down())
 
     def _finish(self, done: Any, exhausted: bool = True) -> None:
         """The generator returned or raised (or an item could not be encoded): the loop gets `done` after the items."""
@@ -327,7 +325,7 @@ class ThreadedGenerator:
             waiter, self._waiter = self._waiter, None
         try:
             if waiter is not None:
-                self._loop.call_soon_threadsafe(_wake, waiter)
+                self._loop.call_soon_threadsafe(deliver, waiter, None)
             if closing:  # close() left it to this thread
                 if exhausted:
                     self._loop.call_soon_threadsafe(self._report_closed, None)
@@ -346,11 +344,6 @@ class ThreadedGenerator:
             self._loop.call_soon_threadsafe(self._report_closed, error)
         except RuntimeError:  # the loop is closed: the process is exiting
             pass
-
-
-def _wake(waiter: asyncio.Future) -> None:
-    if not waiter.done():  # e.g. the step's deadline passed first
-        waiter.set_result(None)
 
 
 class AsyncItems:
@@ -496,7 +489,7 @@ class Stream:
     def _chunk(self, items: list, encoded: bool) -> bytes:
         """The bytes of the items taken together (encoded here unless the pool already did)."""
         if encoded:
-            return items[0] if len(items) == 1 else b"".join(items)
+            return b"".join(items)  # one item: that very bytes object
         framing_item = self.framing.item
         item = None
         try:
